@@ -1,0 +1,265 @@
+"""The one loader of rules/: every consumer reads the refactor through here.
+
+rules/ holds data only (TOML).  This module turns it into small typed objects
+and answers the questions the consumers ask: which names to look for, where a
+field of the old struct kvm_mmu goes, what an old base expression becomes when
+used as a walker, and which C identifiers the walkers get.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+_C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# C keywords and names a walker could never take without breaking the build.
+_C_KEYWORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if "
+    "inline int long register restrict return short signed sizeof static struct switch typedef "
+    "union unsigned void volatile while _Bool".split()
+)
+
+
+class RulesError(ValueError):
+    """rules/ data or a names specification is malformed."""
+
+
+@dataclass(frozen=True)
+class WalkerNames:
+    """The C identifiers bound to the walker roles ({gva}, {ngpa})."""
+
+    gva: str
+    ngpa: str
+    preset: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        return {"gva": self.gva, "ngpa": self.ngpa}
+
+    def fill(self, template: str, **extra: str) -> str:
+        return template.format(**self.as_dict(), **extra)
+
+
+@dataclass(frozen=True)
+class MmuField:
+    name: str
+    dest: str  # "walker" or "mmu"
+    path: str
+    why: str = ""
+
+    @property
+    def moves_to_walker(self) -> bool:
+        return self.dest == "walker"
+
+
+@dataclass(frozen=True)
+class Base:
+    """What an old MMU-context expression becomes when used as a walker."""
+
+    id: str
+    old: str
+    new: str
+    new_is: str  # "ptr" or "obj"
+    why: str
+    known_guest_mmu: str | None = None
+
+    @property
+    def generic(self) -> bool:
+        return self.old == "{base}"
+
+
+@dataclass(frozen=True)
+class ExprRule:
+    id: str
+    old: str
+    new: str
+    why: str
+
+
+@dataclass(frozen=True)
+class VcpuMember:
+    name: str
+    kind: str
+    removed: bool = False
+    walker: str | None = None  # role of the walker it stands for, if any
+    targets: tuple[str, ...] = ()
+
+
+@dataclass
+class Rules:
+    directory: Path
+    presets: dict[str, WalkerNames]
+    roles: dict[str, str]
+    types: dict[str, str]
+    vcpu_old: dict[str, VcpuMember]
+    vcpu_new: dict[str, dict]
+    mmu_fields: dict[str, MmuField]
+    new_fields: dict[str, dict]
+    bases: list[Base]
+    exprs: list[ExprRule]
+    raw: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    # ---- names ----------------------------------------------------------
+    def names(self, spec: str | None = "upstream") -> WalkerNames:
+        """Resolve a preset name or a custom "gva=X,ngpa=Y" specification."""
+        spec = (spec or "upstream").strip()
+        if "=" not in spec:
+            if spec not in self.presets:
+                raise RulesError(
+                    f"unknown names preset {spec!r} (known: {', '.join(sorted(self.presets))}; "
+                    "or give gva=NAME,ngpa=NAME)"
+                )
+            return self.presets[spec]
+        bound: dict[str, str] = {}
+        for part in spec.split(","):
+            role, sep, ident = part.partition("=")
+            role, ident = role.strip(), ident.strip()
+            if not sep or role not in self.roles:
+                raise RulesError(f"bad names item {part!r}: expected one of {sorted(self.roles)}=NAME")
+            bound[role] = ident
+        missing = set(self.roles) - set(bound)
+        if missing:
+            raise RulesError(f"names specification lacks {', '.join(sorted(missing))}")
+        names = WalkerNames(**bound)
+        self.check_names(names)
+        return names
+
+    def check_names(self, names: WalkerNames, taken: set[str] | frozenset[str] = frozenset()) -> None:
+        """Walker names must be distinct C identifiers unused in the tree."""
+        idents = names.as_dict()
+        for role, ident in idents.items():
+            if not _C_IDENT.match(ident) or ident in _C_KEYWORDS:
+                raise RulesError(f"{role} walker name {ident!r} is not a C identifier")
+            if ident in taken:
+                raise RulesError(f"{role} walker name {ident!r} is already used in the tree")
+            if ident in self.vcpu_old:
+                raise RulesError(f"{role} walker name {ident!r} is an old-layout member name")
+        if names.gva == names.ngpa:
+            raise RulesError("the two walkers need different names")
+
+    # ---- symbols the index looks for -------------------------------------
+    def old_vcpu_members(self) -> list[str]:
+        return list(self.vcpu_old)
+
+    def walker_fields(self) -> list[str]:
+        return [f.name for f in self.mmu_fields.values() if f.moves_to_walker]
+
+    def type_names(self) -> list[str]:
+        return [self.types[k] for k in ("mmu", "walker", "format", "old_format")]
+
+    def new_member_names(self, names: WalkerNames | None = None) -> list[str]:
+        """New-layout names to recognise: the walker members and the new fields."""
+        out = list(self.new_fields)
+        if names is None:
+            out += [p.gva for p in self.presets.values()] + [p.ngpa for p in self.presets.values()]
+        else:
+            out += [names.gva, names.ngpa]
+        return sorted(set(out))
+
+    # ---- mapping --------------------------------------------------------
+    def base_for(self, old_expr: str) -> Base:
+        """The base rule for an old MMU expression (compared without spaces)."""
+        key = _squash(old_expr)
+        for base in self.bases:
+            if not base.generic and _squash(base.old) == key:
+                return base
+        for base in self.bases:
+            if base.generic:
+                return base
+        raise RulesError("rules/mappings.toml has no generic {base} entry")
+
+    def walker_access(self, old_base: str, field_name: str, names: WalkerNames,
+                      old_is_ptr: bool = True) -> str:
+        """New text of `old_base->field` (or `.field`) where the field moves to the walker."""
+        f = self.mmu_fields[field_name]
+        base = self.base_for(old_base)
+        new_base = names.fill(base.new, base=old_base)
+        if f.dest == "mmu":
+            return f"{old_base}{'->' if old_is_ptr else '.'}{f.path}"
+        sep = "->" if base.new_is == "ptr" else "."
+        return f"{new_base}{sep}{f.path}"
+
+    def walker_pointer(self, old_base: str, names: WalkerNames) -> str:
+        """A pointer to the walker an old base stands for (for arguments and compares)."""
+        base = self.base_for(old_base)
+        new = names.fill(base.new, base=old_base)
+        return new if base.new_is == "ptr" else f"&{new}"
+
+    def expr(self, rule_id: str) -> ExprRule:
+        for e in self.exprs:
+            if e.id == rule_id:
+                return e
+        raise RulesError(f"no expression rule {rule_id!r} in rules/mappings.toml")
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _read(directory: Path, name: str) -> dict:
+    path = directory / name
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise RulesError(f"{path}: missing rules file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{path}: {exc}") from None
+
+
+def _need(data: dict, key: str, where: str):
+    if key not in data:
+        raise RulesError(f"{where}: missing key {key!r}")
+    return data[key]
+
+
+@lru_cache(maxsize=8)
+def load_rules(directory: str | Path | None = None) -> Rules:
+    """Load and check rules/ (cached: the data is read-only)."""
+    directory = Path(directory) if directory else RULES_DIR
+    names = _read(directory, "names.toml")
+    layout = _read(directory, "layout.toml")
+    mappings = _read(directory, "mappings.toml")
+
+    roles = {r: v.get("summary", "") for r, v in _need(names, "roles", "names.toml").items()}
+    presets = {}
+    for pname, binding in _need(names, "presets", "names.toml").items():
+        if set(binding) != set(roles):
+            raise RulesError(f"names.toml: preset {pname!r} must bind exactly {sorted(roles)}")
+        presets[pname] = WalkerNames(preset=pname, **binding)
+
+    vcpu = _need(layout, "vcpu_arch", "layout.toml")
+    vcpu_old = {
+        n: VcpuMember(name=n, kind=v["kind"], removed=v.get("removed", False),
+                      walker=v.get("walker"), targets=tuple(v.get("targets", ())))
+        for n, v in _need(vcpu, "old", "layout.toml [vcpu_arch]").items()
+    }
+    mmu_fields = {}
+    for n, v in _need(layout, "mmu_fields", "layout.toml").items():
+        dest = _need(v, "dest", f"layout.toml [mmu_fields.{n}]")
+        if dest not in ("walker", "mmu"):
+            raise RulesError(f"layout.toml [mmu_fields.{n}]: dest must be walker or mmu")
+        mmu_fields[n] = MmuField(name=n, dest=dest, path=v.get("path", n), why=v.get("why", ""))
+
+    bases = [Base(id=b["id"], old=b["old"], new=b["new"], new_is=b["new_is"], why=b.get("why", ""),
+                  known_guest_mmu=b.get("known_guest_mmu"))
+             for b in _need(mappings, "bases", "mappings.toml")]
+    for b in bases:
+        if b.new_is not in ("ptr", "obj"):
+            raise RulesError(f"mappings.toml base {b.id}: new_is must be ptr or obj")
+    exprs = [ExprRule(id=e["id"], old=e["old"], new=e["new"], why=e.get("why", ""))
+             for e in mappings.get("exprs", [])]
+
+    rules = Rules(
+        directory=directory, presets=presets, roles=roles,
+        types=_need(layout, "types", "layout.toml"), vcpu_old=vcpu_old,
+        vcpu_new=vcpu.get("new", {}), mmu_fields=mmu_fields,
+        new_fields=layout.get("new_fields", {}), bases=bases, exprs=exprs,
+        raw={"names": names, "layout": layout, "mappings": mappings},
+    )
+    for p in presets.values():
+        rules.check_names(p)
+    return rules
