@@ -1,0 +1,26 @@
+"""Progress for long work: a bar on a terminal, nothing in CI or when piped."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from tqdm import tqdm
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextlib.contextmanager
+def bar(total: int | None, desc: str):
+    """Yield a callable(label) that advances the bar by one step."""
+    if not interactive():
+        yield lambda label=None: None
+        return
+    with tqdm(total=total, desc=desc, unit="file", leave=False, file=sys.stderr) as t:
+        def step(label=None):
+            if label:
+                t.set_postfix_str(str(label)[-40:], refresh=False)
+            t.update(1)
+        yield step
