@@ -28,7 +28,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("tree", type=click.Path(file_okay=False, path_type=str))
+@click.argument("tree")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="text groups references by function; json is the stable contract")
 @click.option("--all", "include_text", is_flag=True, help="text: also list names in comments and strings")

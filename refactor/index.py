@@ -25,6 +25,9 @@ USES = ("read", "write", "address", "call", "argument", "compare", "base", "decl
         "parameter", "member-declaration", "designator", "type", "definition", "text")
 
 
+CONTRACT_KEYS = ("file", "line", "column", "symbol", "context", "function", "expression", "use")
+
+
 @dataclass(slots=True)
 class Reference:
     file: str
@@ -50,7 +53,8 @@ class Reference:
 
     def to_json(self) -> dict:
         out = asdict(self)
-        return {k: v for k, v in out.items() if v is not None}
+        # The contract's keys are always present; optional facts only when known.
+        return {k: v for k, v in out.items() if v is not None or k in CONTRACT_KEYS}
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""Shared fixtures: the real kernel trees and the bundled miniature tree.
+
+Real trees come from $KVM_REFACTOR_TREES (default ../shared/kernel beside the
+repository): the linux-kvm-V.tar.xz tarballs, unpacked once into a cache.
+Without them the tests that need them fail and say how to provide them;
+they never skip silently.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_TREE = REPO / "fixtures" / "mini-kvm"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_index_cache(tmp_path_factory):
+    # The content-hash cache must not leak between test runs and users.
+    old = os.environ.get("KVM_REFACTOR_CACHE")
+    os.environ["KVM_REFACTOR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("KVM_REFACTOR_CACHE", None)
+    else:
+        os.environ["KVM_REFACTOR_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def trees() -> dict[str, Path]:
+    from refactor.fetch import FetchError, bundled_tarball_trees, default_tarball_dir
+
+    src = default_tarball_dir()
+    cache = Path(os.environ.get("KVM_REFACTOR_TREE_CACHE",
+                                Path.home() / ".cache" / "kvm-refactor" / "tarball-trees"))
+    try:
+        found = bundled_tarball_trees(src, cache)
+    except FetchError as exc:
+        found, why = {}, str(exc)
+    else:
+        why = "no linux-kvm-V.tar.xz tarballs there"
+    missing = {"6.1", "7.2", "7.3"} - set(found)
+    if missing:
+        pytest.fail(
+            f"real kernel trees {sorted(missing)} not available from {src} ({why}). "
+            "Set KVM_REFACTOR_TREES to a directory holding linux-kvm-6.1.tar.xz, "
+            "linux-kvm-7.2.tar.xz and linux-kvm-7.3.tar.xz, or fetch trees with "
+            "`kvm-refactor fetch-tree VERSION`.",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def indexes(trees):
+    from refactor.index import build_index
+
+    return {v: build_index(p) for v, p in trees.items()}
+
+
+@pytest.fixture(scope="session")
+def mini_index():
+    from refactor.index import build_index
+
+    return build_index(FIXTURE_TREE)
