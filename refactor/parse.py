@@ -11,15 +11,12 @@ import re
 from dataclasses import dataclass, field
 
 import tree_sitter_c
-from tree_sitter import Language, Node, Parser, Query, QueryCursor, Tree
+from tree_sitter import Language, Node, Parser, Tree
 
 from . import macros
 
 LANGUAGE = Language(tree_sitter_c.language())
 _PARSER = Parser(LANGUAGE)
-_MACRO_QUERY = Query(LANGUAGE, "[(preproc_def name: (identifier) @name value: (preproc_arg) @body) "
-                               "(preproc_function_def name: (identifier) @name "
-                               "value: (preproc_arg) @body)]")
 # A macro body that is a statement or expression is parsed inside a function.
 _WRAP_HEAD = b"void __kvm_refactor_fragment(void){"
 _WRAP_TAIL = b"\n;}"
@@ -125,12 +122,28 @@ def parse(rel: str, src: bytes, want_macros: bool = True) -> ParsedFile:
     tree = _PARSER.parse(masked)
     pf = ParsedFile(rel, src, [Fragment(tree, 0, 0, len(src), False)], spans)
     _errors(tree.root_node, 0, pf.error_spans)
-    if want_macros and b"#" in src:
-        for _, caps in QueryCursor(_MACRO_QUERY).matches(tree.root_node):
-            body = caps["body"][0]
-            pf.macro_bodies.append((body.start_byte, body.end_byte,
-                                    caps["name"][0].text.decode("utf-8", "replace")))
+    if want_macros and b"#define" in src:
+        _collect_macros(tree.root_node, pf.macro_bodies)
     return pf
+
+
+_MACRO_HOLDERS = {"preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif", "preproc_elifdef",
+                  "translation_unit", "ERROR"}
+
+
+def _collect_macros(root: Node, out: list[tuple[int, int, str]]) -> None:
+    """#define bodies at file scope or in #if blocks (where the kernel puts them)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for child in node.children:
+            kind = child.type
+            if kind in ("preproc_def", "preproc_function_def"):
+                body, name = child.child_by_field_name("value"), child.child_by_field_name("name")
+                if body is not None and name is not None:
+                    out.append((body.start_byte, body.end_byte, name.text.decode("utf-8", "replace")))
+            elif kind in _MACRO_HOLDERS:
+                stack.append(child)
 
 
 def count_errors(pf: ParsedFile) -> int:

@@ -18,13 +18,6 @@ from .parse import LANGUAGE
 
 _DECL_QUERY = Query(LANGUAGE, "[(declaration) @d (parameter_declaration) @d]")
 _ASSIGN_QUERY = Query(LANGUAGE, "[(assignment_expression) @a (init_declarator) @a]")
-_STRUCT_QUERY = Query(
-    LANGUAGE,
-    "[(struct_specifier name: (type_identifier) @name body: (field_declaration_list) @body)"
-    " (union_specifier name: (type_identifier) @name body: (field_declaration_list) @body)]",
-)
-_FUNC_QUERY = Query(LANGUAGE, "(function_definition) @f")
-_PROTO_QUERY = Query(LANGUAGE, "(translation_unit (declaration) @d)")
 
 # Macros whose value is a pointer to their struct-type argument.
 _CONTAINER_MACROS = {"container_of": 1, "container_of_const": 1, "list_entry": 1,
@@ -75,19 +68,49 @@ class Program:
     functions: dict[str, FunctionSig] = field(default_factory=dict)
 
     def learn(self, root: Node, file: str) -> None:
-        for _, caps in QueryCursor(_STRUCT_QUERY).matches(root):
-            self.structs.add_struct(text(caps["name"][0]), caps["body"][0], file)
-        for fn in QueryCursor(_FUNC_QUERY).captures(root).get("f", []):
-            decl = fn.child_by_field_name("declarator")
-            sig = function_sig(fn, decl, file) if decl is not None else None
-            if sig:
-                self.functions[sig.name] = sig
-        for d in QueryCursor(_PROTO_QUERY).captures(root).get("d", []):
-            for decl in d.children_by_field_name("declarator"):
-                if "function_declarator" in decl.type or decl.type == "pointer_declarator":
-                    sig = function_sig(d, decl, file)
-                    if sig and sig.name not in self.functions:
-                        self.functions[sig.name] = sig
+        """Structs and function signatures declared at file scope.
+
+        A walk of the top level (and of #if blocks) rather than a query over
+        the whole tree: definitions live there, and bodies are not visited.
+        """
+        stack = list(reversed(root.children))
+        while stack:
+            node = stack.pop()
+            kind = node.type
+            if kind in _CONTAINERS:
+                stack.extend(reversed(node.children))
+                continue
+            if kind == "function_definition":
+                decl = node.child_by_field_name("declarator")
+                sig = function_sig(node, decl, file) if decl is not None else None
+                if sig:
+                    self.functions[sig.name] = sig
+                self._structs_in(node.child_by_field_name("type"), file)
+            elif kind in ("declaration", "type_definition", "struct_specifier", "union_specifier",
+                          "field_declaration"):
+                self._structs_in(node if kind.endswith("specifier") else node.child_by_field_name("type"),
+                                 file)
+                if kind == "declaration":
+                    for decl in node.children_by_field_name("declarator"):
+                        if "function_declarator" in decl.type or decl.type == "pointer_declarator":
+                            sig = function_sig(node, decl, file)
+                            if sig and sig.name not in self.functions:
+                                self.functions[sig.name] = sig
+
+    def _structs_in(self, spec: Node | None, file: str) -> None:
+        if spec is None or spec.type not in ("struct_specifier", "union_specifier"):
+            return
+        name, body = spec.child_by_field_name("name"), spec.child_by_field_name("body")
+        if name is not None and body is not None:
+            self.structs.add_struct(text(name), body, file)
+            # Named structs defined inside this one are visible at file scope in C.
+            for field_decl in body.named_children:
+                if field_decl.type == "field_declaration":
+                    self._structs_in(field_decl.child_by_field_name("type"), file)
+
+
+_CONTAINERS = {"preproc_if", "preproc_ifdef", "preproc_else", "preproc_elif", "preproc_elifdef",
+               "linkage_specification", "declaration_list", "ERROR"}
 
 
 class Scope:
