@@ -86,6 +86,7 @@ class VcpuMember:
     removed: bool = False
     walker: str | None = None  # role of the walker it stands for, if any
     targets: tuple[str, ...] = ()
+    compare_as_walker: bool = False
 
 
 @dataclass
@@ -101,6 +102,8 @@ class Rules:
     bases: list[Base]
     exprs: list[ExprRule]
     raw: dict[str, dict] = field(default_factory=dict, repr=False)
+    restructure: dict[str, list[dict]] = field(default_factory=dict)
+    calls: list[dict] = field(default_factory=list)
 
     # ---- names ----------------------------------------------------------
     def names(self, spec: str | None = "upstream") -> WalkerNames:
@@ -234,7 +237,8 @@ def load_rules(directory: str | Path | None = None) -> Rules:
     vcpu = _need(layout, "vcpu_arch", "layout.toml")
     vcpu_old = {
         n: VcpuMember(name=n, kind=v["kind"], removed=v.get("removed", False),
-                      walker=v.get("walker"), targets=tuple(v.get("targets", ())))
+                      walker=v.get("walker"), targets=tuple(v.get("targets", ())),
+                      compare_as_walker=v.get("compare_as_walker", False))
         for n, v in _need(vcpu, "old", "layout.toml [vcpu_arch]").items()
     }
     mmu_fields = {}
@@ -260,6 +264,11 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         new_fields=layout.get("new_fields", {}), bases=bases, exprs=exprs,
         raw={"names": names, "layout": layout, "mappings": mappings},
     )
+    rules.calls = list(mappings.get("calls", []))
+    restructure_path = directory / "restructure.toml"
+    if restructure_path.exists():
+        rules.restructure = _read(directory, "restructure.toml")
+        rules.raw["restructure"] = rules.restructure
     for p in presets.values():
         rules.check_names(p)
     return rules
