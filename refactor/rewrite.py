@@ -107,6 +107,13 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                         walker_params.setdefault(name, set()).add(v.index)
                 elif v.index is not None and v.ctype.name == f"struct {rules.types['mmu']}" and v.ctype.depth:
                     mmu_params.setdefault(name, set()).add(v.index)
+                # A variable named after a field that the layout renames takes the new name
+                # (`struct rsvd_bits_validate *shadow_zero_check` -> `*fmt`).
+                field_rule = rules.mmu_fields.get(v.name)
+                if field_rule is not None and v.ctype.struct == rules.types["old_format"]:
+                    new = field_rule.path.rsplit(".", 1)[-1]
+                    if new != v.name and new not in scope_names:
+                        renames[(name, v.name)] = new
     plan.narrowed = sorted(f"{f}:{v}" for f, v in result.narrowed)
     callee_names = {n for n in walker_params} | {n for n in mmu_params}
     prefixes = {p for ps in naming_macros(files).values() for p in ps}

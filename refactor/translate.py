@@ -228,6 +228,9 @@ class FunctionRewriter:
                        rule="narrow-local")
         if state == "mmu":
             return Val(name, "mmu_ptr", name)
+        renamed = self.ctx.renames.get((self.fn, name))
+        if renamed is not None and name in self.scope.names:
+            return Val(renamed, old=name, rule="rename-local")
         return Val(name, old=name)
 
     def on_parenthesized_expression(self, node: Node) -> Val:
@@ -472,6 +475,9 @@ class FunctionRewriter:
             if self.vars.get(name) == "walker":
                 walker_decl = True
                 rep[d.start_byte] = self._walker_declarator(d, name)
+            elif (self.fn, name) in self.ctx.renames:
+                rep[d.start_byte] = re.sub(rf"\b{re.escape(name)}\b", self.ctx.renames[(self.fn, name)],
+                                           self.generic(d), count=1)
             elif self.vars.get(name) == "mmu" and d.type == "init_declarator":
                 value = d.child_by_field_name("value")
                 v = self.rebuild(value)
@@ -502,6 +508,9 @@ class FunctionRewriter:
             inner = inner.child_by_field_name("declarator")
         name = self.src(inner) if inner is not None else ""
         if self.vars.get(name) != "walker":
+            if (self.fn, name) in self.ctx.renames:
+                return Val(re.sub(rf"\b{re.escape(name)}\b", self.ctx.renames[(self.fn, name)],
+                                  self.generic(node), count=1), rule="rename-local")
             return None
         tnode = node.child_by_field_name("type")
         new_name = self.ctx.renames.get((self.fn, name), name)

@@ -22,7 +22,7 @@ def run(*args):
 def test_json_contract_on_bundled_tree():
     res = run("scan", str(FIXTURE_TREE), "--format", "json")
     assert res.exit_code == 0
-    data = json.loads(res.output)
+    data = json.loads(res.stdout)
     assert {"tree", "version", "layout", "references", "unparsed"} <= set(data)
     assert data["version"] == "7.2.0-mini" and data["layout"] == "old"
     for ref in data["references"]:

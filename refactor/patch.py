@@ -1,0 +1,251 @@
+"""Unified diffs and mboxes: git format-patch, git diff, plain diff -u.
+
+Only what lint needs: for each patch, each file's new path, its hunks, and
+which lines of the patched file are added (with their new line numbers).
+Hunk line counts are honoured, so a format-patch signature ("-- ") or a
+mail footer after the last hunk is never taken for a removed line.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@ ?(.*)")
+_MBOX_FROM = re.compile(r"From [0-9a-f]{7,64} \w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}$")
+_SUBJECT = re.compile(r"Subject: (.*)")
+_NUMBER = re.compile(r"\[[^\]]*?(\d+)/(\d+)[^\]]*\]")
+
+
+class PatchError(ValueError):
+    """The input is not a patch (or a patch broken beyond reading)."""
+
+
+@dataclass
+class Hunk:
+    old_start: int
+    old_len: int
+    new_start: int
+    new_len: int
+    section: str  # the function heading git prints after @@
+    # (tag, text, new line number or None): tag is " ", "+" or "-".
+    lines: list[tuple[str, str, int | None]] = field(default_factory=list)
+
+
+@dataclass
+class FilePatch:
+    old_path: str | None  # None: a new file
+    new_path: str | None  # None: a deleted file
+    hunks: list[Hunk] = field(default_factory=list)
+    binary: bool = False
+
+    @property
+    def path(self) -> str:
+        return self.new_path or self.old_path or "?"
+
+    def added(self) -> dict[int, str]:
+        """New line number -> text of every added line."""
+        return {n: t for h in self.hunks for tag, t, n in h.lines if tag == "+" and n is not None}
+
+    def pre_image_text(self) -> str:
+        return "\n".join(t for h in self.hunks for tag, t, _ in h.lines if tag != "+")
+
+    def post_image_sparse(self) -> bytes:
+        """Context and added lines at their new line numbers, blank lines elsewhere.
+
+        Byte offsets then map to the patched file's line numbers directly.
+        """
+        by_line: dict[int, str] = {}
+        for h in self.hunks:
+            for tag, text, n in h.lines:
+                if tag != "-" and n is not None:
+                    by_line[n] = text
+        if not by_line:
+            return b""
+        last = max(by_line)
+        return ("\n".join(by_line.get(i, "") for i in range(1, last + 1)) + "\n").encode()
+
+    def applied_in(self, text: str) -> bool:
+        """Does `text` already hold every hunk's post-image (a work tree with the change)?"""
+        lines = text.split("\n")
+        for h in self.hunks:
+            want = [t for tag, t, _ in h.lines if tag != "-"]
+            at = h.new_start - 1 if h.new_len else h.new_start
+            if not any(lines[at + d:at + d + len(want)] == want for d in range(-50, 51) if at + d >= 0):
+                return False
+        return True
+
+    def apply_to(self, original: str) -> str | None:
+        """The patched file, or None when the hunks do not match `original`.
+
+        A hunk may sit a few lines off (as `patch` allows), never with fuzz.
+        """
+        lines = original.split("\n")
+        out: list[str] = []
+        pos = 0  # next unread line of `original` (0-based)
+        shift = 0
+        for h in self.hunks:
+            want = [t for tag, t, _ in h.lines if tag != "+"]
+            start = h.old_start - 1 + shift if h.old_len else h.old_start + shift
+            found = None
+            for delta in sorted(range(-50, 51), key=abs):
+                at = start + delta
+                if at >= pos and lines[at:at + len(want)] == want:
+                    found = at
+                    break
+            if found is None:
+                return None
+            shift += found - start
+            out.extend(lines[pos:found])
+            out.extend(t for tag, t, _ in h.lines if tag != "-")
+            pos = found + len(want)
+        out.extend(lines[pos:])
+        return "\n".join(out)
+
+
+@dataclass
+class Patch:
+    subject: str | None
+    number: tuple[int, int] | None  # (3, 20) for [PATCH 3/20]
+    start_line: int  # line of the input where this patch starts (1-based)
+    files: list[FilePatch] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        num = f"{self.number[0]}/{self.number[1]} " if self.number else ""
+        return f"{num}{self.subject}" if self.subject else f"{num}(line {self.start_line})".strip()
+
+
+def _strip_prefix(path: str) -> str | None:
+    path = path.split("\t")[0].rstrip()
+    if path.startswith('"') and path.endswith('"'):
+        path = bytes(path[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+    if path == "/dev/null":
+        return None
+    # git's a/ b/ (or i/ w/ c/ o/ with diff.mnemonicPrefix) are dropped, like -p1.
+    if len(path) > 2 and path[1] == "/" and path[0] in "abciow":
+        return path[2:]
+    return path
+
+
+def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
+    """Every patch in `text` (one diff, or an mbox of several). Raises PatchError."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    patches: list[Patch] = []
+    current: Patch | None = None
+    fp: FilePatch | None = None
+    i, n = 0, len(lines)
+    pending_git: tuple[str | None, str | None] | None = None
+
+    def patch_here(at: int) -> Patch:
+        nonlocal current
+        if current is None:
+            current = Patch(None, None, at + 1)
+            patches.append(current)
+        return current
+
+    while i < n:
+        line = lines[i]
+        if _MBOX_FROM.match(line):
+            current, fp, pending_git = Patch(None, None, i + 1), None, None
+            patches.append(current)
+            i += 1
+            continue
+        m = _SUBJECT.match(line)
+        if m and fp is None:
+            subject = m.group(1)
+            # Folded header lines continue with whitespace.
+            while i + 1 < n and lines[i + 1][:1] in (" ", "\t") and lines[i + 1].strip():
+                i += 1
+                subject += " " + lines[i].strip()
+            p = patch_here(i)
+            if p.subject is not None and p.files:
+                # A second Subject without a From line: a new mail.
+                p = current = Patch(None, None, i + 1)
+                patches.append(p)
+            num = _NUMBER.search(subject)
+            p.number = (int(num.group(1)), int(num.group(2))) if num else None
+            p.subject = re.sub(r"^\[[^\]]*\]\s*", "", subject)
+            i += 1
+            continue
+        if line.startswith("diff --git "):
+            parts = line[len("diff --git "):]
+            if " b/" in parts:
+                a, _, b = parts.partition(" b/")
+                b = "b/" + b
+            else:
+                a, _, b = parts.partition(" ")
+            pending_git = (_strip_prefix(a), _strip_prefix(b))
+            fp = FilePatch(pending_git[0], pending_git[1])
+            patch_here(i).files.append(fp)
+            i += 1
+            continue
+        if fp is not None and pending_git is not None and not fp.hunks:
+            if line.startswith("new file mode"):
+                fp.old_path = None
+            elif line.startswith("deleted file mode"):
+                fp.new_path = None
+            elif line.startswith(("rename to ", "copy to ")):
+                fp.new_path = line.split(" ", 2)[2]
+            elif line.startswith(("Binary files ", "GIT binary patch")):
+                fp.binary = True
+        if line.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ "):
+            old, new = _strip_prefix(line[4:]), _strip_prefix(lines[i + 1][4:])
+            if fp is None or fp.hunks or pending_git is None:
+                fp = FilePatch(old, new)
+                patch_here(i).files.append(fp)
+            else:
+                fp.old_path, fp.new_path = old, new
+            pending_git = None
+            i += 2
+            continue
+        m = _HUNK.match(line)
+        if m and fp is not None:
+            i = _read_hunk(lines, i, m, fp, name)
+            continue
+        if line.startswith("@@ ") and fp is None:
+            raise PatchError(f"{name}:{i + 1}: hunk without a file header (--- / +++ lines)")
+        i += 1
+
+    patches = [p for p in patches if p.files]
+    if not patches:
+        raise PatchError(f"{name}: not a patch (no unified diff: no '--- a/FILE' / '+++ b/FILE' / '@@' lines)")
+    return patches
+
+
+def _read_hunk(lines: list[str], i: int, m: re.Match, fp: FilePatch, name: str) -> int:
+    old_start, new_start = int(m.group(1)), int(m.group(3))
+    old_len = int(m.group(2)) if m.group(2) is not None else 1
+    new_len = int(m.group(4)) if m.group(4) is not None else 1
+    hunk = Hunk(old_start, old_len, new_start, new_len, m.group(5).strip())
+    fp.hunks.append(hunk)
+    old_left, new_left = old_len, new_len
+    new_no = new_start
+    header = i + 1
+    i += 1
+    while (old_left > 0 or new_left > 0) and i < len(lines):
+        line = lines[i]
+        tag, body = (line[:1], line[1:]) if line else (" ", "")  # blank context lost to a mailer
+        if tag == "\\":  # "\ No newline at end of file"
+            i += 1
+            continue
+        if tag == " ":
+            hunk.lines.append((" ", body, new_no))
+            new_no += 1
+            old_left -= 1
+            new_left -= 1
+        elif tag == "+":
+            hunk.lines.append(("+", body, new_no))
+            new_no += 1
+            new_left -= 1
+        elif tag == "-":
+            hunk.lines.append(("-", body, None))
+            old_left -= 1
+        else:
+            break
+        i += 1
+    if old_left > 0 or new_left > 0 or old_left < 0 or new_left < 0:
+        raise PatchError(f"{name}:{header}: hunk of {fp.path} is truncated or its line counts are wrong "
+                         f"(@@ -{old_start},{old_len} +{new_start},{new_len} @@)")
+    while i < len(lines) and lines[i].startswith("\\"):
+        i += 1
+    return i

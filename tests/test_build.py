@@ -1,0 +1,90 @@
+"""The compile oracle: Kbuild builds the rewritten KVM of a real, full tree.
+
+One full-tree build (6.1, which Debian keeps for years) runs with the normal
+suite; the other trees and name presets are in the slow suite (`make slow`).
+Full trees come from `kvm-refactor fetch-tree VERSION --full` (cached), or
+from $KVM_REFACTOR_FULL_TREE_<V> (e.g. KVM_REFACTOR_FULL_TREE_6_1).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from refactor.build import Diagnostic, check_tree, map_errors, new_line_sites
+from refactor.index import build_index
+from refactor.rewrite import plan_rewrite
+
+from conftest import FIXTURE_TREE
+
+
+def full_tree(version: str) -> Path:
+    env = os.environ.get("KVM_REFACTOR_FULL_TREE_" + version.replace(".", "_"))
+    if env:
+        return Path(env)
+    from refactor.fetch import FetchError, fetch_tree
+
+    try:
+        # A persistent cache (not the per-run one conftest sets): full trees are large.
+        return fetch_tree(version, full=True, dest=Path.home() / ".cache" / "kvm-refactor" / "trees").path
+    except FetchError as exc:
+        pytest.fail(f"no full {version} tree: {exc}. Set KVM_REFACTOR_FULL_TREE_{version.replace('.', '_')} "
+                    f"to a full kernel tree, or make `kvm-refactor fetch-tree {version} --full` work.",
+                    pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _persistent_build_dir(monkeypatch):
+    # Kbuild output is kept between runs so that rebuilds are incremental.
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
+
+
+def rewrite_builds(version: str, names: str) -> None:
+    tree = full_tree(version)
+    plan = plan_rewrite(tree, names, index=build_index(tree))
+    assert plan.humans == []
+    result = check_tree(tree, plan)
+    assert result.ok, "\n".join(f"{e.file}:{e.line}: {e.message} <- {e.site}" for e in result.errors[:10]) \
+        or result.log_tail
+    assert result.errors == []
+
+
+def test_rewritten_61_builds_with_kbuild():
+    rewrite_builds("6.1", "upstream")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version,names", [("7.2", "upstream"), ("7.2", "v1"), ("6.1", "v1")])
+def test_rewritten_trees_build(version, names):
+    rewrite_builds(version, names)
+
+
+@pytest.mark.slow
+def test_a_wrong_rule_is_caught_and_mapped_to_its_site(tmp_path):
+    """A rule sending permissions to a path that does not exist: the build fails at that site."""
+    import shutil
+
+    from refactor.rules import load_rules
+
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "rules", rules_dir)
+    layout = rules_dir / "layout.toml"
+    layout.write_text(layout.read_text().replace('path = "fmt.permissions"', 'path = "fmt.perms"'))
+    tree = full_tree("6.1")
+    rules = load_rules(rules_dir)
+    plan = plan_rewrite(tree, "upstream", rules, build_index(tree, rules))
+    result = check_tree(tree, plan)
+    assert not result.ok
+    assert any(e.site and e.site["rule"] in ("field-permissions", "layout-permissions") for e in result.errors)
+
+
+def test_errors_map_to_the_nearest_rewrite_site_above():
+    plan = plan_rewrite(FIXTURE_TREE, "upstream")
+    sites = new_line_sites(plan)["arch/x86/kvm/x86.c"]
+    first = sites[0]
+    errs = [Diagnostic("arch/x86/kvm/x86.c", first["new_line"], 5, "boom"),
+            Diagnostic("arch/x86/kvm/nosuch.c", 3, 1, "elsewhere")]
+    map_errors(errs, plan)
+    assert errs[0].site == first
+    assert errs[1].site is None
