@@ -128,9 +128,10 @@ def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache) -> Non
         inputs = []
         for path in paths:
             if path != "-" and Path(path).is_dir():
-                index, found = lint_tree(path, names=names, use_cache=not no_cache, lint=lint)
-                if getattr(index, "lint_warning", None):
-                    click.echo(f"kvm-refactor lint: warning: {path}: {index.lint_warning}", err=True)
+                warnings: list[str] = []
+                index, found = lint_tree(path, names=names, use_cache=not no_cache, lint=lint, warnings=warnings)
+                for w in warnings:
+                    click.echo(f"kvm-refactor lint: warning: {path}: {w}", err=True)
                 inputs.append({"path": path, "kind": "tree", "layout": index.layout,
                                "version": index.version, "findings": found})
             else:

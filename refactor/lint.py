@@ -31,7 +31,6 @@ from .typing_ import Program, squash
 from .patch import FilePatch, Patch, parse_patches
 
 
-
 @dataclass
 class Finding:
     rule: str
@@ -67,7 +66,6 @@ class Unit:
     typed: bool = True  # False: a patch read without its tree (judge untyped bases by shape)
     patch: str | None = None
     edits: list | None = None  # old-layout tree: refactor.rewrite's planned edits (the fixes)
-    rewrite_error: str | None = None
     _src: dict[str, bytes | None] = field(default_factory=dict)
 
     def source(self, rel: str) -> bytes | None:
@@ -262,7 +260,7 @@ def _fix_text(fix: str | None) -> str:
     fix = fix.strip("\n")
     if "\n" in fix:
         fix = fix.split("\n", 1)[0] + " ..."
-    return f"`{fix}`" if fix else "delete it"
+    return f"`{fix}`" if fix else "delete the statement"
 
 
 def _finding(rule: LintRule, unit: Unit, file: str, line: int, column: int, expr: str,
@@ -344,7 +342,9 @@ def fingerprint(findings: list[Finding], unit: Unit) -> list[Finding]:
 # ---- entry points -------------------------------------------------------
 
 def lint_tree(root: str | Path, names: str | None = None, use_cache: bool = True,
-              index: Index | None = None, lint: LintRules | None = None) -> tuple[Index, list[Finding]]:
+              index: Index | None = None, lint: LintRules | None = None,
+              warnings: list[str] | None = None) -> tuple[Index, list[Finding]]:
+    """Findings for a tree; problems that do not stop the lint are appended to `warnings`."""
     lint = lint or load_lint_rules()
     index = index or scan_tree(root, lint.rules, use_cache=use_cache)
     wn = names_for(lint, names, index.walkers, index.references)
@@ -372,10 +372,10 @@ def lint_tree(root: str | Path, names: str | None = None, use_cache: bool = True
             return None
 
     unit = Unit(label=str(root), layout=index.layout, names=wn, references=index.references,
-                program=index.program, read=read, parsed=dict(index.files), edits=edits, rewrite_error=error)
-    found = unit_findings(unit, lint)
-    index.lint_warning = error  # shown by the CLI on stderr
-    return index, found
+                program=index.program, read=read, parsed=dict(index.files), edits=edits)
+    if error and warnings is not None:
+        warnings.append(error)
+    return index, unit_findings(unit, lint)
 
 
 def _copy_program(program: Program) -> Program:

@@ -112,6 +112,9 @@ class Narrower:
                     return False
         return True
 
+    def walk_only_removed(self) -> bool:
+        return all(m.removed for m in self.rules.vcpu_old.values() if m.kind == "walk_only_mmu")
+
     @staticmethod
     def walk_only_values(fn: Function, var: Var) -> bool:
         """Every value the variable takes is the walk-only MMU (whose builder fields had no reader)."""
@@ -200,7 +203,7 @@ class Narrower:
                 fld = text(parent.child_by_field_name("field"))
                 if fld not in self.walker_fields:
                     if fld in self.builder_fields and _is_dropped_write(parent) \
-                            and self.walk_only_values(fn, var):
+                            and self.walk_only_removed() and self.walk_only_values(fn, var):
                         continue  # `g->sync_spte = NULL;` on the walk-only MMU is dropped
                     return need, f"line {line}: uses {var.name}->{fld}, a field that stays in struct kvm_mmu"
                 continue

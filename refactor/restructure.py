@@ -18,7 +18,39 @@ def plan_restructure(files, defs, rules: Rules, names: WalkerNames, ctx: Context
     edits: list[Edit] = []
     for step in rules.restructure.get("attach_walker", []):
         edits += _attach_walker(files, defs, rules, names, ctx, step)
+    for step in rules.restructure.get("attach_member", []):
+        edits += _attach_member(files, defs, rules, names, step)
     return edits
+
+
+def _attach_member(files, defs, rules, names, step) -> list[Edit]:
+    """`vcpu->arch.<member>.w = &vcpu->arch.<walker>;` after the creating calls."""
+    info = rules.vcpu_old.get(step["member"])
+    if info is None or info.removed or info.walker is None:
+        return []
+    out: list[Edit] = []
+    needle = step["after_call"].encode()
+    for fns in defs.values():
+        for fn in fns:
+            pf = files[fn.file]
+            body = fn.node.child_by_field_name("body")
+            if body is None or needle not in pf.src[body.start_byte + fn.frag.offset:body.end_byte + fn.frag.offset]:
+                continue
+            if fn.name == step["after_call"]:
+                continue
+            last = None
+            for stmt in body.named_children:
+                if needle in pf.src[stmt.start_byte + fn.frag.offset:stmt.end_byte + fn.frag.offset]:
+                    last = stmt
+            if last is None:
+                continue
+            m = re.search(r"(\w+(?:->|\.)arch)(?:\.|->)\w+", pf.text(last, fn.frag))
+            arch = m.group(1) if m else "vcpu->arch"
+            walker = getattr(names, info.walker)
+            pos = pf.src.find(b"\n", last.end_byte + fn.frag.offset) + 1
+            out.append(Edit(pf.rel, pos, pos, f"\t{arch}.{step['member']}.w = &{arch}.{walker};\n",
+                            step["id"], step["why"], "", pf.src.count(b"\n", 0, pos) + 1))
+    return out
 
 
 def _edit(pf, frag, start: int, end: int, new: str, rule: str, why: str) -> Edit:

@@ -16,7 +16,7 @@ from .index import Index, build_index
 from .layout_edit import plan_layout
 from .narrow import Narrower, walker_fnptr_params
 from .restructure import plan_restructure
-from .rules import Rules, WalkerNames, load_rules
+from .rules import Rules, Stage, WalkerNames, load_rules
 from .edits import Edit, Human
 from .translate import Context, FunctionRewriter
 from .typing_ import Scope
@@ -89,7 +89,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     fnptrs = fnptr_params(files, rules.types["mmu"])
     narrower = Narrower(defs, protos, rules, walker_fnptr_params(fnptrs, rules),
                         naming_macros(files), function_macros(files))
+    stage = rules.stage or Stage()
     result = narrower.run()
+    if not stage.narrow:
+        result.narrowed, result.forced = set(), {}
     for key, why in result.forced.items():
         if key not in result.narrowed:
             fn = defs[key[0]][0]
@@ -124,15 +127,16 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
               if any(narrower.walker_macro_param(m, i) for i in range(3))}
     ctx = Context(rules, names, result.narrowed, renames, walker_params, narrower.callee,
                   lambda m, i: narrower.walker_macro_param(m, i), mmu_params,
-                  narrower.fnptr, _relevant(rules, extra))
+                  narrower.fnptr if stage.narrow else {}, _relevant(rules, extra))
     skip_structs = {rules.types["mmu"], rules.types["vcpu_arch"], rules.types["old_format"]}
     for rel, pf in files.items():
         if rel not in {r for r in index.files} or _type_only(index, rel):
             continue
         _rewrite_file(ctx, index, pf, defs, skip_structs)
     _rewrite_prototypes(ctx, protos, files, defs)
-    ctx.edits.extend(plan_layout(files, rules, names))
-    ctx.edits.extend(plan_restructure(files, defs, rules, names, ctx))
+    ctx.edits.extend(plan_layout(files, rules, names, stage))
+    if stage.introduce_walker:
+        ctx.edits.extend(plan_restructure(files, defs, rules, names, ctx))
     plan.edits = ctx.edits
     plan.humans.extend(ctx.humans)
     plan.comments = [{"file": r.file, "line": r.line, "symbol": r.symbol}

@@ -104,6 +104,7 @@ class Rules:
     raw: dict[str, dict] = field(default_factory=dict, repr=False)
     restructure: dict[str, list[dict]] = field(default_factory=dict)
     calls: list[dict] = field(default_factory=list)
+    stage: "Stage | None" = None  # None: the whole refactor is in force
 
     # ---- names ----------------------------------------------------------
     def names(self, spec: str | None = "upstream") -> WalkerNames:
@@ -272,3 +273,67 @@ def load_rules(directory: str | Path | None = None) -> Rules:
     for p in presets.values():
         rules.check_names(p)
     return rules
+
+
+# ---- series steps --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    subject: str
+    body: str
+    rename_format: bool = False
+    introduce_walker: bool = False
+    move_fields: tuple[str, ...] = ()
+    narrow: bool = False
+    remove_members: bool = False
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What is in force after some steps (the whole refactor when all are)."""
+
+    rename_format: bool = True
+    introduce_walker: bool = True
+    moved: frozenset = frozenset()
+    narrow: bool = True
+    remove_members: bool = True
+    complete: bool = True
+
+
+def load_steps(rules: Rules) -> list[Step]:
+    data = _read(rules.directory, "steps.toml")
+    steps = []
+    for raw in _need(data, "steps", "steps.toml"):
+        steps.append(Step(id=raw["id"], subject=raw["subject"], body=raw.get("body", "").strip(),
+                          rename_format=raw.get("rename_format", False),
+                          introduce_walker=raw.get("introduce_walker", False),
+                          move_fields=tuple(raw.get("move_fields", ())), narrow=raw.get("narrow", False),
+                          remove_members=raw.get("remove_members", False)))
+    moving = {n for n, f in rules.mmu_fields.items() if f.dest == "walker" or f.path != n}
+    listed = {f for s in steps for f in s.move_fields}
+    if moving - listed:
+        raise RulesError(f"steps.toml: no step moves {', '.join(sorted(moving - listed))}")
+    return steps
+
+
+def staged(rules: Rules, steps: list[Step], upto: int) -> Rules:
+    """The rules as in force after steps[:upto]: fields not moved yet stay put."""
+    import copy
+
+    done = steps[:upto]
+    stage = Stage(rename_format=any(s.rename_format for s in done),
+                  introduce_walker=any(s.introduce_walker for s in done),
+                  moved=frozenset(f for s in done for f in s.move_fields),
+                  narrow=any(s.narrow for s in done), remove_members=any(s.remove_members for s in done),
+                  complete=upto >= len(steps))
+    out = copy.copy(rules)
+    out.stage = stage
+    out.mmu_fields = {n: (f if n in stage.moved else MmuField(n, "mmu", n, f.why))
+                      for n, f in rules.mmu_fields.items()}
+    out.vcpu_old = {n: (m if stage.remove_members else
+                        VcpuMember(m.name, m.kind, False, m.walker, m.targets, m.compare_as_walker))
+                    for n, m in rules.vcpu_old.items()}
+    if not stage.rename_format:
+        out.types = dict(rules.types, format=rules.types["old_format"])
+    return out

@@ -16,7 +16,7 @@ INFO_URI = "https://example.invalid/kvm-refactor/docs/lint.md"  # replaced by th
 
 
 def _rule(rule, lint: LintRules) -> dict:
-    help_text = rule.render(rule.help, {**lint.rules.presets["upstream"].as_dict(), "fix": "the suggested fix"})
+    help_text = rule.render(rule.help, {**lint.rules.presets["upstream"].as_dict(), "fix": "see each result"})
     return {
         "id": rule.id,
         "name": rule.name,

@@ -286,6 +286,10 @@ class FunctionRewriter:
             return None
         arch = self.rebuild(base).text
         here = f"{arch}{op}{fld}"
+        if info.kind in ("walker_pointer", "walk_only_mmu") and not info.removed:
+            # Still there (an intermediate step): a kvm_mmu whose walker the base rules name.
+            kind = "mmu_ptr" if info.kind == "walker_pointer" else "mmu_obj"
+            return Val(here, kind, old, info.walker, from_member=fld)
         if info.kind in ("walker_pointer", "walk_only_mmu"):
             b = self.rules.base_for(f"vcpu->arch.{fld}")
             new = self.fill(b.new, arch)
@@ -367,7 +371,7 @@ class FunctionRewriter:
         lv, rv = self.rebuild(left), self.rebuild(right)
         old = squash(self.src(node))
         members = {lv.from_member, rv.from_member}
-        if {"walk_mmu", "nested_mmu"} <= members:
+        if {"walk_mmu", "nested_mmu"} <= members and self.rules.vcpu_old["walk_mmu"].removed:
             rule = self.rules.expr("walk-mmu-is-nested")
             new = self.fill(rule.new, _arch_prefix(lv.text if lv.from_member else rv.text))
             if op == "!=":
