@@ -52,10 +52,14 @@ def _register_commands() -> None:
     # Commands that live in their own modules.
     from .cli_fetch import fetch_tree_cmd
     from .cli_rewrite import build_check_cmd, rewrite_cmd
+    from .cli_lint import lint_cmd
+    from .cli_series import series_cmd
 
     main.add_command(fetch_tree_cmd)
     main.add_command(rewrite_cmd)
     main.add_command(build_check_cmd)
+    main.add_command(series_cmd)
+    main.add_command(lint_cmd)
     try:
         from emulator.cli import emulate
     except ModuleNotFoundError as exc:  # pragma: no cover - partial checkout
