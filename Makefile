@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/kvm-refactor scan fixtures/mini-kvm
-	$(BIN)/kvm-refactor emulate fuzz --seed 1 --events 3000
+	$(BIN)/kvm-refactor rewrite fixtures/mini-kvm
+	$(BIN)/kvm-refactor emulate fuzz --seed 1 --events 20000
+	$(BIN)/kvm-refactor emulate mutants
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -26,6 +28,9 @@ slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/scan_bench.py
+	$(BIN)/python bench/rewrite_bench.py --series
+	$(BIN)/python bench/lint_bench.py
+	$(BIN)/python bench/emulator_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,14 +15,12 @@ def _user_error(msg: str):
 
 
 def _plan(tree: str, names: str):
-    from .index import build_index
-    from .rewrite import plan_rewrite
-    from .rules import RulesError, load_rules
+    from .rewrite import cached_plan
+    from .rules import RulesError
     from .source import TreeError
 
     try:
-        rules = load_rules()
-        return plan_rewrite(tree, names, rules, build_index(tree, rules))
+        return cached_plan(tree, names)
     except (TreeError, RulesError) as exc:
         raise _user_error(str(exc)) from None
 

@@ -54,6 +54,23 @@ class Plan:
         }
 
 
+def cached_plan(tree: str | Path, names_spec: str | None = "upstream", rules: Rules | None = None) -> Plan:
+    """plan_rewrite, from the content-hash cache when the tree, rules and names did not change."""
+    from . import cache
+    from .source import discover
+
+    rules = rules or load_rules()
+    files = discover(Path(tree))
+    key = "plan-" + cache.key_for(files, rules) + "-" + re.sub(r"\W", "_", names_spec or "upstream")
+    hit = cache.load(key)
+    if isinstance(hit, Plan):
+        hit.tree = Path(tree)
+        return hit
+    plan = plan_rewrite(tree, names_spec, rules, build_index(tree, rules, files=files))
+    cache.store(key, plan)
+    return plan
+
+
 def _new_name(var: str, taken: set[str]) -> str:
     """The name a maintainer would give a walker variable."""
     if "mmu" in var and var != "mmu":
