@@ -115,7 +115,7 @@ def apply(src: bytes, edits: list[Edit]) -> bytes:
         ls, le = _line_of(starts, s), _line_of(starts, max(s, t - 1)) + 1
         if e.end == e.start:
             le = ls + 1
-        if groups and ls <= groups[-1][1]:
+        if groups and ls < groups[-1][1]:
             groups[-1][1] = max(groups[-1][1], le)
             groups[-1][2].append((s, t, e.new))
         else:

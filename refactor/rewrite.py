@@ -34,6 +34,7 @@ class Plan:
     results: dict[str, bytes] = field(default_factory=dict)  # rel -> new content
     originals: dict[str, bytes] = field(default_factory=dict)
     style: list[dict] = field(default_factory=list)
+    post_edits: list[Edit] = field(default_factory=list)  # edits of the rewritten text (restructuring)
 
     def diff(self) -> str:
         return "".join(unified_diff(rel, self.originals[rel], new) for rel, new in sorted(self.results.items()))
@@ -46,6 +47,8 @@ class Plan:
             "narrowed": self.narrowed,
             "sites": [{"file": e.file, "line": e.line, "old": e.old, "new": e.new, "rule": e.rule,
                        "why": e.why} for e in sorted(self.edits, key=lambda e: (e.file, e.start))],
+            "restructured": [{"file": e.file, "line": e.line, "old": e.old, "new": e.new, "rule": e.rule,
+                              "why": e.why} for e in self.post_edits],
             "needs_human": [{"file": h.file, "line": h.line, "why": h.why, "text": h.text}
                             for h in self.humans],
             "comments": self.comments,
@@ -159,6 +162,25 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     plan.comments = [{"file": r.file, "line": r.line, "symbol": r.symbol}
                      for r in index.references if r.context == "comment"
                      and r.symbol in rules.vcpu_old and rules.vcpu_old[r.symbol].removed]
+    _apply_all(plan, files)
+    if stage.walker_init:
+        _walker_init_pass(plan, rules, names)
+    return plan
+
+
+def _walker_init_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
+    """Restructuring that reads the rewritten code (rules/restructure.toml [[walker_init]])."""
+    from .walker_init import plan_walker_init
+
+    for rel in sorted(plan.results):
+        data = plan.results[rel]
+        edits = plan_walker_init(rel, data, rules, names, plan.humans)
+        if edits:
+            plan.post_edits.extend(edits)
+            plan.results[rel] = apply(data, edits)
+
+
+def _apply_all(plan: Plan, files) -> None:
     by_file: dict[str, list[Edit]] = {}
     for e in plan.edits:
         by_file.setdefault(e.file, []).append(e)
@@ -174,7 +196,6 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
             plan.originals[rel] = src
             for line, width in long_lines(rel, src, new):
                 plan.style.append({"file": rel, "line": line, "columns": width})
-    return plan
 
 
 def _type_only(index: Index, rel: str) -> bool:

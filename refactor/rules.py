@@ -287,6 +287,7 @@ class Step:
     move_fields: tuple[str, ...] = ()
     narrow: bool = False
     remove_members: bool = False
+    walker_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,7 @@ class Stage:
     moved: frozenset = frozenset()
     narrow: bool = True
     remove_members: bool = True
+    walker_init: bool = True
     complete: bool = True
 
 
@@ -309,7 +311,8 @@ def load_steps(rules: Rules) -> list[Step]:
                           rename_format=raw.get("rename_format", False),
                           introduce_walker=raw.get("introduce_walker", False),
                           move_fields=tuple(raw.get("move_fields", ())), narrow=raw.get("narrow", False),
-                          remove_members=raw.get("remove_members", False)))
+                          remove_members=raw.get("remove_members", False),
+                          walker_init=raw.get("walker_init", False)))
     moving = {n for n, f in rules.mmu_fields.items() if f.dest == "walker" or f.path != n}
     listed = {f for s in steps for f in s.move_fields}
     if moving - listed:
@@ -326,6 +329,7 @@ def staged(rules: Rules, steps: list[Step], upto: int) -> Rules:
                   introduce_walker=any(s.introduce_walker for s in done),
                   moved=frozenset(f for s in done for f in s.move_fields),
                   narrow=any(s.narrow for s in done), remove_members=any(s.remove_members for s in done),
+                  walker_init=any(s.walker_init for s in done),
                   complete=upto >= len(steps))
     out = copy.copy(rules)
     out.stage = stage

@@ -93,6 +93,12 @@ def test_fixture_sites_follow_the_rules():
     # A walker where a struct kvm_mmu * is still needed: the rule's builder MMU.
     assert "kvm_mmu_invalidate_addr(vcpu, &vcpu->arch.root_mmu, gva, 7);" in mmu
     assert "vcpu->arch.nested_mmu.root_role.invalid = 1;" not in mmu
+    # One initialiser for the walker of the running level (rules/restructure.toml).
+    assert "static void init_kvm_page_walk(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w, " in mmu
+    assert ("\tinit_kvm_page_walk(vcpu, &vcpu->arch.gva_walk, cpu_role);\n\n\tif (!mmu_is_nested(vcpu)) {\n"
+            "\t\tif (tdp_enabled)\n\t\t\tinit_kvm_tdp_mmu(vcpu, cpu_role);\n\t\telse\n"
+            "\t\t\tkvm_init_shadow_mmu(vcpu, cpu_role);\n\t}\n") in mmu
+    assert "init_kvm_nested_mmu" not in mmu and "init_kvm_softmmu" not in mmu
     mmu_h = new["arch/x86/kvm/mmu.h"]
     assert "if (!mmu_is_nested(vcpu) || w == &vcpu->arch.ngpa_walk)" in mmu_h
     # Continuation lines stay aligned under the moved parenthesis.

@@ -48,7 +48,7 @@ def test_one_commit_per_step_with_kernel_subjects_and_signoff(repo72, series72):
     steps = load_steps(load_rules())
     log = git(repo72, "log", "--format=%s%n%b%n--END--", "--reverse", "HEAD..pagewalk")
     commits = [c.strip() for c in log.split("--END--") if c.strip()]
-    assert len(commits) == len(steps) == 8
+    assert len(commits) == len(steps) == 9
     for text in commits:
         subject = text.splitlines()[0]
         assert re.match(r"KVM: (x86/mmu|x86|nVMX|nSVM): \S", subject) and len(subject) <= 75, subject
@@ -76,7 +76,7 @@ def test_final_tree_equals_the_one_shot_rewrite(repo72, series72):
 def test_format_patch_output_applies_with_git_am(repo72, series72, tmp_path):
     result, out, _ = series72
     patches = sorted(out.glob("*.patch"))
-    assert patches[0].name == "0000-cover-letter.patch" and len(patches) == 9
+    assert patches[0].name == "0000-cover-letter.patch" and len(patches) == 10
     cover = patches[0].read_text()
     assert "*** SUBJECT HERE ***" not in cover and "*** BLURB HERE ***" not in cover
     assert "gva_walk" in cover and "ngpa_walk" in cover
@@ -92,7 +92,7 @@ def test_reroll_count_gives_v2(repo72, tmp_path):
     result = generate(repo72, "upstream", "pagewalk-v2", tmp_path, reroll=2)
     names = [p.name for p in result.patches]
     assert names[0] == "v2-0000-cover-letter.patch"
-    assert "[PATCH v2 1/8]" in result.patches[1].read_text()
+    assert "[PATCH v2 1/9]" in result.patches[1].read_text()
 
 
 def test_renaming_gives_a_series_that_differs_only_in_names(repo72):
@@ -100,7 +100,7 @@ def test_renaming_gives_a_series_that_differs_only_in_names(repo72):
     generate(repo72, "upstream", "pagewalk-up", None)
     rd = git(repo72, "range-diff", "--no-color", "HEAD..pagewalk-v1", "HEAD..pagewalk-up")
     pairs = [line for line in rd.splitlines() if re.match(r"^\s*\d+:\s+\w+\s+[=!<>]", line)]
-    assert len(pairs) == 8 and all(re.match(r"^\s*(\d+):\s+\w+\s+[=!]\s+\1:", p) for p in pairs), rd
+    assert len(pairs) == 9 and all(re.match(r"^\s*(\d+):\s+\w+\s+[=!]\s+\1:", p) for p in pairs), rd
     # Every line the range-diff shows changed is a renaming of the walkers.
     for a, b in zip(git(repo72, "log", "-p", "--format=%s%n%b", "HEAD..pagewalk-v1").splitlines(),
                     git(repo72, "log", "-p", "--format=%s%n%b", "HEAD..pagewalk-up").splitlines()):
