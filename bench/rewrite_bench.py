@@ -79,7 +79,7 @@ def main() -> None:
             secs, proc = timed([sys.executable, "-m", "refactor", "series", str(repo), "--branch", "b",
                                 "--outdir", str(Path(tmp) / "out")], env)
             assert proc.returncode == 0, proc.stderr
-            print(f"series (8 steps, format-patch, no build): {secs:.2f} s")
+            print(f"series ({proc.stdout.split(':')[1].split()[0]} commits, format-patch, no build): {secs:.2f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -209,6 +210,31 @@ def _realign_segment(old: str, new: str, changed_lines: int) -> str:
             nl = "\n" if result[j1 + k].endswith("\n") else ""
             result[j1 + k] = line + nl
     return "".join(result)
+
+
+def unified_diffs(changes: dict[str, tuple[bytes, bytes]]) -> str:
+    """A git-style diff of several files: git's own diff when git is there, else difflib."""
+    import shutil
+    import subprocess
+
+    if not changes:
+        return ""
+    if shutil.which("git") is None:
+        return "".join(unified_diff(rel, old, new) for rel, (old, new) in sorted(changes.items()))
+    with tempfile.TemporaryDirectory(prefix="kvm-refactor-diff-") as tmp:
+        for rel, (old, new) in changes.items():
+            for side, data in (("a", old), ("b", new)):
+                path = Path(tmp, side, rel)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        proc = subprocess.run(["git", "-c", "core.quotepath=off", "diff", "--no-index", "--no-color",
+                               "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", "a", "b"],
+                              cwd=tmp, capture_output=True)
+    out = proc.stdout.decode("utf-8", "surrogateescape")
+    # The sides are directories a/ and b/: drop that extra level from the paths.
+    out = re.sub(r"^(diff --git a/)a/(\S+) b/b/", r"\1\2 b/", out, flags=re.M)
+    out = re.sub(r"^(---|\+\+\+) ([ab])/[ab]/", r"\1 \2/", out, flags=re.M)
+    return out
 
 
 def unified_diff(rel: str, old: bytes, new: bytes) -> str:

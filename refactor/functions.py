@@ -175,6 +175,8 @@ def collect(files: dict[str, ParsedFile], interesting=lambda src: True) -> tuple
                 frags.append(pf.fragment_for(start, end))
         for frag in frags:
             for node in _top_level(frag.tree.root_node):
+                if not interesting(pf.src[node.start_byte + frag.offset:node.end_byte + frag.offset]):
+                    continue  # no struct kvm_mmu in sight: nothing to narrow or call with one
                 if node.type == "function_definition":
                     fn = _function(pf, frag, node)
                     if fn is not None:

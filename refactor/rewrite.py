@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .apply import EditConflict, apply, long_lines, unified_diff
-from .functions import Function, collect, fnptr_params, function_macros, naming_macros, struct_node
+from .apply import EditConflict, apply, long_lines, unified_diffs
+from .functions import collect, fnptr_params, function_macros, naming_macros
 from .index import Index, build_index
 from .layout_edit import plan_layout
 from .narrow import Narrower, walker_fnptr_params
@@ -37,7 +37,7 @@ class Plan:
     post_edits: list[Edit] = field(default_factory=list)  # edits of the rewritten text (restructuring)
 
     def diff(self) -> str:
-        return "".join(unified_diff(rel, self.originals[rel], new) for rel, new in sorted(self.results.items()))
+        return unified_diffs({rel: (self.originals[rel], new) for rel, new in self.results.items()})
 
     def to_json(self) -> dict:
         return {
@@ -216,10 +216,11 @@ def _rewrite_file(ctx: Context, index: Index, pf, defs, skip_structs) -> None:
             scope = Scope(index.program, node, lambda n, f=pf.main: pf.text(n, f), globals_)
             FunctionRewriter(ctx, pf, pf.main, name, scope).top(node)
         elif node.type in ("declaration", "type_definition", "struct_specifier"):
+            # The structs the layout rules rewrite are left to plan_layout().
             spec = node if node.type == "struct_specifier" else node.child_by_field_name("type")
-            if spec is not None and spec.type == "struct_specifier" and \
-                    pf.text(spec.child_by_field_name("name"), pf.main) in skip_structs if \
-                    spec.child_by_field_name("name") is not None else False:
+            name = spec.child_by_field_name("name") if spec is not None and spec.type == "struct_specifier" \
+                else None
+            if name is not None and pf.text(name, pf.main) in skip_structs:
                 continue
             if _is_prototype(node):
                 continue

@@ -9,7 +9,6 @@ index are never touched; the branch is created from HEAD at the end.  Then
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field

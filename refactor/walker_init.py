@@ -14,7 +14,7 @@ import re
 from tree_sitter import Node
 
 from .ctype import text
-from .edits import DROP, Edit, Human
+from .edits import Edit, Human
 from .functions import _top_level
 from .parse import parse
 from .rules import Rules, WalkerNames
@@ -106,14 +106,12 @@ def plan_walker_init(rel: str, data: bytes, rules: Rules, names: WalkerNames,
         alt = ifs.child_by_field_name("alternative")
         if alt is not None:
             inner = [c for c in alt.named_children if c.type != "comment"][0]
-            s0 = data.rfind(b"\n", 0, inner.start_byte) + 1
             rest = indent + data[inner.start_byte:inner.end_byte].decode()
             rest = "\n".join(("\t" + line) if line.strip() else line for line in rest.splitlines())
             for old, target in step.get("merge", {}).items():
                 if old in fns and _only_setup_and_walker(fns[old], target, rules, names):
                     rest = re.sub(rf"\b{re.escape(old)}\(", f"{target}(", rest)
             new += f"\n{indent}if (!{step['nested_test']}) {{\n{rest}\n{indent}}}\n"
-            del s0
         s, e = _line_span(data, ifs)
         add(s, e, new)
         # Initialisers that were the shadow set-up plus walker callbacks.
