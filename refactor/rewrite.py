@@ -143,16 +143,15 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     extra = {v for (_, v) in renames} | {k[1] for k in result.blocked} | callee_names
     extra |= {p + n.split("(", 1)[1].rstrip(")") for n in callee_names if "(" in n for p in prefixes}
     extra |= {f"{k[0]}" for k in result.narrowed}
-    extra |= {m for m in function_macros(files)
-              if any(narrower.walker_macro_param(m, i) for i in range(3))}
+    extra |= {name for name, variants in narrower.macros.items()
+              if any(narrower.walker_macro_param(name, i) for i in range(len(variants[0].params)))}
     ctx = Context(rules, names, result.narrowed, renames, walker_params, narrower.callee,
-                  lambda m, i: narrower.walker_macro_param(m, i), mmu_params,
+                  narrower.walker_macro_param, mmu_params,
                   narrower.fnptr if stage.narrow else {}, _relevant(rules, extra))
     skip_structs = {rules.types["mmu"], rules.types["vcpu_arch"], rules.types["old_format"]}
     for rel, pf in files.items():
-        if rel not in {r for r in index.files} or _type_only(index, rel):
-            continue
-        _rewrite_file(ctx, index, pf, defs, skip_structs)
+        if not _type_only(index, rel):
+            _rewrite_file(ctx, index, pf, defs, skip_structs)
     _rewrite_prototypes(ctx, protos, files, defs)
     ctx.edits.extend(plan_layout(files, rules, names, stage))
     if stage.introduce_walker:
@@ -199,7 +198,10 @@ def _apply_all(plan: Plan, files) -> None:
 
 
 def _type_only(index: Index, rel: str) -> bool:
-    return rel.startswith("include/linux/")
+    """Files read for their types only (source.TYPE_ONLY) are not rewritten."""
+    from .source import TYPE_ONLY
+
+    return rel in TYPE_ONLY
 
 
 def _rewrite_file(ctx: Context, index: Index, pf, defs, skip_structs) -> None:

@@ -291,13 +291,11 @@ class FunctionRewriter:
             kind = "mmu_ptr" if info.kind == "walker_pointer" else "mmu_obj"
             return Val(here, kind, old, info.walker, from_member=fld)
         if info.kind in ("walker_pointer", "walk_only_mmu"):
+            # Removed: the member is now the walker the base rule names (walk_mmu, a
+            # pointer, stands for the walker's address; nested_mmu for the walker).
             b = self.rules.base_for(f"vcpu->arch.{fld}")
-            new = self.fill(b.new, arch)
             kind = "walker_obj" if b.new_is == "obj" else "walker_ptr"
-            if info.kind == "walk_only_mmu":
-                return Val(new, kind, old, rule=b.id, from_member=fld)
-            # walk_mmu is a pointer: as a value it is the walker's address.
-            return Val(new, kind, old, rule=b.id, from_member=fld)
+            return Val(self.fill(b.new, arch), kind, old, rule=b.id, from_member=fld)
         if info.kind == "mmu":
             return Val(here, "mmu_obj", old, info.walker, from_member=fld)
         return Val(here, "mmu_ptr", old, from_member=fld)
