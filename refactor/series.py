@@ -173,7 +173,7 @@ def generate(repo_path: str | Path, names_spec: str, branch: str, outdir: str | 
             subject = _fill(step.subject, rules, names)
             # The rules this step adds: edits the previous step's plan did not have.
             edits = {(e.file, e.start, e.end, e.new, e.rule) for e in plan.edits}
-            rule_ids = sorted({e[4] for e in edits - previous_edits})
+            rule_ids = sorted({r for e in edits - previous_edits for r in e[4].split(",")})
             previous_edits = edits
             tree, commit = priv.commit(parent, _message(subject, _fill(step.body, rules, names), rule_ids,
                                                         step, name, email))

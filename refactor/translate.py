@@ -216,7 +216,10 @@ class FunctionRewriter:
         for n, v in spans:
             if n.start_byte < last_end:
                 continue  # inside an outer changed node, whose text already includes it
-            self.edit(n, v.text, v.rule or "rewrite")
+            # The edit names every rule that changed something inside it.
+            inner = {w.rule for m, w in spans if w.rule and n.start_byte <= m.start_byte
+                     and m.end_byte <= n.end_byte}
+            self.edit(n, v.text, ",".join(sorted(inner)) or "rewrite")
             last_end = n.end_byte
 
     # ---- node handlers --------------------------------------------------------
