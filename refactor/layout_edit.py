@@ -145,11 +145,11 @@ def _split_mmu(found, rules: Rules, names: WalkerNames, stage: Stage, add) -> li
         indent = re.match(rb"[ \t]*", src[pos:]).group().decode()
         add(pf, pos, pos, f"{indent}struct {t['walker']} *w;\n\n", "layout-w",
             "the walker whose tables this MMU builds or shadows")
-    szc = members.get("shadow_zero_check")
-    szc_rule = rules.mmu_fields.get("shadow_zero_check")
-    if szc is not None and szc_rule is not None and szc_rule.path != "shadow_zero_check":
-        add(pf, szc.start_byte, szc.end_byte, f"struct {t['format']} {szc_rule.path};",
-            "layout-shadow_zero_check", szc_rule.why)
+    # Fields that stay in struct kvm_mmu under a new name (shadow_zero_check -> fmt).
+    for name, fd in members.items():
+        f = rules.mmu_fields.get(name)
+        if f is not None and f.dest == "mmu" and f.path != name:
+            add(pf, fd.start_byte, fd.end_byte, f"struct {t['format']} {f.path};", f"layout-{name}", f.why)
     # struct kvm_pagewalk, right before struct kvm_mmu's definition.
     holder = mmu.parent if mmu.parent is not None and mmu.parent.type in ("declaration",
                                                                           "type_definition") else mmu
@@ -192,7 +192,9 @@ def _walker_members(found, rules: Rules, names: WalkerNames, add) -> None:
         last = list(amembers.values())[-1]
         end = _line_end(apf.src, last.end_byte)
         add(apf, end, end, "\t" + gva_comment + "\t" + gva_line, "layout-gva")
-    guest = amembers.get("guest_mmu")
+    # The nGPA walker goes next to the MMU that shadows it.
+    guest = next((amembers[n] for n, m in rules.vcpu_old.items()
+                  if m.kind == "mmu" and m.walker == "ngpa" and n in amembers), None)
     if guest is not None:
         end = _line_end(apf.src, guest.end_byte)
         indent = re.match(rb"[ \t]*", apf.src[_line_start(apf.src, guest.start_byte):]).group().decode()

@@ -115,8 +115,7 @@ class Narrower:
     def walk_only_removed(self) -> bool:
         return all(m.removed for m in self.rules.vcpu_old.values() if m.kind == "walk_only_mmu")
 
-    @staticmethod
-    def walk_only_values(fn: Function, var: Var) -> bool:
+    def walk_only_values(self, fn: Function, var: Var) -> bool:
         """Every value the variable takes is the walk-only MMU (whose builder fields had no reader)."""
         values = []
         init = var.declarator if var.declarator.type == "init_declarator" else None
@@ -127,8 +126,12 @@ class Narrower:
             if parent is not None and parent.type == "assignment_expression" \
                     and parent.child_by_field_name("left") == expr:
                 values.append(text(parent.child_by_field_name("right")))
-        return bool(values) and all(re.search(r"arch(\.|->)nested_mmu\Z", squash(v).lstrip("&"))
-                                    and squash(v).startswith("&") for v in values)
+        walk_only = {n for n, m in self.rules.vcpu_old.items() if m.kind == "walk_only_mmu"}
+
+        def is_walk_only(value: str) -> bool:
+            m = re.search(r"arch(?:\.|->)(\w+)\Z", squash(value))
+            return squash(value).startswith("&") and m is not None and m.group(1) in walk_only
+        return bool(values) and all(is_walk_only(v) for v in values)
 
     def candidates(self) -> dict[Key, list[tuple[Function, Var]]]:
         """Every struct kvm_mmu * variable; one key for all #ifdef variants of a function."""

@@ -87,6 +87,7 @@ class VcpuMember:
     walker: str | None = None  # role of the walker it stands for, if any
     targets: tuple[str, ...] = ()
     compare_as_walker: bool = False
+    as_builder: str | None = None  # mappings.toml rule for it where a struct kvm_mmu * is required
 
 
 @dataclass
@@ -147,6 +148,10 @@ class Rules:
     # ---- symbols the index looks for -------------------------------------
     def old_vcpu_members(self) -> list[str]:
         return list(self.vcpu_old)
+
+    def member_of_kind(self, kind: str) -> str | None:
+        """The old vcpu-arch member of a kind (walker_pointer: walk_mmu; walk_only_mmu: nested_mmu)."""
+        return next((n for n, m in self.vcpu_old.items() if m.kind == kind), None)
 
     def walker_fields(self) -> list[str]:
         return [f.name for f in self.mmu_fields.values() if f.moves_to_walker]
@@ -239,7 +244,8 @@ def load_rules(directory: str | Path | None = None) -> Rules:
     vcpu_old = {
         n: VcpuMember(name=n, kind=v["kind"], removed=v.get("removed", False),
                       walker=v.get("walker"), targets=tuple(v.get("targets", ())),
-                      compare_as_walker=v.get("compare_as_walker", False))
+                      compare_as_walker=v.get("compare_as_walker", False),
+                      as_builder=v.get("as_builder"))
         for n, v in _need(vcpu, "old", "layout.toml [vcpu_arch]").items()
     }
     mmu_fields = {}
@@ -336,7 +342,8 @@ def staged(rules: Rules, steps: list[Step], upto: int) -> Rules:
     out.mmu_fields = {n: (f if n in stage.moved else MmuField(n, "mmu", n, f.why))
                       for n, f in rules.mmu_fields.items()}
     out.vcpu_old = {n: (m if stage.remove_members else
-                        VcpuMember(m.name, m.kind, False, m.walker, m.targets, m.compare_as_walker))
+                        VcpuMember(m.name, m.kind, False, m.walker, m.targets, m.compare_as_walker,
+                                   m.as_builder))
                     for n, m in rules.vcpu_old.items()}
     if not stage.rename_format:
         out.types = dict(rules.types, format=rules.types["old_format"])

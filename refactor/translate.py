@@ -142,16 +142,19 @@ class FunctionRewriter:
             return v.text
         if v.kind == "mmu_obj":
             return "&" + v.text
-        member = v.from_member
-        rule_id = {"walk_mmu": "walk-mmu-as-builder", "nested_mmu": "nested-mmu-as-builder"}.get(member)
+        info = self.rules.vcpu_old.get(v.from_member or "")
+        rule_id = info.as_builder if info is not None else None
         if rule_id is None:
             self.human(node, "a walker is passed where a struct kvm_mmu * is still required")
             return v.text
         return self.fill(self.rules.expr(rule_id).new, _arch_prefix(v.text))
 
     def _known_guest_mmu(self, node: Node, v: Val) -> bool:
+        """Was the pointer just set to the MMU whose walker is {ngpa} (nested EPT/NPT set-up)?"""
         values = self.scope.values_before(v.old, node.start_byte)
-        return bool(values) and re.search(r"&.*arch(\.|->)guest_mmu\Z", values[-1]) is not None
+        m = re.search(r"&.*arch(?:\.|->)(\w+)\Z", values[-1]) if values else None
+        info = self.rules.vcpu_old.get(m.group(1)) if m else None
+        return info is not None and info.kind == "mmu" and info.walker == "ngpa"
 
     # ---- the rebuild --------------------------------------------------------
     def relevant(self, node: Node) -> bool:
@@ -372,7 +375,8 @@ class FunctionRewriter:
         lv, rv = self.rebuild(left), self.rebuild(right)
         old = squash(self.src(node))
         members = {lv.from_member, rv.from_member}
-        if {"walk_mmu", "nested_mmu"} <= members and self.rules.vcpu_old["walk_mmu"].removed:
+        pointer, walk_only = self.rules.member_of_kind("walker_pointer"), self.rules.member_of_kind("walk_only_mmu")
+        if {pointer, walk_only} <= members and self.rules.vcpu_old[pointer].removed:
             rule = self.rules.expr("walk-mmu-is-nested")
             new = self.fill(rule.new, _arch_prefix(lv.text if lv.from_member else rv.text))
             if op == "!=":
@@ -380,7 +384,7 @@ class FunctionRewriter:
             return Val(self._wrap(node, new), old=old, rule=rule.id)
         walkers = [v.kind in ("walker_obj", "walker_ptr") for v in (lv, rv)]
         if any(walkers):
-            nested = rv if rv.from_member == "nested_mmu" else lv if lv.from_member == "nested_mmu" else None
+            nested = rv if rv.from_member == walk_only else lv if lv.from_member == walk_only else None
             other = (lv if nested is rv else rv) if nested is not None else None
             if nested is not None and other.from_member is None:
                 rule = self.rules.expr("nested-mmu-compare")

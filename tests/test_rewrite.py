@@ -177,3 +177,21 @@ def test_narrowing_matches_what_upstream_did(trees, indexes):
     # kvm_mmu_invalidate_addr was restructured upstream (it picks the MMU from the
     # walker); the rules keep it on struct kvm_mmu and pass the builder MMU instead.
     assert common - narrowed - attached == {"kvm_mmu_invalidate_addr"}
+
+
+def test_every_series_stage_of_the_mini_tree_compiles(tmp_path):
+    """Each step's tree (rules/steps.toml, cumulative) is valid C: the series bisects."""
+    from refactor.apply import write_atomic
+    from refactor.rules import load_rules, load_steps, staged
+
+    rules = load_rules()
+    steps = load_steps(rules)
+    index = build_index(FIXTURE_TREE)
+    for k in range(1, len(steps) + 1):
+        plan = plan_rewrite(FIXTURE_TREE, "v1", staged(rules, steps, k), index)
+        assert plan.humans == [], steps[k - 1].id
+        tree = copy(FIXTURE_TREE, tmp_path, f"stage{k}")
+        for rel, data in plan.results.items():
+            write_atomic(tree / rel, data)
+        assert gcc_syntax(tree) == [], f"after step {k} ({steps[k - 1].id})"
+    assert plan.results == plan_rewrite(FIXTURE_TREE, "v1").results
