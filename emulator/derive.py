@@ -76,6 +76,10 @@ class _Context:
         self.rules = rules
         self.names = names
         self.members = set(rules.vcpu_old)
+        # The fault-MMU pointer, and the MMU whose walker is {ngpa} (rules/layout.toml).
+        self.fault_mmu = rules.member_of_kind("mmu_pointer")
+        self.ngpa_mmu = next((n for n, m in rules.vcpu_old.items() if m.kind == "mmu" and m.walker == "ngpa"),
+                             None)
         self.removed = {n for n, m in rules.vcpu_old.items() if m.removed}
 
     def member_of(self, node) -> str | None:
@@ -238,8 +242,8 @@ class _Rewriter(cst.CSTTransformer):
         self.applied[key] = self.applied.get(key, 0) + 1
 
     def _known_guest_base(self, old_base: str) -> str | None:
-        if self.known_guest and old_base == "vcpu->arch.mmu":
-            base = self.rules.base_for(old_base)
+        if self.known_guest:
+            base = self.rules.base_for(old_base)  # only the fault-MMU base has known_guest_mmu
             if base.known_guest_mmu:
                 self._count(f"{base.id} (known_guest_mmu)")
                 return self.names.fill(base.known_guest_mmu)
@@ -380,9 +384,9 @@ class _Rewriter(cst.CSTTransformer):
             return updated
         target = small.targets[0].target
         text = f"{self._c_of(target)} = {code(small.value)};"
-        if self.ctx.member_of(target) == "mmu":
+        if self.ctx.member_of(target) == self.ctx.fault_mmu:
             # Remember what the fault MMU was just set to (nested EPT/NPT setup).
-            self.known_guest = self.ctx.member_of(small.value) == "guest_mmu"
+            self.known_guest = self.ctx.member_of(small.value) == self.ctx.ngpa_mmu
         rule = self._match_rule(text)
         if rule is None:
             return updated

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .consts import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP,
-                     EFER_LMA, EFER_LME, EFER_NXE, EPT_R, EPT_W, EPT_X, PT_NX, PT_P, PT_RW,
-                     PT_US)
-from .machine import Model
+                     EFER_LMA, EFER_LME, EFER_NXE, PT_NX, PT_P, PT_RW, PT_US)
 from .scenarios import L2_OFFSET
 from .tables import PageAllocator, Tables
 from .trace import TraceError, jsonable, run_pair, write_events

@@ -47,12 +47,6 @@ class Function:
                 return v
         return None
 
-    @property
-    def line(self) -> int:
-        return self.node.start_point[0] + 1 + self.frag_line_offset
-
-    frag_line_offset: int = 0
-
 
 @dataclass
 class Prototype:

@@ -20,11 +20,6 @@ from .rules import Rules, load_rules
 from .source import SourceFile, discover, kernel_version
 from .typing_ import Program, Scope, function_name, squash
 
-# Uses a reference can have (documented in docs/index-format.md).
-USES = ("read", "write", "address", "call", "argument", "compare", "base", "declaration",
-        "parameter", "member-declaration", "designator", "type", "definition", "text")
-
-
 CONTRACT_KEYS = ("file", "line", "column", "symbol", "context", "function", "expression", "use")
 
 

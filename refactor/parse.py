@@ -144,7 +144,3 @@ def _collect_macros(root: Node, out: list[tuple[int, int, str]]) -> None:
                     out.append((body.start_byte, body.end_byte, name.text.decode("utf-8", "replace")))
             elif kind in _MACRO_HOLDERS:
                 stack.append(child)
-
-
-def count_errors(pf: ParsedFile) -> int:
-    return len(pf.error_spans)

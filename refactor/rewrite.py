@@ -116,7 +116,8 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     for key, why in result.forced.items():
         if key not in result.narrowed:
             fn = defs[key[0]][0]
-            plan.humans.append(Human(fn.file, fn.node.start_point[0] + 1,
+            line = files[fn.file].src.count(b"\n", 0, fn.node.start_byte + fn.frag.offset) + 1
+            plan.humans.append(Human(fn.file, line,
                                      f"{key[0]}() must take a walker ({why}) but {key[1]} "
                                      f"{result.blocked.get(key, 'cannot be narrowed')}"))
     renames, walker_params, mmu_params = {}, {}, {}
