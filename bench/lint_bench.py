@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 # The command as the CLI runs it (lint_cmd is what refactor/cli.py mounts).
-CHILD = "import sys; from refactor.cli_lint import lint_cmd; lint_cmd(sys.argv[1:], prog_name='kvm-refactor lint')"
+CHILD = "import sys; from refactor.cli.lint import lint_cmd; lint_cmd(sys.argv[1:], prog_name='kvm-refactor lint')"
 
 
 def run(args: list[str], cache: Path) -> tuple[float, int, str]:
@@ -70,7 +70,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
 
-    from refactor.fetch import bundled_tarball_trees, default_tarball_dir
+    from refactor.kernel.fetch import bundled_tarball_trees, default_tarball_dir
 
     cache_root = Path.home() / ".cache" / "kvm-refactor" / "tarball-trees"
     trees = bundled_tarball_trees(default_tarball_dir(), cache_root)
@@ -108,7 +108,7 @@ def main() -> None:
             print(f"lint 20-patch mbox {name} ({lines} diff lines), {label}: {med(times):.3f} s wall "
                   f"(exit {rc}, {found} findings; target <= 1 s)")
     # In-process figure without interpreter start-up, for comparison.
-    from refactor.lint import lint_patches
+    from refactor.lint.engine import lint_patches
 
     start = time.perf_counter()
     lint_patches(mbox, "series.mbox")

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--series", action="store_true", help="also time series generation (no build)")
     args = ap.parse_args()
 
-    from refactor.fetch import bundled_tarball_trees, default_tarball_dir
+    from refactor.kernel.fetch import bundled_tarball_trees, default_tarball_dir
 
     tree = bundled_tarball_trees(default_tarball_dir(),
                                  Path.home() / ".cache" / "kvm-refactor" / "tarball-trees")[args.version]

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
-from refactor.index import scan_tree
-from refactor.report import scan_json
+from refactor.index.indexer import scan_tree
+from refactor.index.report import scan_json
 index = scan_tree(sys.argv[1])
 out = scan_json(index)
 t1 = time.perf_counter()
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--no-spatch", action="store_true")
     args = ap.parse_args()
 
-    from refactor.fetch import bundled_tarball_trees, default_tarball_dir
+    from refactor.kernel.fetch import bundled_tarball_trees, default_tarball_dir
 
     cache_root = Path.home() / ".cache" / "kvm-refactor" / "tarball-trees"
     tree = bundled_tarball_trees(default_tarball_dir(), cache_root)[args.version]

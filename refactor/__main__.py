@@ -1,3 +1,3 @@
-from .cli import main
+from refactor.cli.app import main
 
 main()

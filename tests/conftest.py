@@ -30,7 +30,7 @@ def _private_index_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trees() -> dict[str, Path]:
-    from refactor.fetch import FetchError, bundled_tarball_trees, default_tarball_dir
+    from refactor.kernel.fetch import FetchError, bundled_tarball_trees, default_tarball_dir
 
     src = default_tarball_dir()
     cache = Path(os.environ.get("KVM_REFACTOR_TREE_CACHE",
@@ -55,13 +55,13 @@ def trees() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def indexes(trees):
-    from refactor.index import build_index
+    from refactor.index.indexer import build_index
 
     return {v: build_index(p) for v, p in trees.items()}
 
 
 @pytest.fixture(scope="session")
 def mini_index():
-    from refactor.index import build_index
+    from refactor.index.indexer import build_index
 
     return build_index(FIXTURE_TREE)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from refactor.build import Diagnostic, check_tree, map_errors, new_line_sites
-from refactor.index import build_index
-from refactor.rewrite import plan_rewrite
+from refactor.kernel.build import Diagnostic, check_tree, map_errors, new_line_sites
+from refactor.index.indexer import build_index
+from refactor.plan.rewrite import plan_rewrite
 
 from conftest import FIXTURE_TREE
 
@@ -23,7 +23,7 @@ def full_tree(version: str) -> Path:
     env = os.environ.get("KVM_REFACTOR_FULL_TREE_" + version.replace(".", "_"))
     if env:
         return Path(env)
-    from refactor.fetch import FetchError, fetch_tree
+    from refactor.kernel.fetch import FetchError, fetch_tree
 
     try:
         # A persistent cache (not the per-run one conftest sets): full trees are large.

@@ -1,6 +1,6 @@
 """Tests of refactor/fetch.py and the fetch-tree command.
 
-apt is faked wherever it would download (``refactor.fetch._run`` is replaced by a
+apt is faked wherever it would download (``refactor.kernel.fetch._run`` is replaced by a
 recorder that plays apt-cache/apt-get and passes dpkg-deb and tar through to the
 real tools), on a small synthetic linux-source .deb built in tmp.  The bundled
 tarballs of $KVM_REFACTOR_TREES are unpacked for real.  One test fetches from
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from refactor import fetch as F
-from refactor.cli_fetch import fetch_tree_cmd
-from refactor.fetch import (
+from refactor.kernel import fetch as F
+from refactor.cli.fetch import fetch_tree_cmd
+from refactor.kernel.fetch import (
     AptConfig,
     FetchError,
     FetchResult,
@@ -581,7 +581,7 @@ def test_cli_prints_the_result(monkeypatch, tmp_path):
         seen.update(version=version, dest=dest, full=full, progress=progress)
         return FetchResult(tmp_path / "linux-source-6.1-full", "linux-source-6.1", "6.1.176-1", "bookworm", False)
 
-    monkeypatch.setattr("refactor.cli_fetch.fetch_tree", fake)
+    monkeypatch.setattr("refactor.cli.fetch.fetch_tree", fake)
     monkeypatch.setenv("CI", "true")
     res = CliRunner().invoke(fetch_tree_cmd, ["6.1", "--full", "--dest", str(tmp_path)])
     assert res.exit_code == 0, res.output
@@ -593,7 +593,7 @@ def test_cli_error_is_one_line_exit_2(monkeypatch):
     def fake(*a, **k):
         raise FetchError("no Debian package linux-source-9.9 in bookworm, sid")
 
-    monkeypatch.setattr("refactor.cli_fetch.fetch_tree", fake)
+    monkeypatch.setattr("refactor.cli.fetch.fetch_tree", fake)
     res = CliRunner().invoke(fetch_tree_cmd, ["9.9"])
     assert res.exit_code == 2
     assert res.output == "kvm-refactor: error: no Debian package linux-source-9.9 in bookworm, sid\n"
@@ -601,7 +601,7 @@ def test_cli_error_is_one_line_exit_2(monkeypatch):
 
 
 def test_cli_progress_only_on_a_terminal(monkeypatch):
-    from refactor import cli_fetch
+    from refactor.cli import fetch as cli_fetch
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -618,7 +618,7 @@ def test_cli_progress_only_on_a_terminal(monkeypatch):
 
 
 def test_cli_progress_bar_runs(monkeypatch, tmp_path):
-    from refactor import cli_fetch
+    from refactor.cli import fetch as cli_fetch
 
     def fake(version, dest=None, full=False, progress=None):
         for step in F.FETCH_STEPS:
@@ -713,7 +713,7 @@ def test_default_dirs(monkeypatch, tmp_path):
     assert F.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("KVM_REFACTOR_TREES")
     monkeypatch.delenv("KVM_REFACTOR_CACHE")
-    repo = Path(F.__file__).resolve().parent.parent
+    repo = Path(F.__file__).resolve().parents[2]
     assert F.default_tarball_dir() == repo.parent / "shared" / "kernel"
     assert F.default_cache_dir() == Path.home() / ".cache" / "kvm-refactor" / "trees"
 

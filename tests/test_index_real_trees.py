@@ -5,10 +5,10 @@ from collections import Counter
 
 import pytest
 
-from refactor.lexer import tokens
-from refactor.macros import mask
-from refactor.parse import LANGUAGE
-from refactor.source import discover
+from refactor.frontend.lexer import tokens
+from refactor.frontend.macros import mask
+from refactor.frontend.parse import LANGUAGE
+from refactor.frontend.source import discover
 
 # Names that only ever mean the refactor's fields and types in KVM code.
 DISTINCT = {"walk_mmu", "nested_mmu", "root_mmu", "guest_mmu", "get_guest_pgd", "get_pdptr",

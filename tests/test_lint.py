@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from refactor.cli_lint import lint_cmd
-from refactor.lint import lint_patches, lint_tree
-from refactor.lint_rules import load_lint_rules
+from refactor.cli.lint import lint_cmd
+from refactor.lint.engine import lint_patches, lint_tree
+from refactor.lint.registry import load_lint_rules
 from refactor.rules import load_rules
 
 from conftest import FIXTURE_TREE
@@ -40,7 +40,7 @@ def make_patch(tree: Path, rel: str, edits: list[tuple[str, str]], subject: str 
 
 
 def added_lines(patch: str) -> set[int]:
-    from refactor.patch import parse_patches
+    from refactor.frontend.patch import parse_patches
 
     return {n for p in parse_patches(patch) for fp in p.files for n in fp.added()}
 
@@ -83,8 +83,8 @@ def test_72_every_old_layout_reference_is_a_finding(trees, lint72):
 
 
 def test_72_fixes_are_the_rewriters_edits(trees, indexes, lint72):
-    from refactor.edits import DROP
-    from refactor.rewrite import plan_rewrite
+    from refactor.plan.edits import DROP
+    from refactor.plan.rewrite import plan_rewrite
 
     _, found = lint72
     plan = plan_rewrite(trees["7.2"], "upstream", index=indexes["7.2"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from refactor.lint_rules import load_lint_rules, markdown_table
+from refactor.lint.registry import load_lint_rules, markdown_table
 
 from conftest import REPO
 from test_lint import WALK_MMU_BACK, make_patch, run
@@ -17,7 +17,7 @@ def test_rules_table_is_generated_from_lint_toml():
     doc = (REPO / "docs/lint.md").read_text()
     m = re.search(r"<!-- rules:begin -->\n(.*?)<!-- rules:end -->", doc, re.S)
     assert m, "docs/lint.md lost its rules markers"
-    assert m.group(1) == markdown_table(), "regenerate with: python -m refactor.lint_rules"
+    assert m.group(1) == markdown_table(), "regenerate with: python -m refactor.lint.registry"
     for rule in load_lint_rules().items:
         assert f"**{rule.id}" in doc or f"**{rule.id[:5]}" in doc or rule.id in doc
 

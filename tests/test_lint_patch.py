@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from refactor.lint import lint_patches
-from refactor.patch import PatchError, parse_patches
+from refactor.lint.engine import lint_patches
+from refactor.frontend.patch import PatchError, parse_patches
 
 MBOX = """From 1111111111111111111111111111111111111111 Mon Sep 17 00:00:00 2001
 From: A U Thor <a@example.org>

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from refactor.lint import lint_patches
-from refactor.lint_rules import load_lint_rules
+from refactor.lint.engine import lint_patches
+from refactor.lint.registry import load_lint_rules
 from refactor.rules import RulesError
 
 from test_lint import make_patch

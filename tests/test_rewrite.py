@@ -9,9 +9,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from refactor.cli import main
-from refactor.index import build_index
-from refactor.rewrite import plan_rewrite
+from refactor.cli.app import main
+from refactor.index.indexer import build_index
+from refactor.plan.rewrite import plan_rewrite
 
 from conftest import FIXTURE_TREE
 
@@ -181,7 +181,7 @@ def test_narrowing_matches_what_upstream_did(trees, indexes):
 
 def test_every_series_stage_of_the_mini_tree_compiles(tmp_path):
     """Each step's tree (rules/steps.toml, cumulative) is valid C: the series bisects."""
-    from refactor.apply import write_atomic
+    from refactor.apply.splice import write_atomic
     from refactor.rules import load_rules, load_steps, staged
 
     rules = load_rules()

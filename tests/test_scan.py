@@ -9,8 +9,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from refactor.cli import main
-from refactor.index import build_index
+from refactor.cli.app import main
+from refactor.index.indexer import build_index
 
 from conftest import FIXTURE_TREE
 
@@ -92,7 +92,7 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
 
 
 def test_warm_scan_uses_cache(tmp_path, monkeypatch):
-    from refactor import index as index_mod
+    from refactor.index import indexer as index_mod
 
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "c"))
     first = index_mod.scan_tree(FIXTURE_TREE)

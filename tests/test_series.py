@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from refactor.rewrite import plan_rewrite
+from refactor.plan.rewrite import plan_rewrite
 from refactor.rules import load_rules, load_steps
-from refactor.series import SeriesError, generate
+from refactor.series.generate import SeriesError, generate
 
 IDENT = ["-c", "user.name=A Maintainer", "-c", "user.email=am@example.com"]
 

@@ -1,0 +1,170 @@
+"""`kvm-refactor lint PATH...`: check kernel trees and patches (see docs/lint.md).
+
+Exit status: 0 clean (warnings and notes allowed), 1 findings at error
+severity, 2 bad input (one line naming the file and the reason).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import click
+
+BASELINE_VERSION = 1
+
+
+def _user_error(message: str):
+    from refactor.cli.app import UserError  # imported late: cli.py mounts this command
+
+    return UserError(message)
+
+
+def _read_patch(path: str) -> tuple[str, str]:
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise _user_error(f"{path}: no such file or directory") from None
+        except OSError as exc:
+            raise _user_error(f"{path}: cannot read: {exc.strerror}") from None
+        name = path
+    if b"\0" in data[:8192]:
+        raise _user_error(f"{name}: binary file, not a patch")
+    return data.decode("utf-8", "replace"), name
+
+
+def _load_baseline(path: str) -> Counter:
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = data["findings"]
+        return Counter((e["rule"], e["file"], e["fingerprint"]) for e in entries)
+    except FileNotFoundError:
+        raise _user_error(f"{path}: no such baseline file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise _user_error(f"{path}: not a kvm-refactor lint baseline ({type(exc).__name__})") from None
+
+
+def _write_baseline(path: str, findings) -> None:
+    entries = [{"rule": f.rule, "file": f.file, "fingerprint": f.fingerprint, "line": f.line,
+                "message": f.message} for f in findings]
+    data = {"tool": "kvm-refactor lint", "version": BASELINE_VERSION, "findings": entries}
+    try:
+        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as exc:
+        raise _user_error(f"{path}: cannot write baseline: {exc.strerror}") from None
+
+
+def _suppress(findings, baseline: Counter):
+    left, kept, suppressed = Counter(baseline), [], 0
+    for f in findings:
+        key = (f.rule, f.file, f.fingerprint)
+        if left[key] > 0:
+            left[key] -= 1
+            suppressed += 1
+        else:
+            kept.append(f)
+    return kept, suppressed
+
+
+def _text(inputs, suppressed: int) -> str:
+    out = []
+    for inp in inputs:
+        current_patch = None
+        for f in inp["findings"]:
+            path = f.file if inp["kind"] == "patch" or inp["path"] in (".", "") else f"{inp['path'].rstrip('/')}/{f.file}"
+            if f.patch and f.patch != current_patch:
+                current_patch = f.patch
+                out.append(f"{inp['path']}: In patch {f.patch!r}:")
+            out.append(f"{path}:{f.line}:{f.column}: {f.severity}: {f.message} [{f.rule}]")
+            out.append(f"    = help: {f.help}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _summary(findings, suppressed: int) -> str:
+    c = Counter(f.severity for f in findings)
+    tail = f" ({suppressed} suppressed by the baseline)" if suppressed else ""
+    return f"kvm-refactor lint: {c['error']} errors, {c['warning']} warnings, {c['note']} notes{tail}"
+
+
+@click.command("lint")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True,
+              help="text is compiler-style; sarif is SARIF 2.1.0 for code scanning")
+@click.option("--baseline", "baseline", metavar="FILE", help="suppress the findings recorded in FILE")
+@click.option("--write-baseline", "write_baseline", metavar="FILE",
+              help="record the current findings in FILE and exit 0")
+@click.option("--tree", "tree", metavar="DIR", type=click.Path(file_okay=False),
+              help="patches: the tree they apply to (types, layout and walker names come from it)")
+@click.option("--names", "names", metavar="SPEC",
+              help="walker names: a preset of rules/names.toml or gva=NAME,ngpa=NAME (default: from the tree)")
+@click.option("--no-cache", is_flag=True, help="ignore the index cache")
+def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache) -> None:
+    """Check kernel trees and patches for the kvm_pagewalk layout.
+
+    PATH is a kernel tree (its layout is detected), a patch or mbox file
+    (git format-patch or git diff output), or - for stdin.  A patch is judged
+    on the lines it adds only.
+    """
+    from refactor.lint.engine import lint_patches, lint_tree
+    from refactor.lint.registry import load_lint_rules
+    from refactor.frontend.patch import PatchError
+    from refactor.rules import RulesError
+    from refactor.lint.sarif import to_sarif
+    from refactor.frontend.source import TreeError
+
+    try:
+        lint = load_lint_rules()
+        base_counts = _load_baseline(baseline) if baseline else Counter()
+        tree_index = None
+        if tree:
+            from refactor.index.indexer import scan_tree
+
+            tree_index = scan_tree(tree, lint.rules, use_cache=not no_cache)
+        inputs = []
+        for path in paths:
+            if path != "-" and Path(path).is_dir():
+                warnings: list[str] = []
+                index, found = lint_tree(path, names=names, use_cache=not no_cache, lint=lint, warnings=warnings)
+                for w in warnings:
+                    click.echo(f"kvm-refactor lint: warning: {path}: {w}", err=True)
+                inputs.append({"path": path, "kind": "tree", "layout": index.layout,
+                               "version": index.version, "findings": found})
+            else:
+                text, name = _read_patch(path)
+                found = lint_patches(text, name, tree=tree_index, tree_root=tree, names=names, lint=lint)
+                inputs.append({"path": path, "kind": "patch", "findings": found})
+    except (TreeError, PatchError, RulesError) as exc:
+        raise _user_error(str(exc)) from None
+
+    everything = [f for inp in inputs for f in inp["findings"]]
+    if write_baseline:
+        _write_baseline(write_baseline, everything)
+        click.echo(f"kvm-refactor lint: wrote {len(everything)} findings to {write_baseline}", err=True)
+        return
+    suppressed = 0
+    if base_counts:
+        for inp in inputs:
+            inp["findings"], n = _suppress(inp["findings"], base_counts)
+            suppressed += n
+    kept = [f for inp in inputs for f in inp["findings"]]
+    if fmt == "sarif":
+        uri = None
+        if len(inputs) == 1 and inputs[0]["kind"] == "tree":
+            uri = Path(inputs[0]["path"]).resolve().as_uri() + "/"
+        click.echo(json.dumps(to_sarif(kept, lint, uri), indent=1))
+    elif fmt == "json":
+        doc = {"inputs": [{k: v for k, v in inp.items() if k != "findings"} | {"findings": len(inp["findings"])}
+                          for inp in inputs],
+               "findings": [f.to_json() | {"input": inp["path"]} for inp in inputs for f in inp["findings"]],
+               "summary": dict(Counter(f.severity for f in kept)) | {"suppressed": suppressed}}
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(_text(inputs, suppressed), nl=False)
+        click.echo(_summary(kept, suppressed), err=True)
+    if any(f.severity == "error" for f in kept):
+        click.get_current_context().exit(1)

@@ -1,0 +1,63 @@
+"""`kvm-refactor series`: the rewrite as a bisectable, postable patch series."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("series")
+@click.argument("repo")
+@click.option("--names", default="upstream", show_default=True, help="walker names (preset or gva=X,ngpa=Y)")
+@click.option("--branch", required=True, help="new branch to create from HEAD (must not exist)")
+@click.option("--outdir", default=None, help="write git format-patch output here, with a cover letter")
+@click.option("--build", is_flag=True, help="build arch/x86/kvm/ after each commit (incremental Kbuild)")
+@click.option("--reroll-count", "reroll", type=int, default=None, help="mark the patches as vN")
+@click.option("-j", "--jobs", default=2, show_default=True)
+def series_cmd(repo: str, names: str, branch: str, outdir: str | None, build: bool, reroll: int | None,
+               jobs: int) -> None:
+    """Write the refactor of REPO's HEAD as one commit per step of rules/steps.toml.
+
+    The checkout is not touched: commits are made with a private index and the
+    branch is created at the end. Exit 0 when every step was made (and, with
+    --build, built); 1 when a step failed to build; 2 on bad input.
+    """
+    from refactor.cli.app import UserError
+    from refactor.progress import interactive
+    from refactor.rules import RulesError
+    from refactor.series.generate import SeriesError, generate
+    from refactor.frontend.source import TreeError
+
+    bar = None
+    if interactive():
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, desc="series", unit="step", leave=False, file=sys.stderr)
+
+    def progress(k, total, subject, state):
+        line = f"[{k}/{total}] {subject}" + (f": {state}" if state else "")
+        if bar is not None:
+            bar.total = total
+            bar.set_postfix_str(state or "", refresh=False)
+            bar.update(1)
+            bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+
+    try:
+        result = generate(repo, names, branch, outdir, build, reroll, progress, jobs=jobs)
+    except (SeriesError, RulesError, TreeError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    made = [s for s in result.steps if s.commit]
+    click.echo(f"{branch}: {len(made)} commits on {result.base[:12]}")
+    for s in result.steps:
+        if s.build is not None and not s.build.ok:
+            first = s.build.errors[0] if s.build.errors else None
+            click.echo(f"  build FAILED after '{s.subject}'"
+                       + (f": {first.file}:{first.line}: {first.message}" if first else ""))
+    for p in result.patches:
+        click.echo(f"  {p}")
+    sys.exit(1 if any(s.build is not None and not s.build.ok for s in result.steps) else 0)

@@ -1,0 +1,174 @@
+"""The compile oracle: Kbuild on a real tree, errors mapped back to rewrite sites.
+
+The user's tree is never written: a build of a rewrite happens in a symlink
+farm of the tree (`cp -as`) whose rewritten files are real files, with the
+objects in a separate output directory (Kbuild's O=), kept for incremental
+rebuilds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refactor.apply.splice import write_atomic
+
+KVM_OPTIONS = ("KVM", "KVM_INTEL", "KVM_AMD")
+_DIAG = re.compile(r"^(?P<file>[^\s:]+\.[ch]):(?P<line>\d+):(?P<col>\d+): (?P<kind>error|fatal error): (?P<msg>.*)$",
+                   re.M)
+
+
+class BuildError(RuntimeError):
+    """The build could not be run at all (no Makefile, no compiler...)."""
+
+
+@dataclass
+class Diagnostic:
+    file: str
+    line: int
+    column: int
+    message: str
+    site: dict | None = None  # the rewrite site it maps to, if any
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    seconds: float
+    errors: list[Diagnostic] = field(default_factory=list)
+    log_tail: str = ""
+    command: str = ""
+
+
+def work_dir() -> Path:
+    base = os.environ.get("KVM_REFACTOR_CACHE")
+    root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kvm-refactor"
+    return root / "build"
+
+
+def _key(tree: Path) -> str:
+    return hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:12]
+
+
+def _run(cmd: list[str], cwd: Path, log=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def configure(src: Path, out: Path) -> None:
+    """defconfig with KVM, KVM_INTEL and KVM_AMD on, when the output dir has no .config."""
+    if (out / ".config").exists():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    steps = [["make", f"O={out}", "defconfig"],
+             ["scripts/config", "--file", str(out / ".config")] + [x for o in KVM_OPTIONS for x in ("-e", o)],
+             ["make", f"O={out}", "olddefconfig"]]
+    for cmd in steps:
+        proc = _run(cmd, src)
+        if proc.returncode != 0:
+            raise BuildError(f"{' '.join(cmd[:3])} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+
+
+def build_kvm(src: Path, out: Path, jobs: int = 2) -> BuildResult:
+    import time
+
+    if not (src / "Makefile").exists() or not (src / "scripts").is_dir():
+        raise BuildError(f"{src}: not a full kernel tree (no scripts/); get one with "
+                         "`kvm-refactor fetch-tree VERSION --full`")
+    configure(src, out)
+    cmd = ["make", f"O={out}", f"-j{jobs}", "arch/x86/kvm/"]
+    start = time.monotonic()
+    proc = _run(cmd, src)
+    seconds = time.monotonic() - start
+    text = proc.stdout + proc.stderr
+    errors = []
+    for m in _DIAG.finditer(text):
+        f = m.group("file")
+        rel = os.path.relpath(f, src) if os.path.isabs(f) else f
+        errors.append(Diagnostic(rel, int(m.group("line")), int(m.group("col")), m.group("msg")))
+    return BuildResult(proc.returncode == 0, seconds, errors, "\n".join(text.splitlines()[-15:]),
+                       " ".join(cmd))
+
+
+def farm(tree: Path, dest: Path, files: dict[str, bytes], originals: set[str] | None = None) -> Path:
+    """A symlink farm of `tree` at `dest` with `files` (relative path -> content) real.
+
+    Files written by an earlier call and not in `files` now are linked back.
+    """
+    tree = tree.resolve()
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        proc = subprocess.run(["cp", "-as", str(tree), str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"cannot make a symlink farm of {tree}: {proc.stderr.strip()}")
+        os.replace(tmp, dest)
+    marker = dest / ".kvm-refactor-written"
+    previous = set(marker.read_text().split("\n")) - {""} if marker.exists() else set()
+    for rel in previous - set(files):
+        target = dest / rel
+        if target.exists() and not target.is_symlink():
+            target.unlink()
+            target.symlink_to(tree / rel)
+    for rel, data in files.items():
+        target = dest / rel
+        if target.is_symlink():
+            target.unlink()
+        if not target.exists() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                write_atomic(target, data)
+            else:
+                target.write_bytes(data)
+    marker.write_text("\n".join(sorted(files)))
+    return dest
+
+
+def map_errors(errors: list[Diagnostic], plan) -> None:
+    """Attach to each error the rewrite site nearest above it in the same file."""
+    sites = new_line_sites(plan)
+    for err in errors:
+        best = None
+        for site in sites.get(err.file, []):
+            if site["new_line"] <= err.line + 1 and (best is None or site["new_line"] > best["new_line"]):
+                best = site
+        if best is not None and err.line - best["new_line"] <= 40:
+            err.site = best
+
+
+def new_line_sites(plan) -> dict[str, list[dict]]:
+    """Where each edit of a plan lands in the rewritten file (line numbers)."""
+    from refactor.plan.edits import DROP
+
+    out: dict[str, list[dict]] = {}
+    by_file: dict[str, list] = {}
+    for e in plan.edits:
+        by_file.setdefault(e.file, []).append(e)
+    for rel, edits in by_file.items():
+        delta = 0
+        for e in sorted(edits, key=lambda e: e.start):
+            added = e.new.count("\n") - e.old.count("\n") - (1 if DROP in e.new else 0)
+            out.setdefault(rel, []).append({"file": rel, "line": e.line, "new_line": e.line + delta,
+                                            "rule": e.rule, "old": e.old[:80], "new": e.new[:80]})
+            delta += added
+    return out
+
+
+def check_tree(tree: Path, plan=None, jobs: int = 2) -> BuildResult:
+    """Build KVM of `tree`, or of `plan`'s rewrite of it (in a farm), and map errors."""
+    tree = Path(tree)
+    key = _key(tree)
+    # Kbuild ties an output directory to one source tree: one per (tree, farm or not).
+    out = work_dir() / f"{key}-{'rewrite' if plan is not None else 'plain'}-out"
+    src = tree
+    if plan is not None:
+        src = farm(tree, work_dir() / f"{key}-src", plan.results)
+    result = build_kvm(src, out, jobs)
+    if plan is not None:
+        map_errors(result.errors, plan)
+    return result
