@@ -35,12 +35,27 @@ def repo72(trees, tmp_path_factory):
     return make_repo(trees["7.2"], tmp_path_factory.mktemp("r") / "linux")
 
 
+# Files next to the KVM sources that git does not track: one untracked, one
+# ignored.  Both use the old layout, so a rewrite of the working tree would edit them.
+STRAYS = {"arch/x86/kvm/stray.c": b"#include \"x86.h\"\nvoid stray(struct kvm_vcpu *vcpu)\n"
+                                  b"{\n\tvcpu->arch.walk_mmu->get_pdptr(vcpu, 0);\n}\n",
+          "arch/x86/kvm/mmu/ignored.h": b"#define STRAY(v) ((v)->arch.walk_mmu)\n"}
+
+
 @pytest.fixture(scope="module")
 def series72(repo72, tmp_path_factory):
     out = tmp_path_factory.mktemp("patches")
-    before = git(repo72, "status", "--porcelain=v2", "--branch")
-    result = generate(repo72, "upstream", "pagewalk", out)
-    return result, out, before
+    (repo72 / ".git/info/exclude").write_text("ignored.h\n")
+    for rel, data in STRAYS.items():
+        (repo72 / rel).write_bytes(data)
+    before = git(repo72, "status", "--porcelain=v2", "--branch", "--ignored")
+    try:
+        result = generate(repo72, "upstream", "pagewalk", out)
+        after = git(repo72, "status", "--porcelain=v2", "--branch", "--ignored")
+    finally:
+        for rel in STRAYS:
+            (repo72 / rel).unlink()
+    return result, out, (before, after)
 
 
 def test_one_commit_per_step_with_kernel_subjects_and_signoff(repo72, series72):
@@ -59,9 +74,16 @@ def test_one_commit_per_step_with_kernel_subjects_and_signoff(repo72, series72):
 
 
 def test_checkout_and_index_are_untouched(repo72, series72):
-    _, _, before = series72
-    assert git(repo72, "status", "--porcelain=v2", "--branch") == before
+    _, _, (before, after) = series72
+    assert "stray.c" in before and "ignored.h" in before
+    assert after == before
     assert git(repo72, "rev-parse", "--abbrev-ref", "HEAD").strip() in ("master", "main")
+
+
+def test_untracked_and_ignored_files_are_never_committed(repo72, series72):
+    files = git(repo72, "log", "--format=", "--name-only", "HEAD..pagewalk").split()
+    assert files and not set(files) & set(STRAYS)
+    assert not set(git(repo72, "ls-tree", "-r", "--name-only", "pagewalk").split()) & set(STRAYS)
 
 
 def test_final_tree_equals_the_one_shot_rewrite(repo72, series72):
@@ -88,8 +110,10 @@ def test_format_patch_output_applies_with_git_am(repo72, series72, tmp_path):
     assert git(clone, "rev-parse", "HEAD^{tree}") == git(repo72, "rev-parse", "pagewalk^{tree}")
 
 
-def test_reroll_count_gives_v2(repo72, tmp_path):
-    result = generate(repo72, "upstream", "pagewalk-v2", tmp_path, reroll=2)
+def test_reroll_count_gives_v2(repo72, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = generate(repo72, "upstream", "pagewalk-v2", "v2", reroll=2)
+    assert all(p.parent == tmp_path / "v2" for p in result.patches)  # relative to the cwd
     names = [p.name for p in result.patches]
     assert names[0] == "v2-0000-cover-letter.patch"
     assert "[PATCH v2 1/9]" in result.patches[1].read_text()
@@ -129,12 +153,71 @@ def test_refuses_dirty_tree_missing_identity_and_existing_branch(repo72, tmp_pat
         generate(bare, "upstream", "x", None, rules=load_rules())
 
 
-def test_cli_exit_codes(repo72, tmp_path):
+def series_cli(*args, env=None, cwd=None):
+    import os
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "refactor", "series", str(tmp_path), "--branch", "b"],
-                          capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "refactor", "series", *map(str, args)], capture_output=True,
+                          text=True, env=dict(os.environ, **(env or {})), cwd=cwd)
+
+
+def test_cli_exit_codes(repo72, tmp_path):
+    proc = series_cli(tmp_path, "--branch", "b")
     assert proc.returncode == 2 and "not a git repository" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("no-commits", "has no commits yet"),
+    ("dubious", "owned by another user"),
+    ("outdir-file", "exists and is not a directory"),
+    ("outdir-has-patches", "already holds 1 patch files"),
+])
+def test_bad_setups_are_one_line_errors(repo72, tmp_path, case, expect):
+    repo, env, extra = repo72, {}, []
+    if case == "no-commits":
+        repo = tmp_path / "empty"
+        repo.mkdir()
+        git(repo, "init", "-q")
+    elif case == "dubious":
+        env = {"GIT_TEST_ASSUME_DIFFERENT_OWNER": "1"}  # git's own switch for this check
+    elif case == "outdir-file":
+        (tmp_path / "out").write_text("")
+        extra = ["--outdir", "out"]
+    else:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "0001-KVM-x86-mmu-old.patch").write_text("")
+        extra = ["--outdir", "out"]
+    proc = series_cli(repo, "--branch", "b", *extra, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert expect in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "b" not in git(repo, "branch", "--format=%(refname:short)", check=False).split()
+
+
+def test_force_replaces_old_patches_only(tmp_path, monkeypatch):
+    from refactor.series.gitops import prepare_outdir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for name in ("0000-cover-letter.patch", "v2-0012-KVM-x.patch", "notes.txt"):
+        (tmp_path / "out" / name).write_text("")
+    assert prepare_outdir("out", force=True) == tmp_path / "out"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_a_failure_after_the_branch_leaves_no_branch(repo72, monkeypatch, tmp_path):
+    import refactor.series.generate as gen
+
+    def boom(*args, **kwargs):
+        raise SeriesError("format-patch failed")
+
+    base = git(repo72, "rev-parse", "HEAD").strip()
+    # The commits themselves are tested elsewhere: a series of no steps keeps this fast.
+    monkeypatch.setattr(gen, "_make_commits", lambda *a, **k: gen.SeriesResult("gone", base, head=base))
+    monkeypatch.setattr(gen, "format_patches", boom)
+    with pytest.raises(SeriesError, match="format-patch failed"):
+        generate(repo72, "upstream", "gone", tmp_path / "out")
+    assert git(repo72, "branch", "--list", "gone") == ""
 
 
 def test_every_step_builds_with_kbuild(tmp_path, monkeypatch):

@@ -5,17 +5,22 @@ import sys
 
 import click
 
+from refactor.cli.rules_option import rules_option
+
 
 @click.command("series")
+@rules_option
 @click.argument("repo")
 @click.option("--names", default="upstream", show_default=True, help="walker names (preset or gva=X,ngpa=Y)")
 @click.option("--branch", required=True, help="new branch to create from HEAD (must not exist)")
-@click.option("--outdir", default=None, help="write git format-patch output here, with a cover letter")
+@click.option("--outdir", default=None,
+              help="write git format-patch output here (relative to the current directory), with a cover letter")
+@click.option("--force", is_flag=True, help="replace the patch files an earlier run left in --outdir")
 @click.option("--build", is_flag=True, help="build arch/x86/kvm/ after each commit (incremental Kbuild)")
 @click.option("--reroll-count", "reroll", type=int, default=None, help="mark the patches as vN")
 @click.option("-j", "--jobs", default=2, show_default=True)
-def series_cmd(repo: str, names: str, branch: str, outdir: str | None, build: bool, reroll: int | None,
-               jobs: int) -> None:
+def series_cmd(repo: str, names: str, branch: str, outdir: str | None, force: bool, build: bool,
+               reroll: int | None, jobs: int) -> None:
     """Write the refactor of REPO's HEAD as one commit per step of rules/steps.toml.
 
     The checkout is not touched: commits are made with a private index and the
@@ -27,6 +32,7 @@ def series_cmd(repo: str, names: str, branch: str, outdir: str | None, build: bo
     from refactor.rules import RulesError
     from refactor.series.generate import SeriesError, generate
     from refactor.frontend.source import TreeError
+    from refactor.kernel.build import BuildError
 
     bar = None
     if interactive():
@@ -45,8 +51,8 @@ def series_cmd(repo: str, names: str, branch: str, outdir: str | None, build: bo
             click.echo(line, err=True)
 
     try:
-        result = generate(repo, names, branch, outdir, build, reroll, progress, jobs=jobs)
-    except (SeriesError, RulesError, TreeError) as exc:
+        result = generate(repo, names, branch, outdir, build, reroll, progress, jobs=jobs, force=force)
+    except (SeriesError, RulesError, TreeError, BuildError) as exc:
         raise UserError(str(exc)) from None
     finally:
         if bar is not None:

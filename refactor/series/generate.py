@@ -8,22 +8,17 @@ index are never touched; the branch is created from HEAD at the end.  Then
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import git
 
 from refactor.kernel.build import BuildResult, build_kvm, farm, work_dir
 from refactor.index.indexer import build_index
 from refactor.plan.rewrite import plan_rewrite
 from refactor.rules import Rules, RulesError, Step, load_rules, load_steps, staged
-
-
-class SeriesError(ValueError):
-    """Something the user must fix first (dirty tree, no identity, branch exists...)."""
+from refactor.series.gitops import (PrivateIndex, SeriesError, check_branch, delete_branch, git, identity,
+                                    open_repo, prepare_outdir, remove_dir, scratch_dir, snapshot)
 
 
 @dataclass
@@ -43,33 +38,7 @@ class SeriesResult:
     steps: list[StepResult] = field(default_factory=list)
     patches: list[Path] = field(default_factory=list)
     humans: list = field(default_factory=list)
-
-
-def _identity(repo: git.Repo) -> tuple[str, str]:
-    reader = repo.config_reader()
-    try:
-        name = reader.get_value("user", "name")
-        email = reader.get_value("user", "email")
-    except Exception:  # configparser raises several kinds for a missing option
-        raise SeriesError("git user.name and user.email must be set (git config user.name ...; "
-                          "git config user.email ...): they sign off the series") from None
-    return str(name), str(email)
-
-
-def open_repo(path: Path) -> git.Repo:
-    try:
-        repo = git.Repo(path)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise SeriesError(f"{path}: not a git repository") from None
-    if repo.bare:
-        raise SeriesError(f"{path}: a bare repository has no tree to rewrite")
-    if repo.is_dirty(untracked_files=False):
-        raise SeriesError(f"{path}: the git tree has uncommitted changes; commit or stash them first")
-    return repo
-
-
-def _fill(text: str, rules: Rules, names) -> str:
-    return text.replace("{gva}", names.gva).replace("{ngpa}", names.ngpa)
+    head: str = ""  # the last commit (the branch's tip once created)
 
 
 def _message(subject: str, body: str, rule_ids: list[str], step: Step, name: str, email: str) -> str:
@@ -93,73 +62,57 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(lines)
 
 
-class _PrivateIndex:
-    """Commits built with a temporary index: the checkout and its index stay as they were."""
-
-    def __init__(self, repo: git.Repo, base: str):
-        self.repo = repo
-        fd, self.path = tempfile.mkstemp(prefix="kvm-refactor-index-")
-        os.close(fd)
-        os.unlink(self.path)
-        self.env = {"GIT_INDEX_FILE": self.path}
-        self.git("read-tree", base)
-
-    def git(self, *args, stdin: bytes | None = None) -> str:
-        env = dict(os.environ, **self.env)
-        proc = subprocess.run(["git", *args], cwd=self.repo.working_tree_dir, env=env, input=stdin,
-                              capture_output=True)
-        if proc.returncode:
-            raise SeriesError(f"git {args[0]} failed: {proc.stderr.decode(errors='replace').strip()}")
-        return proc.stdout.decode().strip()
-
-    def set_file(self, rel: str, data: bytes, mode: str = "100644") -> None:
-        blob = self.git("hash-object", "-w", "--stdin", stdin=data)
-        self.git("update-index", "--add", "--cacheinfo", f"{mode},{blob},{rel}")
-
-    def reset_file(self, base: str, rel: str) -> None:
-        """Back to the base version (a later step undid an earlier change)."""
-        mode, _kind, sha = self.git("ls-tree", base, "--", rel).split("\t")[0].split()
-        self.git("update-index", "--add", "--cacheinfo", f"{mode},{sha},{rel}")
-
-    def commit(self, parent: str, message: str) -> tuple[str, str]:
-        tree = self.git("write-tree")
-        return tree, self.git("commit-tree", tree, "-p", parent, "-F", "-", stdin=message.encode())
-
-    def close(self) -> None:
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-
 def generate(repo_path: str | Path, names_spec: str, branch: str, outdir: str | Path | None,
              build: bool = False, reroll: int | None = None, progress=None, rules: Rules | None = None,
-             jobs: int = 2) -> SeriesResult:
+             jobs: int = 2, force: bool = False) -> SeriesResult:
     rules = rules or load_rules()
-    repo = open_repo(Path(repo_path))
-    name, email = _identity(repo)
-    if branch in [h.name for h in repo.heads]:
-        raise SeriesError(f"branch {branch} already exists; pick another name or delete it")
-    try:
-        repo.git.check_ref_format("--branch", branch)
-    except git.GitCommandError:
-        raise SeriesError(f"{branch!r} is not a valid branch name") from None
+    top, base = open_repo(Path(repo_path))
+    name, email = identity(top)
+    check_branch(top, branch)
     steps = load_steps(rules)
     names = rules.names(names_spec)
-    root = Path(repo.working_tree_dir)
-    base = repo.head.commit.hexsha
-    index = build_index(root, rules)
+    # Checked before any work: a bad --outdir must not cost a whole series.
+    out_path = prepare_outdir(outdir, force) if outdir is not None else None
+    snap = scratch_dir("kvm-refactor-head-")
+    try:
+        result = _make_commits(top, base, snap, rules, steps, names_spec, names, branch, build, progress,
+                               jobs, name, email)
+    finally:
+        remove_dir(snap)
+    git(top, "update-ref", f"refs/heads/{branch}", result.head, "0" * 40)
+    try:
+        if out_path is not None:
+            result.patches = format_patches(top, base, branch, out_path, reroll, result, names)
+    except BaseException:
+        delete_branch(top, branch, result.head)
+        raise
+    return result
+
+
+def build_dirs(top: Path, base: str) -> tuple[Path, Path]:
+    """Symlink farm and Kbuild output of a series: one per repository and base commit."""
+    key = hashlib.sha1(f"{top.resolve()}\0{base}".encode()).hexdigest()[:12]
+    return work_dir() / f"series-{key}-src", work_dir() / f"series-{key}-out"
+
+
+def _make_commits(top: Path, base: str, snap: Path, rules: Rules, steps: list[Step], names_spec: str, names,
+                  branch: str, build: bool, progress, jobs: int, name: str, email: str) -> SeriesResult:
+    # The rewrite reads HEAD's blobs, never the working tree.
+    modes = snapshot(top, base, snap)
+    index = build_index(snap, rules)
     if index.layout not in ("old", "mixed"):
-        raise SeriesError(f"{root}: layout is {index.layout}; there is nothing to move")
+        raise SeriesError(f"{top}: layout is {index.layout}; there is nothing to move")
     result = SeriesResult(branch, base)
-    priv = _PrivateIndex(repo, base)
+    result.head = base
+    priv = PrivateIndex(top, base)
     touched: set[str] = set()
     parent = base
-    parent_tree = repo.head.commit.tree.hexsha
+    parent_tree = git(top, "rev-parse", f"{base}^{{tree}}")
     previous_edits: set = set()
-    farm_dir = work_dir() / f"series-{branch.replace('/', '_')}-src"
-    out_dir = work_dir() / f"series-{branch.replace('/', '_')}-out"
+    farm_dir, out_dir = build_dirs(top, base)
     try:
         for k, step in enumerate(steps, 1):
-            plan = plan_rewrite(root, names_spec, staged(rules, steps, k), index)
+            plan = plan_rewrite(snap, names_spec, staged(rules, steps, k), index)
             if plan.humans:
                 result.humans = plan.humans
                 raise SeriesError(f"step {step.id}: {len(plan.humans)} sites need a human "
@@ -167,15 +120,14 @@ def generate(repo_path: str | Path, names_spec: str, branch: str, outdir: str | 
             for rel in sorted(touched - set(plan.results)):
                 priv.reset_file(base, rel)
             for rel, data in plan.results.items():
-                mode = oct((root / rel).stat().st_mode & 0o777)
-                priv.set_file(rel, data, "100755" if mode.endswith("755") else "100644")
+                priv.set_file(rel, data, modes.get(rel, "100644"))
             touched |= set(plan.results)
-            subject = _fill(step.subject, rules, names)
+            subject = names.fill(step.subject)
             # The rules this step adds: edits the previous step's plan did not have.
-            edits = {(e.file, e.start, e.end, e.new, e.rule) for e in plan.edits}
-            rule_ids = sorted({r for e in edits - previous_edits for r in e[4].split(",")})
+            edits = {(e.file, e.start, e.end, e.new, e.rules) for e in plan.edits}
+            rule_ids = sorted({r for e in edits - previous_edits for r in e[4]})
             previous_edits = edits
-            tree, commit = priv.commit(parent, _message(subject, _fill(step.body, rules, names), rule_ids,
+            tree, commit = priv.commit(parent, _message(subject, names.fill(step.body), rule_ids,
                                                         step, name, email))
             if tree == parent_tree:
                 result.steps.append(StepResult(step, subject, None, [], []))
@@ -185,7 +137,7 @@ def generate(repo_path: str | Path, names_spec: str, branch: str, outdir: str | 
             changed = priv.git("diff-tree", "--no-commit-id", "--name-only", "-r", parent, commit).split()
             sr = StepResult(step, subject, commit, changed, rule_ids)
             if build:
-                farm(root, farm_dir, plan.results)
+                farm(top, farm_dir, plan.results)
                 sr.build = build_kvm(farm_dir, out_dir, jobs)
             result.steps.append(sr)
             if progress:
@@ -194,20 +146,17 @@ def generate(repo_path: str | Path, names_spec: str, branch: str, outdir: str | 
             parent, parent_tree = commit, tree
     finally:
         priv.close()
-    repo.git.update_ref(f"refs/heads/{branch}", parent, "0" * 40)
-    if outdir is not None:
-        result.patches = format_patches(repo, base, branch, Path(outdir), reroll, result, names)
+    result.head = parent
     return result
 
 
-def format_patches(repo: git.Repo, base: str, branch: str, outdir: Path, reroll: int | None,
+def format_patches(top: Path, base: str, branch: str, outdir: Path, reroll: int | None,
                    result: SeriesResult, names) -> list[Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
     args = ["--cover-letter", "-o", str(outdir), "--thread=shallow"]
     if reroll:
         args += ["-v", str(reroll)]
-    out = repo.git.format_patch(*args, f"{base}..{branch}")
-    patches = [Path(p) if os.path.isabs(p) else Path(repo.working_tree_dir) / p for p in out.split()]
+    out = git(top, "format-patch", *args, f"{base}..{branch}")
+    patches = [Path(p) if os.path.isabs(p) else top / p for p in out.split("\n") if p]
     cover = next((p for p in patches if p.name.endswith("0000-cover-letter.patch")), None)
     if cover is not None:
         _fill_cover(cover, result, names)
