@@ -54,12 +54,14 @@ def _register_commands() -> None:
     from refactor.cli.rewrite import build_check_cmd, rewrite_cmd
     from refactor.cli.lint import lint_cmd
     from refactor.cli.series import series_cmd
+    from refactor.cli.verify import verify_cmd
 
     main.add_command(fetch_tree_cmd)
     main.add_command(rewrite_cmd)
     main.add_command(build_check_cmd)
     main.add_command(series_cmd)
     main.add_command(lint_cmd)
+    main.add_command(verify_cmd)
     try:
         from emulator.cli import emulate
     except ModuleNotFoundError as exc:  # pragma: no cover - partial checkout

@@ -1,0 +1,240 @@
+"""Wrong rules, executed: each mutant is a copy of rules/ with one TOML entry edited.
+
+The mutated rules go through the real rewrite (plan_rewrite) on a tree; when
+the C output differs from the correct rewrite's, the result is built by the
+native engine and run against the pristine tree on the corpus and a fuzz
+campaign.  A mutant is killed by a divergence, by a build failure (the C
+does not compile: the compile oracle kills it), or by the rewrite refusing
+the rules.  A mutant whose C output equals the correct rewrite's is
+equivalent on that tree, and the report says why (the mutated entry matched
+nothing there, or mapped to the same text).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .trees import VerifyError, check_tree
+
+RULES = Path(__file__).resolve().parents[2] / "rules"
+
+
+@dataclass(frozen=True)
+class RuleMutant:
+    name: str
+    what: str
+    file: str          # file in rules/
+    old: str           # exact TOML text to replace (must occur once)
+    new: str
+
+
+MUTANTS: list[RuleMutant] = [
+    RuleMutant("walk-mmu-is-nested-inverted", "walk-mmu-is-nested written upside down: "
+               "mmu_is_nested() asks whether the fault MMU is root_mmu",
+               "mappings.toml",
+               'new = "vcpu->arch.mmu == &vcpu->arch.guest_mmu"',
+               'new = "vcpu->arch.mmu == &vcpu->arch.root_mmu"'),
+    RuleMutant("nested-fault-test-ngpa", "the nested-fault test compares against the nGPA walker",
+               "mappings.toml", 'new = "w != &vcpu->arch.{gva}"', 'new = "w != &vcpu->arch.{ngpa}"'),
+    RuleMutant("translate-gpa-test-gva", "kvm_translate_gpa()'s nested_mmu test becomes "
+               "'not the GVA walker' (the 6.1 series' step-6 form)",
+               "mappings.toml", 'new = "!mmu_is_nested(vcpu) || w == &vcpu->arch.{ngpa}"',
+               'new = "w != &vcpu->arch.{gva}"'),
+    RuleMutant("translate-gpa-test-no-nesting", "kvm_translate_gpa() tests the walker but not "
+               "mmu_is_nested()", "mappings.toml",
+               'new = "!mmu_is_nested(vcpu) || w == &vcpu->arch.{ngpa}"',
+               'new = "w == &vcpu->arch.{ngpa}"'),
+    RuleMutant("guest-mmu-walker-gva", "guest_mmu used as a walker mapped to the GVA walker",
+               "mappings.toml", 'old = "vcpu->arch.guest_mmu"\nnew = "vcpu->arch.{ngpa}"',
+               'old = "vcpu->arch.guest_mmu"\nnew = "vcpu->arch.{gva}"'),
+    RuleMutant("walk-mmu-ngpa", "walk_mmu mapped to the nGPA walker", "mappings.toml",
+               'old = "vcpu->arch.walk_mmu"\nnew = "vcpu->arch.{gva}"',
+               'old = "vcpu->arch.walk_mmu"\nnew = "vcpu->arch.{ngpa}"'),
+    RuleMutant("nested-mmu-ngpa", "nested_mmu mapped to the nGPA walker", "mappings.toml",
+               'old = "vcpu->arch.nested_mmu"\nnew = "vcpu->arch.{gva}"',
+               'old = "vcpu->arch.nested_mmu"\nnew = "vcpu->arch.{ngpa}"'),
+    RuleMutant("root-mmu-walker-ngpa", "root_mmu used as a walker mapped to the nGPA walker",
+               "mappings.toml", 'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{gva}"',
+               'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{ngpa}"'),
+    RuleMutant("known-guest-mmu-gva", "nested EPT/NPT setup (mmu known to be &guest_mmu) "
+               "writes into the GVA walker", "mappings.toml",
+               'known_guest_mmu = "vcpu->arch.{ngpa}"', 'known_guest_mmu = "vcpu->arch.{gva}"'),
+    RuleMutant("walk-mmu-as-builder-guest-mmu", "walk_mmu where an MMU is required becomes "
+               "guest_mmu", "mappings.toml",
+               'old = "vcpu->arch.walk_mmu"          # where a struct kvm_mmu * is still required\n'
+               'new = "&vcpu->arch.root_mmu"',
+               'old = "vcpu->arch.walk_mmu"          # where a struct kvm_mmu * is still required\n'
+               'new = "&vcpu->arch.guest_mmu"'),
+    RuleMutant("mbec-call-wrong", "a wrong `calls` mapping: mmu_has_mbec() on a walker becomes "
+               "is_cr4_smap()", "mappings.toml", 'new = "is_cr4_smep"', 'new = "is_cr4_smap"'),
+    RuleMutant("permissions-left-behind", "permissions[] stays in struct kvm_mmu", "layout.toml",
+               '[mmu_fields.permissions]\ndest = "walker"\npath = "fmt.permissions"',
+               '[mmu_fields.permissions]\ndest = "mmu"\npath = "permissions"'),
+    RuleMutant("pkru-mask-left-behind", "pkru_mask stays in struct kvm_mmu", "layout.toml",
+               '[mmu_fields.pkru_mask]\ndest = "walker"\npath = "fmt.pkru_mask"',
+               '[mmu_fields.pkru_mask]\ndest = "mmu"\npath = "pkru_mask"'),
+    RuleMutant("cpu-role-left-behind", "cpu_role stays in struct kvm_mmu", "layout.toml",
+               '[mmu_fields.cpu_role]\ndest = "walker"', '[mmu_fields.cpu_role]\ndest = "mmu"'),
+    RuleMutant("guest-rsvd-check-to-mmu-fmt", "the guest's reserved-bit masks read from the "
+               "builder's SPTE format (mmu->fmt)", "layout.toml",
+               '[mmu_fields.guest_rsvd_check]\ndest = "walker"',
+               '[mmu_fields.guest_rsvd_check]\ndest = "mmu"'),
+    RuleMutant("root-mmu-attached-to-ngpa", "root_mmu.w attached to the nGPA walker",
+               "layout.toml", '[vcpu_arch.old.root_mmu]\nkind = "mmu"                    '
+               '# L1\'s MMU; its walker is {gva}\nwalker = "gva"',
+               '[vcpu_arch.old.root_mmu]\nkind = "mmu"                    '
+               '# L1\'s MMU; its walker is {gva}\nwalker = "ngpa"'),
+    RuleMutant("guest-mmu-attached-to-gva", "guest_mmu.w attached to the GVA walker",
+               "layout.toml", '[vcpu_arch.old.guest_mmu]\nkind = "mmu"                    '
+               '# shadows L1\'s EPT/NPT for L2; its walker is {ngpa}\nwalker = "ngpa"',
+               '[vcpu_arch.old.guest_mmu]\nkind = "mmu"                    '
+               '# shadows L1\'s EPT/NPT for L2; its walker is {ngpa}\nwalker = "gva"'),
+    RuleMutant("walker-init-test-inverted", "kvm_init_mmu() builds root_mmu only while L2 runs "
+               "with nested TDP (the dispatcher's test inverted)", "restructure.toml",
+               'nested_test = "mmu_is_nested(vcpu)"', 'nested_test = "!mmu_is_nested(vcpu)"'),
+]
+
+
+class MutantError(RuntimeError):
+    """A mutant's TOML text is no longer in rules/ (the rules changed): update the mutant."""
+
+
+def mutant_rules_dir(m: RuleMutant, dest: Path, rules_dir: Path = RULES) -> Path:
+    """A copy of rules/ with the mutant's one edit."""
+    shutil.copytree(rules_dir, dest)
+    path = dest / m.file
+    text = path.read_text()
+    if text.count(m.old) != 1:
+        raise MutantError(f"mutant {m.name}: {m.file} has {text.count(m.old)} copies of "
+                          f"{m.old.splitlines()[0]!r} (expected 1)")
+    path.write_text(text.replace(m.old, m.new))
+    return dest
+
+
+@dataclass
+class MutantResult:
+    name: str
+    what: str
+    tree: str
+    killed: bool
+    by: str                    # "divergence", "bug", "build", "rules", "equivalent"
+    detail: str = ""
+    changed_files: int = 0
+    sites: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "what": self.what, "tree": self.tree, "killed": self.killed,
+                "by": self.by, "detail": self.detail, "changed_files": self.changed_files,
+                "sites": self.sites[:10]}
+
+
+@dataclass
+class MutantsReport:
+    tree: str
+    results: list[MutantResult] = field(default_factory=list)
+
+    @property
+    def survivors(self) -> int:
+        return sum(1 for r in self.results if not r.killed and r.by != "equivalent")
+
+    def as_dict(self) -> dict:
+        return {"engine": "native", "tree": self.tree, "mutants": len(self.results),
+                "killed": sum(r.killed for r in self.results),
+                "equivalent": sum(r.by == "equivalent" for r in self.results),
+                "survived": self.survivors, "results": [r.as_dict() for r in self.results]}
+
+    def text(self) -> str:
+        lines = []
+        for r in self.results:
+            state = "killed" if r.killed else ("equivalent" if r.by == "equivalent" else "SURVIVED")
+            lines.append(f"{r.name:<32} {state:<10} {r.by if r.killed else ''} {r.detail}".rstrip())
+        d = self.as_dict()
+        lines.append(f"{self.tree}: {d['killed']}/{d['mutants']} killed, {d['equivalent']} "
+                     f"equivalent, {d['survived']} survived")
+        return "\n".join(lines)
+
+
+def _diff_summary(correct: dict[str, bytes], mutated: dict[str, bytes]) -> list[dict]:
+    from .sites import SiteMap
+
+    changed = {rel: data for rel, data in mutated.items() if correct.get(rel) != data}
+    gone = [rel for rel in correct if rel not in mutated]
+    sm = SiteMap(changed, {rel: correct.get(rel, b"") for rel in changed})
+    out = [s for fn in sorted(sm.by_function) for s in sm.by_function[fn]]
+    return out + [{"file": rel, "line": 0, "function": None, "rule": None, "old": "(rewritten)",
+                   "new": "(left as in the pristine tree)"} for rel in gone]
+
+
+def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, seed: int = 1,
+               events: int = 20_000, corpus: Path | None = None, cache_dir: Path | None = None,
+               work: Path | None = None, progress=None) -> MutantResult:
+    """Apply one mutant to `tree` (`correct`: the correct plan) and execute it if it changed C."""
+    from refactor.index.indexer import build_index
+    from refactor.plan.rewrite import plan_rewrite
+    from refactor.rules import RulesError, load_rules
+
+    from .check import run_variants
+    from .trees import Variant, make_farm
+
+    with tempfile.TemporaryDirectory(prefix="kvm-refactor-mutant-") as tmp:
+        rules_dir = mutant_rules_dir(m, Path(tmp) / "rules")
+        try:
+            rules = load_rules(rules_dir)
+            plan = plan_rewrite(tree, names, rules, build_index(tree, rules))
+        except RulesError as exc:
+            return MutantResult(m.name, m.what, str(tree), True, "rules", str(exc).splitlines()[0])
+    if plan.results == correct.results:
+        key = lambda p: sorted((e.file, e.start, e.end, e.new) for e in p.edits)  # noqa: E731
+        why = ("the mutated entry applies nowhere in this tree (identical edits)"
+               if key(plan) == key(correct) else "different edits that produce the same text")
+        return MutantResult(m.name, m.what, str(tree), False, "equivalent",
+                            f"same C output as the correct rewrite: {why}")
+    sites = _diff_summary(correct.results, plan.results)
+    variant = Variant(f"mutant {m.name}", tree, files=dict(plan.results),
+                      originals=dict(plan.originals), plan=plan)
+    variant.src = make_farm(tree, "mutant", plan.results)
+    try:
+        report = run_variants(tree, str(tree), [variant], seed=seed, events=events,
+                              out_dir=work or Path(tempfile.gettempdir()) / "kvm-refactor-mutants",
+                              corpus=corpus, cache_dir=cache_dir, keep=1, shrink_budget=5.0,
+                              progress=progress)
+    except VerifyError as exc:   # the pristine engine was built before: this is the mutant's
+        return MutantResult(m.name, m.what, str(tree), True, "build", str(exc)[:300],
+                            len(plan.results), sites)
+    step = report.steps[0]
+    if step.divergences:
+        d = step.found[0]
+        return MutantResult(m.name, m.what, str(tree), True, "bug" if d.bug else "divergence",
+                            f"{d.source}: {d.ev.get('ev')} -> {str(d.result)[:160]}",
+                            len(plan.results), sites)
+    return MutantResult(m.name, m.what, str(tree), False, "survived",
+                        f"{step.events} events, {step.translations} translations, no divergence",
+                        len(plan.results), sites)
+
+
+def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, events: int = 20_000,
+                only: list[str] | None = None, corpus: Path | None = None,
+                cache_dir: Path | None = None, progress=None) -> MutantsReport:
+    from refactor.plan.rewrite import cached_plan
+
+    tree = check_tree(Path(tree))
+    chosen = [m for m in MUTANTS if not only or m.name in only]
+    if only and len(chosen) != len(set(only)):
+        known = ", ".join(m.name for m in MUTANTS)
+        raise VerifyError(f"unknown mutant in {list(only)} (known: {known})")
+    correct = cached_plan(tree, names)
+    from .check import build_native
+    build_native(tree, cache_dir, None)    # the pristine tree must build: a failure here is not a kill
+    report = MutantsReport(str(tree))
+    for m in chosen:
+        if progress:
+            progress(f"mutant {m.name}")
+        try:
+            report.results.append(run_mutant(m, tree, correct, names, seed=seed, events=events,
+                                             corpus=corpus, cache_dir=cache_dir,
+                                             progress=progress))
+        except MutantError as exc:
+            raise VerifyError(str(exc)) from None
+    return report

@@ -1,0 +1,120 @@
+"""Run one event stream through the pristine engine and every candidate at once.
+
+Events are generated (or read) once: each goes to the reference model and
+then to every candidate whose state still matches it.  A candidate that
+diverges is skipped until the next `reset` (its state differs from there
+on), exactly as emulator/fuzz.py does for the two Python layouts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from emulator.fuzz import random_events, shrink
+from emulator.trace import jsonable, read_events, write_events
+
+
+@dataclass
+class Found:
+    """One diverging event of one candidate."""
+
+    source: str            # "corpus/NAME.jsonl:LINE" or "fuzz seed S event N"
+    event: int             # 1-based number of the event in the whole run
+    ev: dict
+    base: dict
+    result: dict
+    episode: list[dict]    # the events of its episode up to and including it
+
+    @property
+    def bug(self) -> bool:
+        return "bug" in self.result or "error" in self.result
+
+
+@dataclass
+class Tally:
+    events: int = 0
+    divergences: int = 0
+    bugs: int = 0
+    found: list[Found] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Stream:
+    label: str
+    events: Iterable[tuple[str, dict]]      # (where, event)
+
+
+def corpus_stream(files: list[Path]) -> Stream:
+    def gen():
+        for path in files:
+            for lineno, ev in read_events(path):
+                yield f"{path.parent.name}/{path.name}:{lineno}", ev
+    return Stream("corpus", gen())
+
+
+def fuzz_stream(seed: int, count: int) -> Stream:
+    def gen():
+        for n, ev in enumerate(random_events(seed, count), 1):
+            yield f"fuzz seed {seed} event {n}", ev
+    return Stream(f"fuzz seed {seed}", gen())
+
+
+class RefBug(RuntimeError):
+    """The pristine engine itself failed on an event: an engine or harness defect."""
+
+
+def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int = 8,
+                progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, Tally], list]:
+    """Feed every stream to `ref` and each candidate; (events, tallies, reference bugs).
+
+    `keep`: how many divergences per candidate are kept with their episode
+    (all are counted).
+    """
+    tallies = {name: Tally() for name in cands}
+    ref_bugs: list[dict] = []
+    total = 0
+    for stream in streams:
+        episode: list[dict] = []
+        skipping = {name: False for name in cands}
+        for where, ev in stream.events:
+            total += 1
+            if ev["ev"] == "reset":
+                episode = []
+                skipping = dict.fromkeys(cands, False)
+            episode.append(ev)
+            r_ref = ref.apply(ev)
+            if "bug" in r_ref or "error" in r_ref:
+                # The reference cannot go on in this episode: note it, skip everyone.
+                if len(ref_bugs) < 20:
+                    ref_bugs.append({"where": where, "ev": jsonable(ev), "result": jsonable(r_ref)})
+                for name in cands:
+                    skipping[name] = True
+                continue
+            for name, model in cands.items():
+                t = tallies[name]
+                t.events += 1
+                if skipping[name]:
+                    continue
+                t0 = time.perf_counter()
+                r = model.apply(ev)
+                t.seconds += time.perf_counter() - t0
+                if r != r_ref:
+                    skipping[name] = True
+                    f = Found(where, total, ev, r_ref, r, list(episode))
+                    t.divergences += 1
+                    t.bugs += f.bug
+                    if len(t.found) < keep:
+                        t.found.append(f)
+            if progress is not None and total % 1000 == 0:
+                progress(total)
+    return total, tallies, ref_bugs
+
+
+def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 30.0) -> tuple[Path, int]:
+    """ddmin the episode of a divergence (emulator/fuzz.py's shrinker) and write it."""
+    trace = shrink(found.episode, make_ref, make_cand, budget)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out, write_events(out, trace)

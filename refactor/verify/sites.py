@@ -1,0 +1,115 @@
+"""Rewrite sites inside functions: what a divergence points the reader at.
+
+A site is a plan edit (file, line, rule id) when the variant came from a
+plan, or a changed hunk of a commit otherwise.  Functions are found in kernel
+style (a definition's braces sit in column 0), which holds for the files the
+rewrite touches, including paging_tmpl.h's FNAME() definitions.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(rb"(\w+\s*\(\s*\w+\s*\)|\w+)\s*\(")
+_LOCATION = re.compile(r"((?:[\w.+-]+/)*[\w.+-]+\.[ch]):(\d+)")
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    first: int     # 1-based line of the header's first line
+    last: int      # line of the closing brace
+
+
+def function_spans(data: bytes) -> list[Span]:
+    lines = data.split(b"\n")
+    spans: list[Span] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith(b"{"):
+            start = i
+            while start > 0:
+                prev = lines[start - 1]
+                s = prev.rstrip()
+                if (not s or s.endswith((b";", b"}", b"*/")) or prev.startswith(b"#")
+                        or prev.startswith(b"{")):
+                    break
+                start -= 1
+            header = b" ".join(lines[start:i])
+            m = _NAME.search(header.split(b"(")[0] + b"(" if b"FNAME" not in header
+                             else header)
+            end = i + 1
+            while end < len(lines) and not lines[end].startswith(b"}"):
+                end += 1
+            if m and start < i:
+                spans.append(Span(re.sub(r"\s+", "", m.group(1).decode(errors="replace")),
+                                  start + 1, end + 1))
+            i = end + 1
+            continue
+        i += 1
+    return spans
+
+
+def function_at(spans: list[Span], line: int) -> str | None:
+    for s in spans:
+        if s.first <= line <= s.last:
+            return s.name
+    return None
+
+
+def _hunks(old: bytes, new: bytes) -> list[tuple[int, int, str, str]]:
+    """(old line, new line, old text, new text) of each changed block."""
+    a, b = old.split(b"\n"), new.split(b"\n")
+    out = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag != "equal":
+            out.append((i1 + 1, j1 + 1, b"\n".join(a[i1:i2]).decode(errors="replace")[:160],
+                        b"\n".join(b[j1:j2]).decode(errors="replace")[:160]))
+    return out
+
+
+class SiteMap:
+    """Sites of one variant, by (file, function)."""
+
+    def __init__(self, files: dict[str, bytes], originals: dict[str, bytes], plan=None):
+        self.files = files
+        self.spans = {rel: function_spans(data) for rel, data in files.items()}
+        self.by_function: dict[str, list[dict]] = {}
+        if plan is not None and plan.edits:
+            for e in plan.edits + list(getattr(plan, "post_edits", [])):
+                spans = function_spans(plan.originals.get(e.file, b""))
+                fn = function_at(spans, e.line)
+                self._add(fn, {"file": e.file, "line": e.line, "function": fn, "rule": e.rule,
+                               "old": e.old[:160], "new": e.new[:160]})
+        else:
+            for rel, data in files.items():
+                old_spans = function_spans(originals.get(rel, b""))
+                for oline, nline, old, new in _hunks(originals.get(rel, b""), data):
+                    fn = function_at(self.spans[rel], nline) or function_at(old_spans, oline)
+                    self._add(fn, {"file": rel, "line": nline, "function": fn, "rule": None,
+                                   "old": old, "new": new})
+
+    def _add(self, fn: str | None, site: dict) -> None:
+        self.by_function.setdefault(fn or "", []).append(site)
+
+    def functions(self) -> list[str]:
+        return sorted(f for f in self.by_function if f)
+
+    def locate(self, text: str) -> list[str]:
+        """Functions named by `file:line` locations in a result (a BUG_ON's, a trap's)."""
+        out = []
+        for m in _LOCATION.finditer(text):
+            path, line = m.group(1), int(m.group(2))
+            for rel, spans in self.spans.items():
+                if rel == path or rel.endswith("/" + path) or path.endswith("/" + rel):
+                    fn = function_at(spans, line)
+                    if fn and fn not in out:
+                        out.append(fn)
+        return out
+
+    def sites(self, functions: list[str]) -> list[dict]:
+        out = []
+        for fn in functions:
+            out.extend(self.by_function.get(fn, []))
+        return out

@@ -1,0 +1,202 @@
+"""`verify`: the tree's own MMU code executed natively, pristine vs rewrite / series steps.
+
+Two kinds of tests:
+- plumbing (farms, branch materialisation, per-step tallies, shrinking, sites,
+  JSON, exit codes) with an engine injected by the test: a stand-in that runs
+  the Python model and turns a marker in the tree's text into a BUG result.
+  It checks that verify executes *the tree it is given* for every step;
+- the real native engine (emulator.native) on the full 6.1 tree: one verify
+  of the rewrite, corpus + 100,000 fuzz events, in the default suite; the
+  series and 7.2 runs in the slow suite.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from emulator.machine import old_model
+from refactor.cli.app import main
+from refactor.rules import load_rules
+from refactor.verify import VerifyError, verify_branch, verify_tree
+from refactor.verify.sites import SiteMap, function_spans
+from refactor.verify.trees import branch_variants
+
+IDENT = ["-c", "user.name=A Maintainer", "-c", "user.email=am@example.com"]
+MMU_H = """#ifndef MMU_H
+#define MMU_H
+
+static inline gpa_t kvm_translate_gpa(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, gpa_t gpa)
+{
+	if (mmu != &vcpu->arch.nested_mmu)
+		return gpa;
+	return translate_nested_gpa(vcpu, gpa);
+}
+
+#endif
+"""
+
+
+def git(repo, *args):
+    return subprocess.run(["git", *IDENT, *args], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout
+
+
+class FakeBuild:
+    """Stand-in for emulator.native's NativeBuild: executes the Python model, except that a
+    tree whose mmu.h says BUG_ON_EVERY_WALK crashes every translation with a BUG result
+    naming that line, as the native engine reports a BUG_ON."""
+
+    def __init__(self, tree: Path):
+        self.tree = tree
+        text = (tree / "arch/x86/kvm/mmu.h").read_text()
+        self.bug_line = next((n for n, line in enumerate(text.splitlines(), 1)
+                              if "BUG_ON_EVERY_WALK" in line), None)
+
+    def model(self):
+        model = old_model(load_rules())
+        if self.bug_line is None:
+            return model
+        apply, line = model.apply, self.bug_line
+
+        def buggy(ev):
+            r = apply(ev)
+            return {"bug": f"arch/x86/kvm/mmu.h:{line}: kernel BUG"} if ev["ev"] == "translate" else r
+        model.apply = buggy
+        return model
+
+
+built: list[Path] = []
+
+
+def fake_engine(tree: Path, *, cache_dir=None, progress=None):
+    built.append(tree)
+    if not (tree / "arch/x86/kvm/mmu.h").exists():
+        raise VerifyError(f"{tree}: no .config")
+    return FakeBuild(tree)
+
+
+@pytest.fixture()
+def series_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "linux"
+    (repo / "arch/x86/kvm").mkdir(parents=True)
+    (repo / "Makefile").write_text("all:\n")
+    (repo / "arch/x86/kvm/mmu.h").write_text(MMU_H)
+    (repo / "arch/x86/kvm/x86.c").write_text("int x;\n")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "checkout", "-qb", "series")
+    steps = [("KVM: x86/mmu: rename the test", "mmu != &vcpu->arch.nested_mmu",
+              "w != &vcpu->arch.nested_mmu"),
+             ("KVM: x86/mmu: pass the walker", "w != &vcpu->arch.nested_mmu",
+              "w != &vcpu->arch.gva_walk) /* BUG_ON_EVERY_WALK */ if (0"),
+             ("KVM: x86: fix the nested test", "w != &vcpu->arch.gva_walk) /* BUG_ON_EVERY_WALK */ if (0",
+              "!mmu_is_nested(vcpu) || w == &vcpu->arch.ngpa_walk")]
+    for subject, old, new in steps:
+        path = repo / "arch/x86/kvm/mmu.h"
+        path.write_text(path.read_text().replace(old, new))
+        git(repo, "commit", "-qam", subject)
+    (repo / "arch/x86/kvm/x86.c").unlink()
+    git(repo, "commit", "-qam", "KVM: x86: delete a file")
+    git(repo, "checkout", "-q", "master" if "master" in git(repo, "branch") else "main")
+    return repo
+
+
+def test_branch_commits_are_materialised_as_farms_without_touching_the_checkout(series_repo):
+    tree, sha, variants = branch_variants(series_repo, "HEAD", "series")
+    assert tree == series_repo and [v.name for v in variants][0] == "KVM: x86/mmu: rename the test"
+    assert len(variants) == 4 and variants[3].deleted == {"arch/x86/kvm/x86.c"}
+    from refactor.verify.trees import materialise
+
+    src = materialise(tree, variants[1], "t-step2")
+    assert "BUG_ON_EVERY_WALK" in (src / "arch/x86/kvm/mmu.h").read_text()
+    assert (src / "Makefile").is_symlink()
+    src4 = materialise(tree, variants[3], "t-step4")
+    assert not (src4 / "arch/x86/kvm/x86.c").exists()
+    assert (series_repo / "arch/x86/kvm/x86.c").exists()
+    assert "BUG_ON" not in (series_repo / "arch/x86/kvm/mmu.h").read_text()
+    assert git(series_repo, "status", "--porcelain") == ""
+
+
+def test_verify_branch_finds_the_step_that_crashes_and_its_site(series_repo, tmp_path):
+    built.clear()
+    report = verify_branch(series_repo, "HEAD", "series", names=None, events=3000, seed=3,
+                           out_dir=tmp_path / "out", engine=fake_engine)
+    # The pristine tree and each of the four commits were built from their own trees.
+    assert len(built) == 5 and built[0] == series_repo and len(set(built)) == 5
+    counts = [(s.divergences, s.bugs) for s in report.steps]
+    assert counts[0] == (0, 0) and counts[2] == (0, 0) and counts[3] == (0, 0)
+    assert counts[1][0] > 0 and counts[1][1] == counts[1][0]
+    step = report.steps[1]
+    assert step.events == report.steps[0].events > 3000   # corpus + fuzz, the same events
+    d = step.found[0]
+    assert d.bug and "mmu.h" in d.result["bug"] and d.ev["ev"] == "translate"
+    assert d.functions == ["kvm_translate_gpa"]
+    assert d.sites and d.sites[0]["file"] == "arch/x86/kvm/mmu.h"
+    assert "gva_walk" in d.sites[0]["new"]
+    shrunk = Path(d.trace).read_text().splitlines()
+    assert 1 <= d.trace_events == len(shrunk) <= 10  # a reset and a translation suffice
+    data = report.as_dict()
+    assert set(data) >= {"engine", "base", "steps", "divergences"} and data["engine"] == "native"
+    assert set(data["steps"][0]) >= {"name", "commit", "events", "translations", "divergences",
+                                     "bugs"}
+    assert data["divergences"] == counts[1][0]
+    json.dumps(data)
+
+
+def test_fuzz_events_are_generated_once_for_every_engine(series_repo, tmp_path):
+    a = verify_branch(series_repo, "HEAD", "series", names=None, events=2000, seed=5,
+                      out_dir=tmp_path, engine=fake_engine)
+    assert len({s.events for s in a.steps}) == 1
+    assert a.steps[0].translations == a.steps[2].translations > 0
+
+
+def test_verify_never_falls_back_to_the_python_model(series_repo, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_native(name, *args, **kw):
+        if name == "emulator.native" or name.startswith("emulator.native."):
+            raise ImportError("No module named 'emulator.native'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_native)
+    with pytest.raises(VerifyError, match="native engine is not available"):
+        verify_branch(series_repo, "HEAD", "series", names=None, events=10)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/tree"], "no such directory"),
+    (["{repo}", "--branch", "nope"], "no branch 'nope'"),
+    (["{repo}", "--branch", "series", "--base", "series"], "no commits on top of"),
+])
+def test_bad_input_is_one_line_and_exit_2(series_repo, args, message):
+    args = [a.replace("{repo}", str(series_repo)) for a in args]
+    result = CliRunner().invoke(main, ["verify", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_tree_that_is_not_a_kernel_tree_is_bad_input(tmp_path):
+    with pytest.raises(VerifyError, match="not a full kernel tree"):
+        verify_tree(tmp_path, events=0, engine=fake_engine)
+
+
+def test_function_spans_name_kernel_definitions_and_fname():
+    src = (b"static int FNAME(walk_addr_generic)(struct guest_walker *walker,\n"
+           b"\t\t\t\t    struct kvm_vcpu *vcpu)\n{\n\treturn 0;\n}\n\n"
+           b"static inline gpa_t kvm_translate_gpa(struct kvm_vcpu *vcpu)\n{\n\tif (x) {\n"
+           b"\t\treturn 1;\n\t}\n\treturn 0;\n}\n")
+    spans = function_spans(src)
+    assert [(s.name, s.first, s.last) for s in spans] == [
+        ("FNAME(walk_addr_generic)", 1, 5), ("kvm_translate_gpa", 7, 13)]
+    sm = SiteMap({"a/mmu.h": src}, {"a/mmu.h": src.replace(b"return 1", b"return 2")})
+    assert sm.locate("a/mmu.h:10: kernel BUG") == ["kvm_translate_gpa"]
+    assert sm.sites(["kvm_translate_gpa"])[0]["line"] == 10
