@@ -26,18 +26,22 @@ from refactor.cli.rules_option import rules_option
 @click.option("--mutants", "mutants", is_flag=True,
               help="instead: apply every wrong-rule mutant (refactor/verify/mutants.py) to TREE "
                    "and execute it; exit 1 if one that changes the C survives")
+@click.option("--model", "fidelity", is_flag=True,
+              help="instead: the Python model (emulator) against the native engine of the "
+                   "pristine TREE; differences are classified (model fidelity)")
 @click.option("--only", multiple=True, help="with --mutants: only this mutant (repeatable)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int, count: int,
-               out_dir: Path | None, mutants: bool, only: tuple[str, ...], fmt: str) -> None:
+               out_dir: Path | None, mutants: bool, fidelity: bool, only: tuple[str, ...],
+               fmt: str) -> None:
     """Build TREE's own MMU code natively, pristine and rewritten, and compare every event.
 
     Runs emulator/corpus/*.jsonl and a seeded fuzz campaign (generated once,
     fed to every engine). Exit 0: no divergence; 1: some (each with its
     shrunk trace and the rewrite sites of the functions involved); 2: bad input.
     """
-    from refactor.cli.app import UserError
+    from refactor.cli.errors import UserError
     from refactor.verify import VerifyError, verify_branch, verify_tree
 
     def say(msg: str) -> None:
@@ -51,6 +55,14 @@ def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int,
                                  progress=say)
             click.echo(json.dumps(result.as_dict(), indent=1) if fmt == "json" else result.text())
             sys.exit(0 if result.survivors == 0 else 1)
+        if fidelity:
+            from refactor.verify.check import check_tree
+            from refactor.verify.fidelity import model_fidelity
+
+            result = model_fidelity(check_tree(tree), seed=seed, events=count, out_dir=out_dir,
+                                    progress=say)
+            click.echo(json.dumps(result.as_dict(), indent=1) if fmt == "json" else result.text())
+            sys.exit(1 if result.differences else 0)
         if branch:
             report = verify_branch(tree, base, branch, names=names, seed=seed, events=count,
                                    out_dir=out_dir, progress=say)

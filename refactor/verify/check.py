@@ -129,7 +129,8 @@ def build_native(tree: Path, cache_dir, progress, engine=None):
 
 def _functions(model, found: Found, sites: SiteMap) -> list[str]:
     """Functions a divergence points at: a location in the result, else what the engine ran."""
-    fns = sites.locate(json.dumps(found.result)) + sites.locate(json.dumps(found.base))
+    fns = sites.with_neighbours(sites.locate(json.dumps(found.result))
+                                + sites.locate(json.dumps(found.base)))
     ran = getattr(model, "functions_run", None)
     if callable(ran):
         try:
@@ -167,7 +168,7 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
         total, tallies, ref_bugs = run_streams(
             streams, ref, cands, keep,
             lambda n: say(f"{n} events") if n % 50_000 == 0 else None)
-    except TraceError as exc:
+    except (TraceError, RefBug) as exc:
         raise VerifyError(str(exc)) from None
     report.seconds["run"] = round(time.perf_counter() - t1, 1)
     report.base_bugs = ref_bugs

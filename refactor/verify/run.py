@@ -67,11 +67,13 @@ class RefBug(RuntimeError):
 
 
 def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int = 8,
-                progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, Tally], list]:
+                progress: Callable[[int], None] | None = None,
+                on_found: Callable[[str, Found], None] | None = None,
+                ) -> tuple[int, dict[str, Tally], list]:
     """Feed every stream to `ref` and each candidate; (events, tallies, reference bugs).
 
     `keep`: how many divergences per candidate are kept with their episode
-    (all are counted).
+    (all are counted, and all passed to `on_found`).
     """
     tallies = {name: Tally() for name in cands}
     ref_bugs: list[dict] = []
@@ -85,7 +87,10 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
                 episode = []
                 skipping = dict.fromkeys(cands, False)
             episode.append(ev)
-            r_ref = ref.apply(ev)
+            try:
+                r_ref = ref.apply(ev)
+            except RuntimeError as exc:
+                raise RefBug(f"the pristine engine died at {where}: {exc}") from None
             if "bug" in r_ref or "error" in r_ref:
                 # The reference cannot go on in this episode: note it, skip everyone.
                 if len(ref_bugs) < 20:
@@ -99,7 +104,13 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
                 if skipping[name]:
                     continue
                 t0 = time.perf_counter()
-                r = model.apply(ev)
+                try:
+                    r = model.apply(ev)
+                except RuntimeError as exc:   # the engine process died: a crash is a result
+                    r = {"bug": f"engine died: {str(exc).splitlines()[0] if str(exc) else exc}"}
+                    revive = getattr(model, "build", None)
+                    if revive is not None:
+                        cands[name] = revive.model()
                 t.seconds += time.perf_counter() - t0
                 if r != r_ref:
                     skipping[name] = True
@@ -108,6 +119,8 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
                     t.bugs += f.bug
                     if len(t.found) < keep:
                         t.found.append(f)
+                    if on_found is not None:
+                        on_found(name, f)
             if progress is not None and total % 1000 == 0:
                 progress(total)
     return total, tallies, ref_bugs

@@ -108,6 +108,28 @@ class SiteMap:
                         out.append(fn)
         return out
 
+    def with_neighbours(self, functions: list[str]) -> list[str]:
+        """`functions` plus the site-holding functions that call one of them or that one
+        of them calls: a BUG_ON in an untouched callee is usually caused by the caller's
+        rewritten test (kvm_translate_gpa() reaching translate_nested_gpa())."""
+        out = list(functions)
+        bodies = {}
+        for rel, spans in self.spans.items():
+            lines = self.files[rel].split(b"\n")
+            for sp in spans:
+                bodies[sp.name] = b"\n".join(lines[sp.first - 1:sp.last]).decode(errors="replace")
+        for fn in list(functions):
+            call = re.compile(r"\b" + re.escape(fn) + r"\s*\(")
+            for other in self.functions():
+                if other in out:
+                    continue
+                body = bodies.get(other, "")
+                if call.search(body.split("{", 1)[-1]) or (
+                        fn in bodies and re.search(r"\b" + re.escape(other) + r"\s*\(",
+                                                   bodies[fn].split("{", 1)[-1])):
+                    out.append(other)
+        return out
+
     def sites(self, functions: list[str]) -> list[dict]:
         out = []
         for fn in functions:
