@@ -9,8 +9,10 @@ mapping of its own, so a wrong rule gives a wrong model and a divergence.
 
 Which `struct kvm_mmu *` variables become `struct kvm_pagewalk *` is decided
 as DOMAIN.md says the series did: a parameter or local whose every use is a
-walker field, a comparison, or an argument to a narrowed parameter (fixpoint).
-Narrowed variables named `mmu` are renamed `w`, as upstream did.
+walker field, a comparison, or an argument to a narrowed parameter -- the
+rewriter's fixpoint (refactor.plan.narrow.greatest_fixpoint) over this
+module's uses.  Narrowed variables are named as the rewriter names them
+(refactor.plan.narrow.walker_name: `mmu` -> `w`, `fault_mmu` -> `fault_walk`).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import libcst as cst
 
+from refactor.plan.narrow import greatest_fixpoint, walker_name
 from refactor.rules import Rules, WalkerNames
 
 OLD_SOURCE = Path(__file__).with_name("kvm_old.py")
@@ -190,19 +193,14 @@ def analyse(module: cst.Module, ctx: _Context) -> tuple[dict[str, FuncInfo], set
             fi.deps.setdefault(var, []).append(an.dep_of[nid])
         else:
             fi.bad.add(var)
+    # (function, variable) keys; an argument past the callee's parameters needs a key never alive.
+    alive = {(fi.name, v) for fi in an.infos.values() for v in fi.candidates if v not in fi.bad}
+    deps = {(fi.name, var): [(fname, an.infos[fname].params[index] if index < len(an.infos[fname].params)
+                              else f"#{index}") for fname, index in needs]
+            for fi in an.infos.values() for var, needs in fi.deps.items()}
+    greatest_fixpoint(alive, deps)
     for fi in an.infos.values():
-        fi.narrowed = {v for v in fi.candidates if v not in fi.bad}
-    changed = True
-    while changed:
-        changed = False
-        for fi in an.infos.values():
-            for var in list(fi.narrowed):
-                for fname, index in fi.deps.get(var, []):
-                    callee = an.infos[fname]
-                    if index >= len(callee.params) or callee.params[index] not in callee.narrowed:
-                        fi.narrowed.discard(var)
-                        changed = True
-                        break
+        fi.narrowed = {v for v in fi.candidates if (fi.name, v) in alive}
     return an.infos, an.attr_names
 
 
@@ -221,7 +219,9 @@ class _Rewriter(cst.CSTTransformer):
 
     # -- helpers ------------------------------------------------------------
     def _new_name(self, var: str) -> str:
-        return "w" if var == "mmu" and self.fi and var in self.fi.narrowed else var
+        if not self.fi or var not in self.fi.narrowed:
+            return var
+        return walker_name(var, set(self.fi.params) | set(self.fi.candidates))
 
     def _is_walker(self, node) -> bool:
         if isinstance(node, cst.Name):

@@ -8,12 +8,33 @@ used as a walker, and which C identifiers the walkers get.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+# rules/ sits at the top of the repository; pyproject.toml's package-dir ships it
+# as the package refactor.rules_data (RULES_PACKAGE), so installed copies find
+# it through importlib.resources.  A checkout without an install (PYTHONPATH=.)
+# has no such package: there it is the rules/ beside refactor/.
+RULES_PACKAGE = "refactor.rules_data"
+
+
+def _rules_dir() -> Path:
+    import importlib.resources
+
+    try:
+        found = importlib.resources.files(RULES_PACKAGE).joinpath("names.toml")
+    except ModuleNotFoundError:
+        found = None
+    if isinstance(found, Path) and found.is_file():
+        return found.parent
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+RULES_DIR = _rules_dir()
 
 _C_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # C keywords and names a walker could never take without breaking the build.
@@ -24,8 +45,84 @@ _C_KEYWORDS = frozenset(
 )
 
 
-class RulesError(ValueError):
-    """rules/ data or a names specification is malformed."""
+from refactor.errors import RulesError  # noqa: E402  (re-exported: its historic home)
+
+
+def squash(text: str) -> str:
+    """C text without whitespace: how rules compare expressions (`vcpu -> arch.mmu` == `vcpu->arch.mmu`)."""
+    return re.sub(r"\s+", "", text)
+
+
+# ---- the registry of rule ids ------------------------------------------------------
+#
+# Every id an edit, a finding, a commit trailer or a port note cites resolves to
+# an entry of rules/ with its `why` (Rules.registry).  Ids the code writes itself
+# (rather than reading them from a rules table) are declared with cite(), and
+# load_rules() refuses rules that do not define them.
+
+_CITED: dict[str, str] = {}  # id (or "field-{field}"-style family) -> module citing it
+
+
+def cite(rule_id: str) -> str:
+    """Declare an id the code writes into its output; returns it (module-level constants)."""
+    _CITED.setdefault(rule_id, sys._getframe(1).f_globals.get("__name__", "?"))
+    return rule_id
+
+
+def cited() -> dict[str, str]:
+    """The ids declared by cite() in the modules imported so far, with the citing module."""
+    return dict(_CITED)
+
+
+@dataclass(frozen=True)
+class RuleEntry:
+    """One id of the registry: why the change it names is right, and where rules/ says so."""
+
+    id: str
+    why: str
+    source: str  # e.g. "mappings.toml [[bases]]"
+    family: str | None = None  # the decisions.toml template it expands ("field-{field}")
+
+
+class _Keyed(Mapping):
+    """Read access by TOML key too (`rule["function"]`, `step.get("arg", 0)`), for code
+    written against the raw tables; the attributes are the typed interface."""
+
+    def _table(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        out.update(getattr(self, "params", {}) or {})
+        return out
+
+    def __getitem__(self, key):
+        return self._table()[key]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self) -> int:
+        return len(self._table())
+
+
+@dataclass(frozen=True, eq=False)
+class CallRule(_Keyed):
+    """mappings.toml [[calls]]: a call whose function changes when its argument becomes a walker."""
+
+    id: str
+    function: str
+    arg: int
+    new: str
+    why: str
+
+
+@dataclass(frozen=True, eq=False)
+class RestructureRule(_Keyed):
+    """One entry of rules/restructure.toml: `kind` is its table ([[attach_walker]]...),
+    the keys other than id/why are in `params` (some, such as `from`, are Python keywords)."""
+
+    kind: str
+    id: str
+    why: str = ""
+    params: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,7 +137,10 @@ class WalkerNames:
         return {"gva": self.gva, "ngpa": self.ngpa}
 
     def fill(self, template: str, **extra: str) -> str:
-        return template.format(**self.as_dict(), **extra)
+        """`template` with {gva}/{ngpa} (and any `extra` key) replaced; other braces stay."""
+        for key, value in {**self.as_dict(), **extra}.items():
+            template = template.replace("{" + key + "}", value)
+        return template
 
 
 @dataclass(frozen=True)
@@ -103,8 +203,10 @@ class Rules:
     bases: list[Base]
     exprs: list[ExprRule]
     raw: dict[str, dict] = field(default_factory=dict, repr=False)
-    restructure: dict[str, list[dict]] = field(default_factory=dict)
-    calls: list[dict] = field(default_factory=list)
+    restructure: dict[str, list[RestructureRule]] = field(default_factory=dict)
+    calls: list[CallRule] = field(default_factory=list)
+    registry: dict[str, RuleEntry] = field(default_factory=dict, repr=False)
+    families: dict[str, RuleEntry] = field(default_factory=dict, repr=False)  # "field-{field}" -> entry
     stage: "Stage | None" = None  # None: the whole refactor is in force
 
     # ---- names ----------------------------------------------------------
@@ -171,9 +273,9 @@ class Rules:
     # ---- mapping --------------------------------------------------------
     def base_for(self, old_expr: str) -> Base:
         """The base rule for an old MMU expression (compared without spaces)."""
-        key = _squash(old_expr)
+        key = squash(old_expr)
         for base in self.bases:
-            if not base.generic and _squash(base.old) == key:
+            if not base.generic and squash(base.old) == key:
                 return base
         for base in self.bases:
             if base.generic:
@@ -197,6 +299,23 @@ class Rules:
         new = names.fill(base.new, base=old_base)
         return new if base.new_is == "ptr" else f"&{new}"
 
+    # ---- the registry ----------------------------------------------------
+    def rule(self, rule_id: str) -> RuleEntry:
+        """The registry entry of an id cited in output (RulesError if rules/ does not define it)."""
+        entry = self.registry.get(rule_id)
+        if entry is None:
+            raise RulesError(f"rule id {rule_id!r} is not defined in rules/ (see rules/decisions.toml)")
+        return entry
+
+    def check_cited(self, ids: Mapping[str, str] | None = None) -> None:
+        """Every id the code cites (cite()) resolves to an entry or a family of the registry."""
+        ids = cited() if ids is None else ids
+        missing = sorted(f"{i} (cited by {m})" for i, m in ids.items()
+                         if i not in self.registry and i not in self.families)
+        if missing:
+            raise RulesError(f"{self.directory}: rule ids cited by the code but not defined in rules/ "
+                             f"(add a [[decisions]] entry with a why to decisions.toml): {', '.join(missing)}")
+
     def expr(self, rule_id: str) -> ExprRule:
         for e in self.exprs:
             if e.id == rule_id:
@@ -204,19 +323,21 @@ class Rules:
         raise RulesError(f"no expression rule {rule_id!r} in rules/mappings.toml")
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
 def _read(directory: Path, name: str) -> dict:
+    from refactor import rules_overlay
+
     path = directory / name
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            data = tomllib.load(fh)
     except FileNotFoundError:
         raise RulesError(f"{path}: missing rules file") from None
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: {exc}") from None
+    return rules_overlay.apply(name, data)  # the user's --rules, if any
+
+
+read_rules_file = _read  # public name, for loaders of other rules files (lint.toml)
 
 
 def _need(data: dict, key: str, where: str):
@@ -271,14 +392,85 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         new_fields=layout.get("new_fields", {}), bases=bases, exprs=exprs,
         raw={"names": names, "layout": layout, "mappings": mappings},
     )
-    rules.calls = list(mappings.get("calls", []))
+    rules.calls = [_call_rule(c) for c in mappings.get("calls", [])]
     restructure_path = directory / "restructure.toml"
     if restructure_path.exists():
-        rules.restructure = _read(directory, "restructure.toml")
-        rules.raw["restructure"] = rules.restructure
+        raw_restructure = _read(directory, "restructure.toml")
+        rules.raw["restructure"] = raw_restructure
+        rules.restructure = {kind: [_restructure_rule(kind, entry) for entry in entries]
+                             for kind, entries in raw_restructure.items() if isinstance(entries, list)}
+    rules.registry, rules.families = _registry(rules, mappings)
     for p in presets.values():
         rules.check_names(p)
+    rules.check_cited()
     return rules
+
+
+def _call_rule(raw: dict) -> CallRule:
+    where = f"mappings.toml [[calls]] {raw.get('id', '?')}"
+    return CallRule(id=_need(raw, "id", where), function=_need(raw, "function", where),
+                    arg=raw.get("arg", 0), new=_need(raw, "new", where), why=raw.get("why", ""))
+
+
+def _restructure_rule(kind: str, raw: dict) -> RestructureRule:
+    rule_id = _need(raw, "id", f"restructure.toml [[{kind}]]")
+    return RestructureRule(kind=kind, id=rule_id, why=raw.get("why", ""),
+                           params={k: v for k, v in raw.items() if k not in ("id", "why")})
+
+
+# The tables a decisions family can range over (`each`), by their rules/ path.
+def _family_tables(rules: Rules) -> dict[str, dict[str, str]]:
+    return {"layout.mmu_fields": {n: f.why for n, f in rules.mmu_fields.items()},
+            "layout.vcpu_arch.old": {n: "" for n in rules.vcpu_old}}
+
+
+def _registry(rules: Rules, mappings: dict) -> tuple[dict[str, RuleEntry], dict[str, RuleEntry]]:
+    """Every rule id rules/ defines, with its why; an id without a why must be defined elsewhere."""
+    registry: dict[str, RuleEntry] = {}
+    families: dict[str, RuleEntry] = {}
+    referring: list[tuple[str, str]] = []  # (id, where) of entries that give no why of their own
+
+    def add(rule_id: str, why: str, source: str, family: str | None = None) -> None:
+        if not why.strip():
+            referring.append((rule_id, source))
+        elif rule_id not in registry:  # an explicit entry wins over a family member
+            registry[rule_id] = RuleEntry(rule_id, why.strip(), source, family)
+
+    for b in rules.bases:
+        add(b.id, b.why, "mappings.toml [[bases]]")
+    for e in rules.exprs:
+        add(e.id, e.why, "mappings.toml [[exprs]]")
+    for c in rules.calls:
+        add(c.id, c.why, "mappings.toml [[calls]]")
+    for kind, entries in rules.restructure.items():
+        for r in entries:
+            add(r.id, r.why, f"restructure.toml [[{kind}]]")
+    tables = _family_tables(rules)
+    templates = []
+    for raw in mappings.get("decisions", []):
+        where = f"mappings.toml [[decisions]] {raw.get('id', '?')}"
+        rule_id, why = _need(raw, "id", where), _need(raw, "why", where)
+        if not why.strip():
+            raise RulesError(f"{where}: empty why")
+        if "{" not in rule_id:
+            add(rule_id, why, "mappings.toml [[decisions]]")
+            continue
+        each = _need(raw, "each", where)
+        unknown = [t for t in each if t not in tables]
+        if unknown:
+            raise RulesError(f"{where}: each names unknown tables {unknown} (known: {sorted(tables)})")
+        families[rule_id] = RuleEntry(rule_id, why.strip(), "mappings.toml [[decisions]]")
+        templates.append((rule_id, why, each))
+    for rule_id, why, each in templates:
+        placeholder = re.search(r"\{(\w+)\}", rule_id).group(0)
+        for table in each:
+            for key, own_why in tables[table].items():
+                add(rule_id.replace(placeholder, key), own_why or why,
+                    f"mappings.toml [[decisions]] {rule_id} ({table}.{key})", rule_id)
+    undefined = sorted(f"{i} ({where})" for i, where in referring if i not in registry)
+    if undefined:
+        raise RulesError(f"rule ids with no why anywhere in rules/: {', '.join(undefined)}")
+    return registry, families
 
 
 # ---- series steps --------------------------------------------------------------
@@ -291,8 +483,8 @@ class Step:
     rename_format: bool = False
     introduce_walker: bool = False
     move_fields: tuple[str, ...] = ()
-    narrow: bool = False
-    remove_members: bool = False
+    narrow: bool | tuple[str, ...] = False  # a list: only these functions (or #define-made ones)
+    remove_members: bool | tuple[str, ...] = False  # a list: only these kvm_vcpu_arch members
     walker_init: bool = False
 
 
@@ -307,6 +499,7 @@ class Stage:
     remove_members: bool = True
     walker_init: bool = True
     complete: bool = True
+    narrow_only: frozenset | None = None  # narrowing limited to these functions (None: all)
 
 
 def load_steps(rules: Rules) -> list[Step]:
@@ -316,8 +509,8 @@ def load_steps(rules: Rules) -> list[Step]:
         steps.append(Step(id=raw["id"], subject=raw["subject"], body=raw.get("body", "").strip(),
                           rename_format=raw.get("rename_format", False),
                           introduce_walker=raw.get("introduce_walker", False),
-                          move_fields=tuple(raw.get("move_fields", ())), narrow=raw.get("narrow", False),
-                          remove_members=raw.get("remove_members", False),
+                          move_fields=tuple(raw.get("move_fields", ())), narrow=_flag(raw, "narrow"),
+                          remove_members=_flag(raw, "remove_members"),
                           walker_init=raw.get("walker_init", False)))
     moving = {n for n, f in rules.mmu_fields.items() if f.dest == "walker" or f.path != n}
     listed = {f for s in steps for f in s.move_fields}
@@ -326,22 +519,33 @@ def load_steps(rules: Rules) -> list[Step]:
     return steps
 
 
+def _flag(raw: dict, key: str) -> bool | tuple[str, ...]:
+    value = raw.get(key, False)
+    return tuple(value) if isinstance(value, list) else bool(value)
+
+
 def staged(rules: Rules, steps: list[Step], upto: int) -> Rules:
     """The rules as in force after steps[:upto]: fields not moved yet stay put."""
     import copy
 
     done = steps[:upto]
+    narrow_all = any(s.narrow is True for s in done)
+    narrow_some = frozenset(f for s in done if isinstance(s.narrow, tuple) for f in s.narrow)
+    removed = {n for n in rules.vcpu_old if any(s.remove_members is True or
+                                                (isinstance(s.remove_members, tuple) and n in s.remove_members)
+                                                for s in done)}
     stage = Stage(rename_format=any(s.rename_format for s in done),
                   introduce_walker=any(s.introduce_walker for s in done),
                   moved=frozenset(f for s in done for f in s.move_fields),
-                  narrow=any(s.narrow for s in done), remove_members=any(s.remove_members for s in done),
+                  narrow=narrow_all or bool(narrow_some), remove_members=bool(removed),
+                  narrow_only=None if narrow_all or not narrow_some else narrow_some,
                   walker_init=any(s.walker_init for s in done),
                   complete=upto >= len(steps))
     out = copy.copy(rules)
     out.stage = stage
     out.mmu_fields = {n: (f if n in stage.moved else MmuField(n, "mmu", n, f.why))
                       for n, f in rules.mmu_fields.items()}
-    out.vcpu_old = {n: (m if stage.remove_members else
+    out.vcpu_old = {n: (m if n in removed else
                         VcpuMember(m.name, m.kind, False, m.walker, m.targets, m.compare_as_walker,
                                    m.as_builder))
                     for n, m in rules.vcpu_old.items()}

@@ -168,7 +168,7 @@ def collect(files: dict[str, ParsedFile], interesting=lambda src: True) -> tuple
             if interesting(pf.src[start:end]):
                 frags.append(pf.fragment_for(start, end))
         for frag in frags:
-            for node in _top_level(frag.tree.root_node):
+            for node in top_level(frag.tree.root_node):
                 if not interesting(pf.src[node.start_byte + frag.offset:node.end_byte + frag.offset]):
                     continue  # no struct kvm_mmu in sight: nothing to narrow or call with one
                 if node.type == "function_definition":
@@ -187,7 +187,7 @@ def collect(files: dict[str, ParsedFile], interesting=lambda src: True) -> tuple
     return defs, protos
 
 
-def _top_level(root: Node):
+def top_level(root: Node):
     stack = [root]
     while stack:
         node = stack.pop()
@@ -232,7 +232,7 @@ def struct_node(files: dict[str, ParsedFile], name: str) -> tuple[ParsedFile, No
     for pf in files.values():
         if f"struct {name}".encode() not in pf.src:
             continue
-        for node in _top_level(pf.main.tree.root_node):
+        for node in top_level(pf.main.tree.root_node):
             spec = node if node.type == "struct_specifier" else node.child_by_field_name("type")
             if spec is not None and spec.type == "struct_specifier" \
                     and text(spec.child_by_field_name("name")) == name \
@@ -275,3 +275,6 @@ def _params_any(fn_decl: Node) -> list[Var]:
         else:
             out.append(Var("", CType("?"), p, p, i))
     return out
+
+
+_top_level = top_level  # the historic private name, for code not yet switched

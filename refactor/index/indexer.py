@@ -8,6 +8,7 @@ region, a masked macro) the reference is kept and marked `via: token`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -354,6 +355,9 @@ def detect_layout(program: Program, rules: Rules, refs: list[Reference]) -> str:
     walker_struct = f"struct {rules.types['walker']}"
     old = any(m in arch for m, v in rules.vcpu_old.items() if v.removed)
     new = any(t.name == walker_struct and t.depth == 0 for t in arch.values())
+    # New-layout code in a tree whose header is still old (a half-done port).
+    new = new or any(r.context == "code" and r.kind == "type" and r.symbol == rules.types["walker"]
+                     and r.use != "definition" for r in refs)
     if not arch:
         # No struct definition in the tree: judge by the code.
         old = any(r.context == "code" and r.kind == "vcpu_member" and rules.vcpu_old[r.symbol].removed
@@ -427,6 +431,28 @@ def build_index(root: str | Path, rules: Rules | None = None, progress=None,
                              "reason": "syntax not understood (names here read by the lexer)"})
     layout = detect_layout(program, rules, refs)
     return Index(tree=str(root), version=kernel_version(root), layout=layout, references=refs,
+                 unparsed=unparsed, program=program, walkers=tracker.tree_walkers, files=parsed)
+
+
+def index_sources(files: Mapping[str, bytes | str], rules: Rules | None = None, *,
+                  program: Program | None = None, tree: str = "<memory>") -> Index:
+    """Index files held in memory (a patch's post-image, a buffer being edited) as build_index does.
+
+    `files` maps a tree-relative path to its content.  `program` is what is
+    already known of the types (a tree's Index.program, copied by the caller
+    if it must stay unchanged); the files' own declarations are added to it.
+    """
+    rules = rules or load_rules()
+    program = program if program is not None else Program()
+    parsed: dict[str, ParsedFile] = {}
+    for rel, data in files.items():
+        parsed[rel] = parse(rel, data.encode() if isinstance(data, str) else data)
+        program.learn(parsed[rel].main.tree.root_node, rel)
+    tracker = Tracker(rules, program)
+    refs = [r for pf in parsed.values() for r in _FileIndexer(pf, program, tracker, rules).run()]
+    unparsed = [{"file": rel, "reason": "syntax not understood (names here read by the lexer)"}
+                for rel, pf in parsed.items() if pf.error_spans]
+    return Index(tree=tree, version=None, layout=detect_layout(program, rules, refs), references=refs,
                  unparsed=unparsed, program=program, walkers=tracker.tree_walkers, files=parsed)
 
 

@@ -15,6 +15,7 @@ from tree_sitter import Node, Query, QueryCursor
 
 from refactor.frontend.ctype import CType, FunctionSig, StructTable, declared, declarator_name_type, specifier_type, text
 from refactor.frontend.parse import LANGUAGE
+from refactor.rules import squash  # noqa: F401  (re-exported: the typer's callers import it here)
 
 _DECL_QUERY = Query(LANGUAGE, "[(declaration) @d (parameter_declaration) @d]")
 _ASSIGN_QUERY = Query(LANGUAGE, "[(assignment_expression) @a (init_declarator) @a]")
@@ -24,8 +25,6 @@ _CONTAINER_MACROS = {"container_of": 1, "container_of_const": 1, "list_entry": 1
                      "list_first_entry": 1, "list_first_entry_or_null": 1, "hlist_entry": 1}
 
 
-def squash(s: str) -> str:
-    return re.sub(r"\s+", "", s)
 
 
 def function_name(fn: Node) -> str:

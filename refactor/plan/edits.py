@@ -8,16 +8,28 @@ DROP = "\x00drop\x00"  # stands for a dropped statement: its whole line goes
 
 @dataclass
 class Edit:
-    """Replace bytes [start, end) of a file with `new`, because of `rule`."""
+    """Replace bytes [start, end) of a file with `new`, because of `rules` (ids of the registry)."""
 
     file: str
     start: int
     end: int
     new: str
-    rule: str
+    rules: tuple[str, ...]
     why: str = ""
     old: str = ""
     line: int = 0
+
+    def __post_init__(self) -> None:
+        # One id (or the historic comma-joined string) is accepted from producers.
+        if isinstance(self.rules, str):
+            self.rules = tuple(r for r in self.rules.split(",") if r)
+        else:
+            self.rules = tuple(self.rules)
+
+    @property
+    def rule(self) -> str:
+        """The ids as one comma-joined string: the `rule` field of the JSON output."""
+        return ",".join(self.rules)
 
 
 @dataclass
@@ -28,3 +40,7 @@ class Human:
     line: int
     why: str
     text: str = ""
+
+
+# A clearer name for what a Human is; Human stays for the code that uses it.
+HumanSite = Human

@@ -17,8 +17,21 @@ from tree_sitter import Node
 from refactor.frontend.ctype import declared, text
 from refactor.index.functions import struct_node
 from refactor.frontend.parse import ParsedFile
-from refactor.rules import Rules, Stage, WalkerNames
+from refactor.rules import Rules, Stage, WalkerNames, cite
 from refactor.plan.edits import Edit
+
+# Rule ids this module writes (rules/mappings.toml [[decisions]] says why).
+FORMAT_TYPE = cite("rsvd-bits-validate-type")
+LAYOUT_FORMAT = cite("layout-format")
+LAYOUT_W = cite("layout-w")
+LAYOUT_WALKER = cite("layout-walker")
+LAYOUT_GVA = cite("layout-gva")
+LAYOUT_NGPA = cite("layout-ngpa")
+LAYOUT_MEMBER = cite("layout-{member}")
+
+
+def _member_rule(name: str) -> str:
+    return LAYOUT_MEMBER.replace("{member}", name)
 
 
 def _line_start(src: bytes, pos: int) -> int:
@@ -88,12 +101,13 @@ def plan_layout(files: dict[str, ParsedFile], rules: Rules, names: WalkerNames,
     if fmt_found is not None and stage.rename_format:
         fpf, fspec = fmt_found
         name = fspec.child_by_field_name("name")
-        add(fpf, name.start_byte, name.end_byte, t["format"], "rsvd-bits-validate-type")
+        add(fpf, name.start_byte, name.end_byte, t["format"], FORMAT_TYPE)
         close = fspec.child_by_field_name("body").end_byte - 1
         if format_lines:
             at = _line_start(fpf.src, close)
-            add(fpf, at, at, "\n" + "".join(format_lines), "layout-format",
-                "permission bits are the page format's")
+            # A moved member may bring its blank line: none before the closing brace.
+            add(fpf, at, at, "\n" + "".join(format_lines).rstrip("\n") + "\n", LAYOUT_FORMAT,
+                rules.rule(LAYOUT_FORMAT).why)
     if arch_found is not None and stage.introduce_walker:
         _walker_members(arch_found, rules, names, add)
     return edits
@@ -111,7 +125,7 @@ def _rename_member_types(found, rules: Rules, add) -> None:
         if tnode is not None and tnode.type == "struct_specifier" and \
                 text(tnode.child_by_field_name("name")) == t["old_format"]:
             n = tnode.child_by_field_name("name")
-            add(pf, n.start_byte, n.end_byte, t["format"], "rsvd-bits-validate-type")
+            add(pf, n.start_byte, n.end_byte, t["format"], FORMAT_TYPE)
 
 
 def _split_mmu(found, rules: Rules, names: WalkerNames, stage: Stage, add) -> list[str]:
@@ -128,9 +142,10 @@ def _split_mmu(found, rules: Rules, names: WalkerNames, stage: Stage, add) -> li
             continue
         start, end = _with_comment(src, fd)
         chunk = src[start:end].decode("utf-8", "replace")
-        add(pf, start, end, "", f"layout-{name}", f.why)
+        add(pf, start, end, "", _member_rule(name), f.why)
         if f.path == name:
-            walker_lines.append(_retype_walker_params(chunk, rules) if stage.narrow else chunk)
+            narrowed = stage.narrow and stage.narrow_only is None
+            walker_lines.append(_retype_walker_params(chunk, rules) if narrowed else chunk)
         elif f.path.startswith("fmt."):
             format_lines.append(chunk)
         elif f.path == "fmt":
@@ -143,26 +158,26 @@ def _split_mmu(found, rules: Rules, names: WalkerNames, stage: Stage, add) -> li
     if anchor is not None:
         pos = _line_start(src, anchor.start_byte)
         indent = re.match(rb"[ \t]*", src[pos:]).group().decode()
-        add(pf, pos, pos, f"{indent}struct {t['walker']} *w;\n\n", "layout-w",
-            "the walker whose tables this MMU builds or shadows")
+        add(pf, pos, pos, f"{indent}struct {t['walker']} *w;\n\n", LAYOUT_W,
+            rules.rule(LAYOUT_W).why)
     # Fields that stay in struct kvm_mmu under a new name (shadow_zero_check -> fmt).
     for name, fd in members.items():
         f = rules.mmu_fields.get(name)
         if f is not None and f.dest == "mmu" and f.path != name:
-            add(pf, fd.start_byte, fd.end_byte, f"struct {t['format']} {f.path};", f"layout-{name}", f.why)
+            add(pf, fd.start_byte, fd.end_byte, f"struct {t['format']} {f.path};", _member_rule(name), f.why)
     # struct kvm_pagewalk, right before struct kvm_mmu's definition.
     holder = mmu.parent if mmu.parent is not None and mmu.parent.type in ("declaration",
                                                                           "type_definition") else mmu
     pos = _line_start(src, holder.start_byte)
-    body = "".join(walker_lines)
+    body = "".join(walker_lines).rstrip("\n") + "\n" if walker_lines else ""
     if has_fmt_target or format_lines:
         indent = re.match(r"[ \t]*", walker_lines[0]).group() if walker_lines else "\t"
         body += f"{chr(10) if walker_lines else ''}{indent}struct {t['format']} fmt;\n"
     # A callback that still takes a struct kvm_mmu (before the walker is passed
     # instead) needs the tag declared ahead of the walker.
     forward = f"struct {t['mmu']};\n\n" if f"struct {t['mmu']} *" in body else ""
-    add(pf, pos, pos, f"{forward}struct {t['walker']} {{\n{body}}};\n\n", "layout-walker",
-        "walking the guest's page tables leaves struct kvm_mmu")
+    add(pf, pos, pos, f"{forward}struct {t['walker']} {{\n{body}}};\n\n", LAYOUT_WALKER,
+        rules.rule(LAYOUT_WALKER).why)
     return format_lines
 
 
@@ -182,16 +197,16 @@ def _walker_members(found, rules: Rules, names: WalkerNames, add) -> None:
         if info.removed:
             start, end = _with_comment(apf.src, fd)
             new = indent + gva_comment + indent + gva_line if info.kind == "walker_pointer" else ""
-            add(apf, start, end, new, f"layout-{member}")
+            add(apf, start, end, new, _member_rule(member))
             placed_gva |= info.kind == "walker_pointer"
         elif info.kind == "walker_pointer":
             end = _line_end(apf.src, fd.end_byte)
-            add(apf, end, end, indent + gva_comment + indent + gva_line, "layout-gva")
+            add(apf, end, end, indent + gva_comment + indent + gva_line, LAYOUT_GVA)
             placed_gva = True
     if not placed_gva and amembers:
         last = list(amembers.values())[-1]
         end = _line_end(apf.src, last.end_byte)
-        add(apf, end, end, "\t" + gva_comment + "\t" + gva_line, "layout-gva")
+        add(apf, end, end, "\t" + gva_comment + "\t" + gva_line, LAYOUT_GVA)
     # The nGPA walker goes next to the MMU that shadows it.
     guest = next((amembers[n] for n, m in rules.vcpu_old.items()
                   if m.kind == "mmu" and m.walker == "ngpa" and n in amembers), None)
@@ -199,4 +214,4 @@ def _walker_members(found, rules: Rules, names: WalkerNames, add) -> None:
         end = _line_end(apf.src, guest.end_byte)
         indent = re.match(rb"[ \t]*", apf.src[_line_start(apf.src, guest.start_byte):]).group().decode()
         add(apf, end, end, f"{indent}/* L1's EPT/NPT tables, walked for L2 GPAs: guest_mmu.w. */\n"
-            f"{indent}struct {t['walker']} {names.ngpa};\n", "layout-ngpa")
+            f"{indent}struct {t['walker']} {names.ngpa};\n", LAYOUT_NGPA)

@@ -22,10 +22,40 @@ from tree_sitter import Node
 
 from refactor.frontend.ctype import text
 from refactor.index.functions import Function, Macro, Prototype, Var
-from refactor.rules import Rules
-from refactor.index.program import squash
+from refactor.rules import Rules, squash
 
 Key = tuple[str, str]  # (function name, variable name)
+
+
+def greatest_fixpoint(alive: set, deps: dict) -> dict:
+    """Drop from `alive` every key that needs a key not alive, until nothing changes.
+
+    `deps[key]` lists what a key needs to stay (for narrowing: the callee
+    parameters a variable is passed to).  Returns {dropped key: the dependency
+    that dropped it}.  The emulator's derivation (emulator/derive.py) decides
+    its narrowing with this same function.
+    """
+    dropped: dict = {}
+    changed = True
+    while changed:
+        changed = False
+        for key in list(alive):
+            for dep in deps.get(key, ()):
+                if dep not in alive:
+                    alive.discard(key)
+                    dropped[key] = dep
+                    changed = True
+                    break
+    return dropped
+
+
+def walker_name(var: str, taken: set[str]) -> str:
+    """The name a maintainer gives a variable that became a walker (mmu -> w, x_mmu -> x_walk)."""
+    if "mmu" in var and var != "mmu":
+        cand = var.replace("mmu", "walk")
+    else:
+        cand = "w"
+    return cand if cand not in taken else var
 
 
 @dataclass
@@ -81,7 +111,7 @@ class Narrower:
         self.templates = [f for fs in defs.values() for f in fs if f.pattern is not None]
         self.walker_fields = {n for n, f in rules.mmu_fields.items() if f.moves_to_walker}
         self.builder_fields = {n for n, f in rules.mmu_fields.items() if not f.moves_to_walker}
-        self.call_rules = {c["function"]: c for c in rules.calls}
+        self.call_rules = {c.function: c for c in rules.calls}
         self.result = Narrowing(walker_fnptr_params=fnptr)
 
     def callee(self, name: str) -> str | None:
@@ -157,16 +187,8 @@ class Narrower:
                 if why is not None:
                     alive.discard(key)
                     reasons[key] = why
-        changed = True
-        while changed:
-            changed = False
-            for key in list(alive):
-                for dep in deps[key]:
-                    if dep not in alive:
-                        alive.discard(key)
-                        reasons[key] = f"passed to {dep[0]}() as {dep[1]}, which stays a struct kvm_mmu *"
-                        changed = True
-                        break
+        for key, dep in greatest_fixpoint(alive, deps).items():
+            reasons[key] = f"passed to {dep[0]}() as {dep[1]}, which stays a struct kvm_mmu *"
         self.result.narrowed = alive
         self.result.blocked = {k: v for k, v in reasons.items() if k not in alive}
         return self.result
@@ -222,7 +244,7 @@ class Narrower:
                     return need, f"line {line}: passed to ->{fld}()"
                 called = " ".join(text(fnode).split())
                 rule = self.call_rules.get(called)
-                if rule is not None and rule.get("arg", 0) == idx:
+                if rule is not None and rule.arg == idx:
                     continue  # the call itself is rewritten (rules/mappings.toml [[calls]])
                 target = self.callee(called)
                 if target is None:

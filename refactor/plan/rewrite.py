@@ -10,15 +10,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refactor.apply.splice import EditConflict, apply, long_lines, unified_diffs
+from refactor.apply.splice import EditConflict, apply, long_lines, unified_diffs, write_atomic
 from refactor.index.functions import collect, fnptr_params, function_macros, naming_macros
 from refactor.index.indexer import Index, build_index
+from refactor.plan.coverage import token_edits, uncovered, unplaced
 from refactor.plan.layout_edit import plan_layout
-from refactor.plan.narrow import Narrower, walker_fnptr_params
+from refactor.plan.mixed import headers_new, old_view, walker_fnptrs_as_old
+from refactor.plan.narrow import Narrower, walker_fnptr_params, walker_name
 from refactor.plan.restructure import plan_restructure
-from refactor.rules import Rules, Stage, WalkerNames, load_rules
+from refactor.rules import Rules, RulesError, Stage, WalkerNames, load_rules
 from refactor.plan.edits import Edit, Human
-from refactor.plan.translate import Context, FunctionRewriter
+from refactor.plan.translate import NARROW_PARAM, Context, FunctionRewriter
 from refactor.index.program import Scope
 
 
@@ -57,6 +59,16 @@ class Plan:
         }
 
 
+def write_plan(plan: Plan, root: str | Path | None = None) -> list[Path]:
+    """Write the rewritten files of a plan into `root` (default: the plan's tree); returns the paths."""
+    root = Path(root) if root is not None else plan.tree
+    written = []
+    for rel, data in plan.results.items():
+        write_atomic(root / rel, data)
+        written.append(root / rel)
+    return written
+
+
 def cached_plan(tree: str | Path, names_spec: str | None = "upstream", rules: Rules | None = None) -> Plan:
     """plan_rewrite, from the content-hash cache when the tree, rules and names did not change."""
     from refactor.index import cache
@@ -74,18 +86,9 @@ def cached_plan(tree: str | Path, names_spec: str | None = "upstream", rules: Ru
     return plan
 
 
-def _new_name(var: str, taken: set[str]) -> str:
-    """The name a maintainer would give a walker variable."""
-    if "mmu" in var and var != "mmu":
-        cand = var.replace("mmu", "walk")
-    else:
-        cand = "w"
-    return cand if cand not in taken else var
-
-
 def _relevant(rules: Rules, extra: set[str]) -> re.Pattern:
     words = set(rules.vcpu_old) | set(rules.mmu_fields) | {rules.types["old_format"]} | extra
-    words |= {c["function"] for c in rules.calls}
+    words |= {c.function for c in rules.calls}
     words.discard("")
     return re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b")
 
@@ -99,20 +102,43 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     plan = Plan(tree, names, index.layout)
     if index.layout in ("new", "unknown"):
         return plan  # nothing old to move: the rewrite is idempotent by construction
+    new_headers = headers_new(index.program, rules)
+    if new_headers:
+        # A half-done tree: its remaining old code is typed as the old layout.
+        index.program = old_view(index.program, rules)
     taken = set(index.program.functions)
     for members in index.program.structs.members.values():
         taken |= set(members)
+    if new_headers:
+        taken -= set(rules.new_fields)  # `w`, `fmt`: members of the new layout, free for locals
+    if index.layout == "mixed" and index.walkers:
+        # A half-done tree: finish it under the walker names it already has.
+        if set(index.walkers) != {names.gva, names.ngpa}:
+            raise RulesError(f"{tree}: half rewritten with walkers {', '.join(sorted(index.walkers))}; "
+                             f"finish it with the same names (--names gva=...,ngpa=...)")
+        taken -= set(index.walkers)
     rules.check_names(names, frozenset(n for n in taken if n in (names.gva, names.ngpa)))
 
     files = {rel: pf for rel, pf in index.files.items()}
     defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body)
     fnptrs = fnptr_params(files, rules.types["mmu"])
+    if new_headers:
+        fnptrs = {**walker_fnptrs_as_old(files, rules), **fnptrs}
     narrower = Narrower(defs, protos, rules, walker_fnptr_params(fnptrs, rules),
                         naming_macros(files), function_macros(files))
     stage = rules.stage or Stage()
     result = narrower.run()
     if not stage.narrow:
         result.narrowed, result.forced = set(), {}
+    elif stage.narrow_only is not None:
+        # A step narrowing some functions only (steps.toml `narrow = [...]`): a function
+        # made by a #define counts under the macro's name too.
+        def chosen(fn_name: str) -> bool:
+            return fn_name in stage.narrow_only or any(
+                f.frag.macro in stage.narrow_only for f in defs.get(fn_name, []))
+
+        result.narrowed = {k for k in result.narrowed if chosen(k[0])}
+        result.forced = {k: v for k, v in result.forced.items() if chosen(k[0])}
     for key, why in result.forced.items():
         if key not in result.narrowed:
             fn = defs[key[0]][0]
@@ -126,7 +152,7 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
             scope_names = {v.name for v in fn.params + fn.locals}
             for v in fn.params + fn.locals:
                 if (name, v.name) in result.narrowed:
-                    renames[(name, v.name)] = _new_name(v.name, scope_names | taken)
+                    renames[(name, v.name)] = walker_name(v.name, scope_names | taken)
                     if v.index is not None:
                         walker_params.setdefault(name, set()).add(v.index)
                 elif v.index is not None and v.ctype.name == f"struct {rules.types['mmu']}" and v.ctype.depth:
@@ -148,24 +174,44 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
               if any(narrower.walker_macro_param(name, i) for i in range(len(variants[0].params)))}
     ctx = Context(rules, names, result.narrowed, renames, walker_params, narrower.callee,
                   narrower.walker_macro_param, mmu_params,
-                  narrower.fnptr if stage.narrow else {}, _relevant(rules, extra))
+                  narrower.fnptr if stage.narrow and stage.narrow_only is None else {}, _relevant(rules, extra))
     skip_structs = {rules.types["mmu"], rules.types["vcpu_arch"], rules.types["old_format"]}
     for rel, pf in files.items():
         if not _type_only(index, rel):
             _rewrite_file(ctx, index, pf, defs, skip_structs)
     _rewrite_prototypes(ctx, protos, files, defs)
-    ctx.edits.extend(plan_layout(files, rules, names, stage))
+    if not new_headers:
+        ctx.edits.extend(plan_layout(files, rules, names, stage))
+    # else: a half-done tree whose headers already have the new layout (only code left)
     if stage.introduce_walker:
         ctx.edits.extend(plan_restructure(files, defs, rules, names, ctx))
     plan.edits = ctx.edits
     plan.humans.extend(ctx.humans)
+    # Never silent: what only the lexer could read is rewritten by token rules where the
+    # base's type is known; an old name no edit touched is a site for a human.
+    ctx.edits.extend(token_edits(index, rules, names, ctx.edits))
+    plan.humans.extend(uncovered(index, ctx.edits, rules, plan.narrowed))
+    plan.humans.extend(unplaced(index, rules))
     plan.comments = [{"file": r.file, "line": r.line, "symbol": r.symbol}
                      for r in index.references if r.context == "comment"
                      and r.symbol in rules.vcpu_old and rules.vcpu_old[r.symbol].removed]
     _apply_all(plan, files)
     if stage.walker_init:
         _walker_init_pass(plan, rules, names)
+    if stage.introduce_walker:
+        _locals_pass(plan, rules, names)
     return plan
+
+
+def _locals_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
+    """Maintainer-style locals on the rewritten code (rules/restructure.toml [[locals]])."""
+    from refactor.plan.locals import apply_locals
+
+    for rel in sorted(plan.results):
+        new, edits = apply_locals(rel, plan.results[rel], rules, names, apply)
+        if edits:
+            plan.post_edits.extend(edits)
+            plan.results[rel] = new
 
 
 def _walker_init_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
@@ -192,10 +238,28 @@ def _apply_all(plan: Plan, files) -> None:
             plan.humans.append(Human(rel, 0, str(exc)))
             continue
         if new != src:
+            new = _retab_new_lines(src, new)
             plan.results[rel] = new
             plan.originals[rel] = src
             for line, width in long_lines(rel, src, new):
                 plan.style.append({"file": rel, "line": line, "columns": width})
+
+
+def _retab_new_lines(old: bytes, new: bytes) -> bytes:
+    """Lines the rewrite wrote are indented with tabs, even where the old line used spaces.
+
+    checkpatch flags space indentation on every added line; a line the rewrite
+    changes is an added line of the patch, so it follows kernel style.
+    """
+    before = set(old.split(b"\n"))
+    lines = new.split(b"\n")
+    for k, line in enumerate(lines):
+        if b"        " not in line[:len(line) - len(line.lstrip(b" \t"))] or line in before:
+            continue
+        body = line.lstrip(b" \t")
+        col = len(line[:len(line) - len(body)].expandtabs(8))
+        lines[k] = b"\t" * (col // 8) + b" " * (col % 8) + body
+    return b"\n".join(lines)
 
 
 def _type_only(index: Index, rel: str) -> bool:
@@ -208,12 +272,12 @@ def _type_only(index: Index, rel: str) -> bool:
 def _rewrite_file(ctx: Context, index: Index, pf, defs, skip_structs) -> None:
     if not ctx.relevant.search(pf.src.decode("utf-8", "replace")):
         return
-    from refactor.index.functions import _top_level
+    from refactor.index.functions import top_level
     from refactor.index.program import function_name
 
     globals_ = {}
     root = pf.main.tree.root_node
-    for node in _top_level(root):
+    for node in top_level(root):
         if node.type == "function_definition":
             name = function_name(node)
             scope = Scope(index.program, node, lambda n, f=pf.main: pf.text(n, f), globals_)
@@ -229,6 +293,16 @@ def _rewrite_file(ctx: Context, index: Index, pf, defs, skip_structs) -> None:
                 continue
             scope = Scope(index.program, None, lambda n, f=pf.main: pf.text(n, f), globals_)
             FunctionRewriter(ctx, pf, pf.main, None, scope).top(node)
+    # #else branches the main tree left out (frontend.conditionals): their own tree,
+    # keeping only the edits inside the branch.
+    for astart, aend, frag in getattr(pf, "alternates", ()):
+        for node in top_level(frag.tree.root_node):
+            if node.type != "function_definition" or node.end_byte <= astart or node.start_byte >= aend:
+                continue
+            scope = Scope(index.program, node, lambda n, f=frag: pf.text(n, f), globals_)
+            before = len(ctx.edits)
+            FunctionRewriter(ctx, pf, frag, function_name(node), scope).top(node)
+            ctx.edits[before:] = [e for e in ctx.edits[before:] if astart <= e.start and e.end <= aend]
     # Functions written inside #define bodies.
     for fns in defs.values():
         for fn in fns:
@@ -264,5 +338,5 @@ def _rewrite_prototypes(ctx: Context, protos, files, defs) -> None:
                     rest = re.sub(rf"\b{re.escape(p.name)}\b", new_name, rest, count=1)
                 start = p.decl.start_byte + proto.frag.offset
                 ctx.edits.append(Edit(proto.file, start, p.decl.end_byte + proto.frag.offset,
-                                      f"struct {ctx.rules.types['walker']}" + rest, "narrow-param",
+                                      f"struct {ctx.rules.types['walker']}" + rest, (NARROW_PARAM,),
                                       f"{name}() takes a walker", text, pf.src.count(b"\n", 0, start) + 1))

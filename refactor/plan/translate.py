@@ -19,8 +19,27 @@ from tree_sitter import Node
 
 from refactor.plan.edits import DROP, Edit, Human
 from refactor.frontend.ctype import text as raw_text
-from refactor.rules import Rules, WalkerNames
-from refactor.index.program import Scope, squash
+from refactor.index.program import Scope
+from refactor.rules import Rules, WalkerNames, cite, squash
+
+# Rule ids this module writes itself (rules/mappings.toml defines each, with its why).
+NARROW_LOCAL = cite("narrow-local")
+NARROW_PARAM = cite("narrow-param")
+NARROW_CALL = cite("narrow-call")
+RENAME_LOCAL = cite("rename-local")
+WALKER_COMPARE = cite("walker-compare")
+REWRITE = cite("rewrite")
+FIELD = cite("field-{field}")
+WALK_MMU_ASSIGN = cite("walk-mmu-assign")
+BUILDER_ON_WALKER = cite("walker-builder-field-on-nested-mmu")
+FORMAT_TYPE = cite("rsvd-bits-validate-type")
+WALK_MMU_IS_NESTED = cite("walk-mmu-is-nested")
+NESTED_MMU_COMPARE = cite("nested-mmu-compare")
+
+
+def field_rule(name: str) -> str:
+    """The id of the change of a struct kvm_mmu field (the "field-{field}" family)."""
+    return FIELD.replace("{field}", name)
 
 
 @dataclass
@@ -83,11 +102,11 @@ class FunctionRewriter:
     def line(self, node: Node) -> int:
         return self.pf.src.count(b"\n", 0, node.start_byte + self.frag.offset) + 1
 
-    def edit(self, node: Node, new: str, rule: str, why: str = "") -> None:
+    def edit(self, node: Node, new: str, rules: tuple[str, ...], why: str = "") -> None:
         old = self.src(node)
         if new != old:
             self.ctx.edits.append(Edit(self.pf.rel, node.start_byte + self.frag.offset,
-                                       node.end_byte + self.frag.offset, new, rule, why, old,
+                                       node.end_byte + self.frag.offset, new, rules, why, old,
                                        self.line(node)))
 
     def human(self, node: Node, why: str) -> None:
@@ -222,7 +241,7 @@ class FunctionRewriter:
             # The edit names every rule that changed something inside it.
             inner = {w.rule for m, w in spans if w.rule and n.start_byte <= m.start_byte
                      and m.end_byte <= n.end_byte}
-            self.edit(n, v.text, ",".join(sorted(inner)) or "rewrite")
+            self.edit(n, v.text, tuple(sorted(inner)) or (REWRITE,))
             last_end = n.end_byte
 
     # ---- node handlers --------------------------------------------------------
@@ -231,12 +250,12 @@ class FunctionRewriter:
         state = self.vars.get(name)
         if state == "walker":
             return Val(self.ctx.renames.get((self.fn, name), name), "walker_ptr", name,
-                       rule="narrow-local")
+                       rule=NARROW_LOCAL)
         if state == "mmu":
             return Val(name, "mmu_ptr", name)
         renamed = self.ctx.renames.get((self.fn, name))
         if renamed is not None and name in self.scope.names:
-            return Val(renamed, old=name, rule="rename-local")
+            return Val(renamed, old=name, rule=RENAME_LOCAL)
         return Val(name, old=name)
 
     def on_parenthesized_expression(self, node: Node) -> Val:
@@ -266,7 +285,10 @@ class FunctionRewriter:
                 return Val("&" + v.text, "walker_ptr", squash(self.src(node)), rule=v.rule,
                            from_member=v.from_member)
             if v.kind == "mmu_obj":
-                return Val("&" + v.text, "mmu_ptr", squash(self.src(node)), v.role, v.rule)
+                # from_member kept: `w != &vcpu->arch.nested_mmu` while nested_mmu still
+                # exists is the nested-fault test (nested-mmu-compare), not a walker compare.
+                return Val("&" + v.text, "mmu_ptr", squash(self.src(node)), v.role, v.rule,
+                           from_member=v.from_member)
         return Val(self.generic_with(node, {arg.start_byte: v.text}), old=squash(self.src(node)))
 
     def on_field_expression(self, node: Node) -> Val | None:
@@ -310,13 +332,13 @@ class FunctionRewriter:
         f = self.rules.mmu_fields[fld]
         v = self.rebuild(base)
         if f.dest == "walker":
-            return Val(self.walker_access(v, base, f.path), old=old, rule=f"field-{fld}")
+            return Val(self.walker_access(v, base, f.path), old=old, rule=field_rule(fld))
         if v.kind in ("walker_obj", "walker_ptr"):
             # A builder field of the walk-only MMU: the statement goes (rules).
-            return Val(self.src(node), "builder_on_walker", old, rule="walker-builder-field-on-nested-mmu")
+            return Val(self.src(node), "builder_on_walker", old, rule=BUILDER_ON_WALKER)
         sep = "." if v.kind == "mmu_obj" or op == "." else "->"
         if f.path != fld or v.text != self.src(base):
-            return Val(f"{v.text}{sep}{f.path}", old=old, rule=f"field-{fld}")
+            return Val(f"{v.text}{sep}{f.path}", old=old, rule=field_rule(fld))
         return Val(self.src(node), old=old)
 
     def on_call_expression(self, node: Node) -> Val | None:
@@ -334,11 +356,11 @@ class FunctionRewriter:
         if fnode.type == "field_expression":
             walker_idx = self.ctx.fnptr_walker.get(raw_text(fnode.child_by_field_name("field")), set())
         for rule in self.rules.calls:
-            if rule["function"] == called:
-                vals = self.rebuild(args[rule.get("arg", 0)])
+            if rule.function == called:
+                vals = self.rebuild(args[rule.arg])
                 if vals.kind in ("walker_ptr", "walker_obj"):
-                    new_callee = rule["new"]
-                    walker_idx = {rule.get("arg", 0)}
+                    new_callee = rule.new
+                    walker_idx = {rule.arg}
         replaced = {}
         fv = self.rebuild(fnode)
         replaced[fnode.start_byte] = new_callee or fv.text
@@ -353,7 +375,7 @@ class FunctionRewriter:
                 replaced[a.start_byte] = v.text
         args_text = self._splice(args_node, replaced)
         text = replaced[fnode.start_byte] + self.between(fnode, args_node) + args_text
-        return Val(text, old=squash(self.src(node)), rule="narrow-call" if walker_idx else None)
+        return Val(text, old=squash(self.src(node)), rule=NARROW_CALL if walker_idx else None)
 
     def _splice(self, node: Node, replaced: dict[int, str]) -> str:
         parts, pos = [], node.start_byte
@@ -377,7 +399,7 @@ class FunctionRewriter:
         members = {lv.from_member, rv.from_member}
         pointer, walk_only = self.rules.member_of_kind("walker_pointer"), self.rules.member_of_kind("walk_only_mmu")
         if {pointer, walk_only} <= members and self.rules.vcpu_old[pointer].removed:
-            rule = self.rules.expr("walk-mmu-is-nested")
+            rule = self.rules.expr(WALK_MMU_IS_NESTED)
             new = self.fill(rule.new, _arch_prefix(lv.text if lv.from_member else rv.text))
             if op == "!=":
                 new = f"!({new})"
@@ -387,7 +409,7 @@ class FunctionRewriter:
             nested = rv if rv.from_member == walk_only else lv if lv.from_member == walk_only else None
             other = (lv if nested is rv else rv) if nested is not None else None
             if nested is not None and other.from_member is None:
-                rule = self.rules.expr("nested-mmu-compare")
+                rule = self.rules.expr(NESTED_MMU_COMPARE)
                 w = self.as_walker(other, left if other is lv else right)
                 new = self.fill(rule.new).replace("w ==", f"{w} ==")
                 if op == "==":
@@ -399,7 +421,7 @@ class FunctionRewriter:
                 self.human(node, "both sides now name the same walker; the test needs restating")
             return Val(l_txt + self.between(left, node.child_by_field_name("operator"))
                        + op + self.between(node.child_by_field_name("operator"), right) + r_txt, old=old,
-                       rule="walker-compare")
+                       rule=WALKER_COMPARE)
         return Val(self.generic_with(node, {left.start_byte: lv.text, right.start_byte: rv.text}), old=old)
 
     def _wrap(self, node: Node, new: str) -> str:
@@ -448,9 +470,9 @@ class FunctionRewriter:
         old = squash(self.src(node))
         if lv.from_member and self.rules.vcpu_old[lv.from_member].removed and \
                 self.rules.vcpu_old[lv.from_member].kind == "walker_pointer":
-            return Val("", "drop", old, rule="walk-mmu-assign")
+            return Val("", "drop", old, rule=WALK_MMU_ASSIGN)
         if lv.kind == "builder_on_walker":
-            return Val("", "drop", old, rule="walker-builder-field-on-nested-mmu")
+            return Val("", "drop", old, rule=BUILDER_ON_WALKER)
         if lv.kind == "walker_ptr" and rv.kind != "other":
             r_txt = self.as_walker(rv, right)
         elif lv.kind == "mmu_ptr" and rv.kind in ("walker_obj", "walker_ptr"):
@@ -498,7 +520,7 @@ class FunctionRewriter:
             rep[tnode.start_byte] = f"struct {self.rules.types['walker']}"
         if not rep:
             return None
-        return Val(self.generic_with(node, rep), rule="narrow-local" if walker_decl else None)
+        return Val(self.generic_with(node, rep), rule=NARROW_LOCAL if walker_decl else None)
 
     def _walker_declarator(self, d: Node, name: str) -> str:
         new_name = self.ctx.renames.get((self.fn, name), name)
@@ -519,17 +541,17 @@ class FunctionRewriter:
         if self.vars.get(name) != "walker":
             if (self.fn, name) in self.ctx.renames:
                 return Val(re.sub(rf"\b{re.escape(name)}\b", self.ctx.renames[(self.fn, name)],
-                                  self.generic(node), count=1), rule="rename-local")
+                                  self.generic(node), count=1), rule=RENAME_LOCAL)
             return None
         tnode = node.child_by_field_name("type")
         new_name = self.ctx.renames.get((self.fn, name), name)
         rep = {tnode.start_byte: f"struct {self.rules.types['walker']}",
                decl.start_byte: re.sub(rf"\b{re.escape(name)}\b", new_name, self.src(decl), count=1)}
-        return Val(self.generic_with(node, rep), rule="narrow-param")
+        return Val(self.generic_with(node, rep), rule=NARROW_PARAM)
 
     def on_type_identifier(self, node: Node) -> Val | None:
         if self.src(node) == self.rules.types["old_format"]:
-            return Val(self.rules.types["format"], rule="rsvd-bits-validate-type")
+            return Val(self.rules.types["format"], rule=FORMAT_TYPE)
         return None
 
 
