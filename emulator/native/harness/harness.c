@@ -1,0 +1,722 @@
+/*
+ * The native engine's harness: what the kernel would get from the rest of
+ * the kernel and from the hardware, for KVM's own MMU code compiled as user
+ * space.  Plain C, no kernel headers: kernel functions are defined here by
+ * name with their calling conventions; glue_*.c (appended to the kernel's
+ * own translation units) is the only code that sees kernel types.
+ *
+ * Protocol: one event per line on stdin ("op arg arg ..."), one JSON object
+ * per line on stdout.  See docs/native-engine.md.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+struct h_state h_state;
+
+/* ---- guest memory: L1 GPA space, sparse 4 KiB pages ------------------- */
+/* Every GPA exists and reads as zero until written, as in the Python model. */
+struct h_page { h_u64 gfn; unsigned char *hva, *shadow; };
+static struct h_page *pages;
+static unsigned long npages, cap_pages;
+
+static unsigned long h_hash(h_u64 gfn) { return (gfn * 0x9E3779B97F4A7C15ull) >> 20; }
+
+void *h_zalloc(unsigned long size)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, 64, size ? size : 1))
+		h_bug("out of memory");
+	memset(p, 0, size);
+	return p;
+}
+
+void *h_page(void)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, 4096, 4096))
+		h_bug("out of memory");
+	memset(p, 0, 4096);
+	return p;
+}
+
+static void mem_reset(void)
+{
+	for (unsigned long i = 0; i < cap_pages; i++)
+		if (pages[i].hva) {
+			free(pages[i].hva);
+			free(pages[i].shadow);
+		}
+	free(pages);
+	cap_pages = 1024;
+	npages = 0;
+	pages = calloc(cap_pages, sizeof(*pages));
+}
+
+static struct h_page *mem_page(h_u64 gfn)
+{
+	unsigned long i = h_hash(gfn) & (cap_pages - 1);
+	while (pages[i].hva) {
+		if (pages[i].gfn == gfn)
+			return &pages[i];
+		i = (i + 1) & (cap_pages - 1);
+	}
+	if (2 * (npages + 1) > cap_pages) {
+		struct h_page *old = pages;
+		unsigned long oldcap = cap_pages;
+		cap_pages *= 2;
+		pages = calloc(cap_pages, sizeof(*pages));
+		for (unsigned long j = 0; j < oldcap; j++)
+			if (old[j].hva) {
+				unsigned long k = h_hash(old[j].gfn) & (cap_pages - 1);
+				while (pages[k].hva)
+					k = (k + 1) & (cap_pages - 1);
+				pages[k] = old[j];
+			}
+		free(old);
+		return mem_page(gfn);
+	}
+	pages[i].gfn = gfn;
+	pages[i].hva = h_page();
+	pages[i].shadow = h_page();
+	npages++;
+	return &pages[i];
+}
+
+unsigned long h_gfn_to_hva(h_u64 gfn) { return (unsigned long)mem_page(gfn)->hva; }
+
+/* ---- per-event results: A/D write-backs, notes, the touched GPA -------- */
+#define MAX_LOG 256
+static h_u64 ad_addr[MAX_LOG], ad_bits[MAX_LOG];
+static int n_ad;
+static h_u64 note_addr[MAX_LOG];
+static int note_roots[MAX_LOG], n_notes;
+static h_u64 touched_gpa;
+static int warned;
+static char bugmsg[512];
+
+void h_set_touched_gpa(h_u64 gpa) { touched_gpa = gpa; }
+h_u64 h_touched_gpa(void) { return touched_gpa; }
+int h_warned(void) { return warned; }
+
+void h_note_flush(h_u64 addr)
+{
+	if (n_notes < MAX_LOG) {
+		note_addr[n_notes] = addr;
+		/* kvm_mmu_invlpg() drops every root's entry, a fault only the current one. */
+		note_roots[n_notes++] = h_state.event == H_EV_INVLPG ? 7 : 1;
+	}
+}
+
+/* A guest entry changed by KVM (A/D write-back): diff the page against its copy,
+ * one 4-byte half at a time so that 32-bit entries report their own address. */
+static void mem_sync(h_u64 gfn)
+{
+	struct h_page *p = mem_page(gfn);
+	uint32_t *now = (uint32_t *)p->hva, *was = (uint32_t *)p->shadow;
+	for (int i = 0; i < 1024; i++) {
+		if (now[i] == was[i])
+			continue;
+		if (n_ad < MAX_LOG) {
+			h_u64 addr = (gfn << 12) + i * 4, bits = now[i] & ~was[i];
+			/* A 64-bit entry's A/D bits are in its low half. */
+			ad_addr[n_ad] = addr;
+			ad_bits[n_ad++] = bits;
+		}
+		was[i] = now[i];
+	}
+}
+
+static void mem_write(h_u64 addr, h_u64 val, int size)
+{
+	struct h_page *p = mem_page(addr >> 12);
+	unsigned off = addr & 0xff8;
+	if (size == 8) {
+		memcpy(p->hva + off, &val, 8);
+		memcpy(p->shadow + off, &val, 8);
+	} else {
+		uint32_t v = val;
+		off = addr & 0xffc;
+		memcpy(p->hva + off, &v, 4);
+		memcpy(p->shadow + off, &v, 4);
+	}
+}
+
+static h_u64 mem_read(h_u64 addr, int size)
+{
+	struct h_page *p = mem_page(addr >> 12);
+	if (size == 8) {
+		h_u64 v;
+		memcpy(&v, p->hva + (addr & 0xff8), 8);
+		return v;
+	}
+	uint32_t v;
+	memcpy(&v, p->hva + (addr & 0xffc), 4);
+	return v;
+}
+
+/* ---- bugs and traps ------------------------------------------------------ */
+static sigjmp_buf event_env;
+static int in_event;
+
+void h_bug(const char *what)
+{
+	snprintf(bugmsg, sizeof(bugmsg), "%s", what);
+	if (!in_event) {
+		fprintf(stderr, "native engine: %s\n", what);
+		exit(3);
+	}
+	siglongjmp(event_env, 1);
+}
+
+static int is_error;
+/* An event the trace cannot have here (as machine.Model raises): {"error": ...}. */
+__attribute__((noreturn)) static void h_error(const char *what)
+{
+	is_error = 1;
+	h_bug(what);
+}
+
+static char trapname[256];
+void h_trap(const char *what)
+{
+	snprintf(trapname, sizeof(trapname), "%s", what);
+	h_bug(what);
+}
+
+/* Generated stubs call this: a kernel function the harness does not provide. */
+__attribute__((noreturn)) void h_stub_hit(const char *name)
+{
+	char buf[300];
+	snprintf(buf, sizeof(buf), "stub %s called", name);
+	h_trap(buf);
+}
+
+/* struct bug_entry layout, from the tree (glue_x86.c). */
+extern void h_bug_layout(int *size, int *off_file, int *off_line, int *off_flags);
+extern char __start___bug_table[], __stop___bug_table[];
+
+static const char *sym_of(void *addr, char *buf, size_t n)
+{
+	Dl_info info;
+	if (addr && dladdr(addr, &info) && info.dli_sname) {
+		snprintf(buf, n, "%s+0x%lx", info.dli_sname,
+			 (unsigned long)((char *)addr - (char *)info.dli_saddr));
+		return buf;
+	}
+	snprintf(buf, n, "%p", addr);
+	return buf;
+}
+
+/* file:line and flags of a BUG()/WARN() site, or 0 if RIP is not one. */
+static int bug_site(unsigned long rip, char *out, size_t n, int *is_warning)
+{
+	int size, off_file, off_line, off_flags;
+	h_bug_layout(&size, &off_file, &off_line, &off_flags);
+	for (char *e = __start___bug_table; e + size <= __stop___bug_table; e += size) {
+		int disp = *(int *)e;
+		if ((unsigned long)(e + disp) != rip)
+			continue;
+		const char *file = "?";
+		if (off_file >= 0) {
+			int fd = *(int *)(e + off_file);
+			file = e + off_file + fd;
+		}
+		unsigned line = *(unsigned short *)(e + off_line);
+		unsigned flags = *(unsigned short *)(e + off_flags);
+		*is_warning = flags & 1;
+		snprintf(out, n, "%s:%u", file, line);
+		return 1;
+	}
+	return 0;
+}
+
+static char warn_text[200];
+
+static void on_signal(int sig, siginfo_t *si, void *uc_)
+{
+	ucontext_t *uc = uc_;
+	unsigned long rip = uc->uc_mcontext.gregs[REG_RIP];
+	unsigned long rsp = uc->uc_mcontext.gregs[REG_RSP];
+	char where[256], sym[200], msg[600];
+	int is_warning = 0;
+
+	if ((sig == SIGILL || sig == SIGTRAP) && bug_site(rip, where, sizeof(where), &is_warning)) {
+		if (is_warning) {
+			/* WARN: recorded as the event's result; execution goes on as in the kernel. */
+			if (!warned) {
+				snprintf(bugmsg, sizeof(bugmsg), "%s: WARN%s%s", where,
+					 warn_text[0] ? ": " : "", warn_text);
+			}
+			warned = 1;
+			warn_text[0] = 0;
+			unsigned char *ip = (unsigned char *)rip;
+			uc->uc_mcontext.gregs[REG_RIP] += (ip[0] == 0x0f && ip[1] == 0x0b) ? 2 : 3;
+			return;
+		}
+		snprintf(msg, sizeof(msg), "%s: BUG", where);
+		h_bug(msg);
+	}
+	if (sig == SIGILL) {
+		sym_of((void *)rip, sym, sizeof(sym));
+		if (!strncmp(sym, "__SCT__", 7)) {
+			/* A kvm_x86_ops hook the harness does not provide, or a NULL one. */
+			snprintf(msg, sizeof(msg), "static call %s called but not provided",
+				 sym + 7);
+			*strchr(msg + 12, '+') = 0;
+			strcat(msg, " (NULL hook)");
+			h_trap(msg);
+		}
+	}
+	if (sig == SIGSEGV && rip < 4096) {
+		void *ret = *(void **)rsp;
+		snprintf(msg, sizeof(msg), "call through NULL function pointer from %s",
+			 sym_of(ret, sym, sizeof(sym)));
+		h_bug(msg);
+	}
+	sym_of((void *)rip, sym, sizeof(sym));
+	snprintf(msg, sizeof(msg), "%s in %s (address %p)", strsignal(sig), sym, si->si_addr);
+	h_bug(msg);
+}
+
+/* ---- static calls: patch the trampoline, as arch_static_call_transform() does */
+void __static_call_update(void *key, void *tramp, void *func)
+{
+	unsigned char *t = tramp;
+	unsigned long page = (unsigned long)t & ~4095ul;
+	mprotect((void *)page, 8192, PROT_READ | PROT_WRITE | PROT_EXEC);
+	if (!func) {
+		t[0] = 0x0f;        /* ud2: the SIGILL handler names the hook */
+		t[1] = 0x0b;
+		return;
+	}
+	int32_t rel = (int32_t)((long)func - (long)(t + 5));
+	t[0] = 0xe9;
+	memcpy(t + 1, &rel, 4);
+}
+
+long __static_call_return0(void) { return 0; }
+
+/* ---- kernel services (names and calling conventions of the kernel's) ------ */
+void *__kmalloc(size_t size, unsigned flags) { return h_zalloc(size); }
+void *kmalloc_trace(void *cache, unsigned flags, size_t size) { return h_zalloc(size); }
+void *__kmalloc_noprof(size_t size, unsigned flags) { return h_zalloc(size); }
+void *kvmalloc_node(size_t size, unsigned flags, int node) { return h_zalloc(size); }
+void *__kvmalloc_node_noprof(size_t size, unsigned flags, int node) { return h_zalloc(size); }
+void *__vcalloc(size_t n, size_t size, unsigned flags) { return h_zalloc(n * size); }
+void kfree(const void *p) { }
+void kvfree(const void *p) { }
+struct h_cache { unsigned long size; };
+void *kmem_cache_create(const char *name, unsigned size, unsigned align, unsigned long flags,
+			void *ctor)
+{
+	struct h_cache *c = h_zalloc(sizeof(*c));
+	c->size = size;
+	return c;
+}
+void *kmem_cache_alloc(struct h_cache *c, unsigned flags) { return h_zalloc(c ? c->size : 4096); }
+void kmem_cache_free(void *c, void *p) { }
+/*
+ * The direct map: page_offset_base keeps its kernel value, so that
+ * kvm_is_error_hva() (hva >= PAGE_OFFSET) holds for no user address; a
+ * struct page "pointer" is vmemmap_base (0) + pfn * sizeof(struct page) (64),
+ * with pfn chosen so that page_address() = (pfn << 12) + page_offset_base,
+ * modulo 2^64, is the user allocation.  Nothing dereferences it.
+ */
+unsigned long page_offset_base = 0xffff888000000000ul;
+unsigned long vmemmap_base;
+void *alloc_pages(unsigned gfp, unsigned order)
+{
+	void *p = NULL;
+	if (posix_memalign(&p, 4096, 4096ul << order))
+		return NULL;
+	memset(p, 0, 4096ul << order);
+	return (void *)((((unsigned long)p - page_offset_base) >> 12) * 64);
+}
+unsigned long get_zeroed_page(unsigned gfp) { return (unsigned long)h_page(); }
+unsigned long __get_free_pages(unsigned gfp, unsigned order)
+{
+	return (unsigned long)h_zalloc(4096ul << order);
+}
+void free_pages(unsigned long addr, unsigned order) { }
+void __free_pages(void *page, unsigned order) { }
+int set_memory_decrypted(unsigned long addr, int n) { return 0; }
+int set_memory_encrypted(unsigned long addr, int n) { return 0; }
+
+/* Locks, RCU, scheduling: one thread, nothing to wait for. */
+void _raw_spin_lock(void *l) { }
+void _raw_spin_unlock(void *l) { }
+void _raw_spin_lock_irq(void *l) { }
+void _raw_spin_unlock_irq(void *l) { }
+unsigned long _raw_spin_lock_irqsave(void *l) { return 0; }
+void _raw_spin_unlock_irqrestore(void *l, unsigned long f) { }
+void _raw_read_lock(void *l) { }
+void _raw_read_unlock(void *l) { }
+unsigned long _raw_read_lock_irqsave(void *l) { return 0; }
+void _raw_read_unlock_irqrestore(void *l, unsigned long f) { }
+void _raw_write_lock(void *l) { }
+void _raw_write_unlock(void *l) { }
+int __cond_resched_rwlock_write(void *l) { return 0; }
+int __cond_resched_rwlock_read(void *l) { return 0; }
+void mutex_lock(void *m) { }
+void mutex_unlock(void *m) { }
+void down_read(void *s) { }
+void up_read(void *s) { }
+void down_write(void *s) { }
+void up_write(void *s) { }
+void __rcu_read_lock(void) { }
+void __rcu_read_unlock(void) { }
+int __srcu_read_lock(void *s) { return 0; }
+void __srcu_read_unlock(void *s, int i) { }
+void synchronize_srcu(void *s) { }
+int __cond_resched(void) { return 0; }
+void static_key_slow_inc(void *k) { }
+void static_key_slow_dec(void *k) { }
+int ___ratelimit(void *rs, const char *func) { return 0; }
+int _printk(const char *fmt, ...) { return 0; }
+void __warn_printk(const char *fmt, ...)
+{
+	/* The message of the WARN() that follows; kernel %p extensions are not expanded. */
+	snprintf(warn_text, sizeof(warn_text), "%s", fmt);
+	char *nl = strchr(warn_text, '\n');
+	if (nl)
+		*nl = 0;
+}
+void kvm_vm_bugged(void *kvm) { }
+bool kvm_make_all_cpus_request(void *kvm, unsigned req) { return true; }
+void kvm_vcpu_kick(void *vcpu) { }
+void kvm_flush_remote_tlbs(void *kvm) { }
+int kvm_mmu_topup_memory_cache(void *mc, int min) { return 0; }
+int __kvm_mmu_topup_memory_cache(void *mc, int cap, int min) { return 0; }
+int kvm_mmu_memory_cache_nr_free_objects(void *mc) { return 1 << 20; }
+void *kvm_mmu_memory_cache_alloc(void *mc) { return h_page(); }
+void kvm_mmu_free_memory_cache(void *mc) { }
+void kvm_pmu_refresh(void *vcpu) { }
+void kvm_pmu_ops_update(const void *ops) { }
+void kvm_hv_set_cpuid(void *vcpu, bool hyperv_enabled) { }
+void kvm_update_pv_runtime(void *vcpu) { }
+void kvm_apic_set_version(void *vcpu) { }
+void kvm_clear_async_pf_completion_queue(void *vcpu) { }
+
+/* Guest memory behind the memslot helpers (kvm_main.c). */
+unsigned long kvm_vcpu_gfn_to_hva_prot(void *vcpu, h_u64 gfn, bool *writable)
+{
+	if (writable)
+		*writable = true;
+	return h_gfn_to_hva(gfn);
+}
+unsigned long kvm_vcpu_gfn_to_hva(void *vcpu, h_u64 gfn) { return h_gfn_to_hva(gfn); }
+unsigned long gfn_to_hva(void *kvm, h_u64 gfn) { return h_gfn_to_hva(gfn); }
+static int read_gpa(h_u64 gpa, void *data, unsigned long len)
+{
+	touched_gpa = gpa;
+	while (len) {
+		unsigned off = gpa & 4095, n = 4096 - off < len ? 4096 - off : len;
+		memcpy(data, (char *)h_gfn_to_hva(gpa >> 12) + off, n);
+		data = (char *)data + n;
+		gpa += n;
+		len -= n;
+	}
+	return 0;
+}
+int kvm_vcpu_read_guest_page(void *vcpu, h_u64 gfn, void *data, int offset, int len)
+{
+	return read_gpa((gfn << 12) + offset, data, len);
+}
+int kvm_read_guest_page(void *kvm, h_u64 gfn, void *data, int offset, int len)
+{
+	return read_gpa((gfn << 12) + offset, data, len);
+}
+int kvm_vcpu_read_guest(void *vcpu, h_u64 gpa, void *data, unsigned long len)
+{
+	return read_gpa(gpa, data, len);
+}
+int kvm_read_guest(void *kvm, h_u64 gpa, void *data, unsigned long len)
+{
+	return read_gpa(gpa, data, len);
+}
+int kvm_vcpu_read_guest_atomic(void *vcpu, h_u64 gpa, void *data, unsigned long len)
+{
+	return read_gpa(gpa, data, len);
+}
+/* Writes through a translated address are probes (implicit_write): nothing is stored. */
+int kvm_vcpu_write_guest(void *vcpu, h_u64 gpa, const void *data, unsigned long len)
+{
+	touched_gpa = gpa;
+	return 0;
+}
+int kvm_write_guest(void *kvm, h_u64 gpa, const void *data, unsigned long len)
+{
+	touched_gpa = gpa;
+	return 0;
+}
+/* Called after each A/D write-back into a guest table. */
+void kvm_vcpu_mark_page_dirty(void *vcpu, h_u64 gfn) { mem_sync(gfn); }
+void mark_page_dirty_in_slot(void *kvm, const void *slot, h_u64 gfn) { mem_sync(gfn); }
+void mark_page_dirty(void *kvm, h_u64 gfn) { mem_sync(gfn); }
+unsigned long _copy_from_user(void *to, const void *from, unsigned long n)
+{
+	memcpy(to, from, n);
+	return 0;
+}
+unsigned long _copy_to_user(void *to, const void *from, unsigned long n)
+{
+	memcpy(to, from, n);
+	return 0;
+}
+long copy_to_user_nofault(void *to, const void *from, size_t n)
+{
+	memcpy(to, from, n);
+	return 0;
+}
+long copy_from_user_nofault(void *to, const void *from, size_t n)
+{
+	memcpy(to, from, n);
+	return 0;
+}
+
+/* Register-convention helpers of arch/x86/lib (getuser.S, putuser.S, retpoline.S). */
+asm(".text\n"
+    ".globl __get_user_nocheck_8, __get_user_8, __get_user_nocheck_4, __get_user_4\n"
+    ".globl __get_user_nocheck_2, __get_user_2, __get_user_nocheck_1, __get_user_1\n"
+    "__get_user_nocheck_8:\n__get_user_8:\n movq (%rax), %rdx\n xorl %eax, %eax\n ret\n"
+    "__get_user_nocheck_4:\n__get_user_4:\n movl (%rax), %edx\n xorl %eax, %eax\n ret\n"
+    "__get_user_nocheck_2:\n__get_user_2:\n movzwl (%rax), %edx\n xorl %eax, %eax\n ret\n"
+    "__get_user_nocheck_1:\n__get_user_1:\n movzbl (%rax), %edx\n xorl %eax, %eax\n ret\n"
+    ".globl __put_user_8, __put_user_nocheck_8, __put_user_4, __put_user_nocheck_4\n"
+    "__put_user_8:\n__put_user_nocheck_8:\n movq %rax, (%rcx)\n xorl %ecx, %ecx\n ret\n"
+    "__put_user_4:\n__put_user_nocheck_4:\n movl %eax, (%rcx)\n xorl %ecx, %ecx\n ret\n"
+    ".globl __x86_return_thunk\n__x86_return_thunk:\n ret\n int3\n"
+    /* Preemption points (PREEMPT_DYNAMIC static calls): nothing to reschedule. */
+    ".globl __SCT__might_resched, __SCT__cond_resched, __SCT__preempt_schedule\n"
+    ".globl __SCT__preempt_schedule_notrace\n"
+    "__SCT__might_resched:\n__SCT__cond_resched:\n__SCT__preempt_schedule:\n"
+    "__SCT__preempt_schedule_notrace:\n xorl %eax, %eax\n ret\n"
+#define THUNK(r) ".globl __x86_indirect_thunk_" #r "\n__x86_indirect_thunk_" #r ":\n jmp *%" #r "\n"
+    THUNK(rax) THUNK(rbx) THUNK(rcx) THUNK(rdx) THUNK(rsi) THUNK(rdi) THUNK(rbp)
+    THUNK(r8) THUNK(r9) THUNK(r10) THUNK(r11) THUNK(r12) THUNK(r13) THUNK(r14) THUNK(r15)
+    );
+
+/* `current`: a zeroed task (per-CPU data sit at their link addresses, %gs base 0). */
+static char fake_task[16384] __attribute__((aligned(64)));
+void *current_task = fake_task;
+
+/* ---- JSON output ---------------------------------------------------------- */
+static char out[65536];
+static int outn;
+
+static void put(const char *s)
+{
+	int n = strlen(s);
+	if (outn + n < (int)sizeof(out) - 1) {
+		memcpy(out + outn, s, n);
+		outn += n;
+	}
+}
+
+static void putf(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	put(buf);
+}
+
+static void put_str(const char *s)
+{
+	put("\"");
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			putf("\\%c", *s);
+		else if ((unsigned char)*s < 32)
+			putf("\\u%04x", *s);
+		else
+			putf("%c", *s);
+	}
+	put("\"");
+}
+
+static void put_fault(struct h_fault *f)
+{
+	put("{\"fault\":{\"to\":");
+	put_str(f->to);
+	put(",\"kind\":");
+	put_str(f->kind);
+	putf(",\"vector\":%d,\"error_code\":%llu,\"address\":%llu,\"nested\":%s", f->vector,
+	     f->error_code & 0xffffffffull, f->address, f->nested ? "true" : "false");
+	if (f->has_eq)
+		putf(",\"exit_qualification\":%llu", f->exit_qualification);
+	if (f->has_info)
+		putf(",\"exit_info_1\":%llu,\"exit_info_2\":%llu", f->exit_info_1, f->exit_info_2);
+	put("}");
+}
+
+/* ---- the event loop ------------------------------------------------------ */
+static void *vcpu;
+
+static int apply(char **tok, int ntok)
+{
+	const char *op = tok[0];
+	h_u64 a[12] = { 0 };
+	for (int i = 1; i < ntok && i <= 12; i++)
+		a[i - 1] = strtoull(tok[i], NULL, 0);
+
+	if (!strcmp(op, "reset")) {
+		mem_reset();
+		vcpu = h_vcpu_new((int)a[0], (int)a[1]);
+		put("{\"ok\":true");
+		return 0;
+	}
+	if (!vcpu)
+		h_error("event before reset");
+	if (!strcmp(op, "translate")) {
+		struct h_fault f = { 0 };
+		h_u64 gpa = 0;
+		h_state.event = H_EV_TRANSLATE;
+		if (h_translate(vcpu, (int)a[0], a[1], &gpa, &f))
+			put_fault(&f);
+		else
+			putf("{\"gpa\":%llu", gpa);
+		return 0;
+	}
+	if (!strcmp(op, "write")) {
+		mem_write(a[0], a[1], (int)a[2]);
+		put("{\"ok\":true");
+		return 0;
+	}
+	if (!strcmp(op, "read")) {
+		putf("{\"val\":%llu", mem_read(a[0], (int)a[1]));
+		return 0;
+	}
+	int ok = 1;
+	if (!strcmp(op, "cr0"))
+		ok = h_set_cr0(vcpu, a[0], (int)a[1]);
+	else if (!strcmp(op, "cr3"))
+		ok = h_set_cr3(vcpu, a[0]);
+	else if (!strcmp(op, "cr4"))
+		ok = h_set_cr4(vcpu, a[0]);
+	else if (!strcmp(op, "efer"))
+		ok = h_set_efer(vcpu, a[0]);
+	else if (!strcmp(op, "cpl"))
+		h_state.cpl = (int)a[0];
+	else if (!strcmp(op, "ac"))
+		h_state.ac = a[0] != 0;
+	else if (!strcmp(op, "pkru"))
+		h_set_pkru(vcpu, a[0]);
+	else if (!strcmp(op, "invlpg")) {
+		h_state.event = H_EV_INVLPG;
+		h_invlpg(vcpu, a[0]);
+	} else if (!strcmp(op, "reset_context"))
+		h_reset_context(vcpu);
+	else if (!strcmp(op, "nested_entry")) {
+		struct h_nested n = { .svm = (int)a[0], .tdp = (int)a[1], .root = a[2],
+				      .ad = (int)a[3], .execonly = (int)a[4],
+				      .pf_intercept = (int)a[5], .cr0 = a[6], .cr3 = a[7],
+				      .cr4 = a[8], .efer = a[9], .cpl = (int)a[10] };
+		int r = h_nested_entry(vcpu, &n);
+		if (r < 0)
+			h_error("nested_entry while L2 runs");
+		put(r ? "{\"ok\":true,\"pdptrs\":false" : "{\"ok\":true");
+		return 0;
+	} else if (!strcmp(op, "nested_exit")) {
+		if (h_nested_exit(vcpu) < 0)
+			h_error("nested_exit while L1 runs");
+	} else
+		h_error("unknown event");
+	put(ok < 0 ? "{\"error\":\"passthrough CR0 writes may only change CR0.WP, with TDP\""
+		   : ok ? "{\"ok\":true" : "{\"ok\":false,\"gp\":true");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static char line[4096];
+	struct sigaction sa = { 0 };
+	static char altstack[65536];
+	stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack) };
+
+	sigaltstack(&ss, NULL);
+	sa.sa_sigaction = on_signal;
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+	sigaction(SIGILL, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGFPE, &sa, NULL);
+	sigaction(SIGTRAP, &sa, NULL);
+	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+	mem_reset();
+	h_init();          /* WARNs of the set-up (hooks the harness leaves NULL) are not results */
+	warned = 0;
+
+	while (fgets(line, sizeof(line), stdin)) {
+		char *tok[16];
+		int ntok = 0;
+		for (char *s = strtok(line, " \n"); s && ntok < 16; s = strtok(NULL, " \n"))
+			tok[ntok++] = s;
+		if (!ntok)
+			continue;
+		if (!strcmp(tok[0], "quit"))
+			break;
+		if (!strcmp(tok[0], "flush")) {
+			fflush(stdout);
+			continue;
+		}
+		outn = 0;
+		n_ad = n_notes = 0;
+		warned = 0;
+		bugmsg[0] = trapname[0] = warn_text[0] = 0;
+		is_error = 0;
+		h_state.event = H_EV_OTHER;
+		in_event = 1;
+		if (sigsetjmp(event_env, 1) == 0) {
+			apply(tok, ntok);
+			in_event = 0;
+			if (warned) {
+				outn = 0;
+				put("{\"bug\":");
+				put_str(bugmsg);
+			}
+		} else {
+			in_event = 0;
+			outn = 0;
+			put(is_error ? "{\"error\":" : "{\"bug\":");
+			put_str(bugmsg);
+			if (trapname[0])
+				put(",\"stub\":true");
+		}
+		if (n_ad) {
+			put(",\"ad\":[");
+			for (int i = 0; i < n_ad; i++)
+				putf("%s[%llu,%llu]", i ? "," : "", ad_addr[i], ad_bits[i]);
+			put("]");
+		}
+		if (n_notes) {
+			put(",\"notes\":[");
+			for (int i = 0; i < n_notes; i++)
+				putf("%s[\"flush_tlb_gva\",%llu,%d]", i ? "," : "", note_addr[i],
+				     note_roots[i]);
+			put("]");
+		}
+		put("}\n");
+		fwrite(out, 1, outn, stdout);
+		/* Unbuffered answers only when the driver waits for each one. */
+		if (!(argc > 1 && !strcmp(argv[1], "--batch")))
+			fflush(stdout);
+	}
+	fflush(stdout);
+	return 0;
+}
