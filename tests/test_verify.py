@@ -200,3 +200,48 @@ def test_function_spans_name_kernel_definitions_and_fname():
     sm = SiteMap({"a/mmu.h": src}, {"a/mmu.h": src.replace(b"return 1", b"return 2")})
     assert sm.locate("a/mmu.h:10: kernel BUG") == ["kvm_translate_gpa"]
     assert sm.sites(["kvm_translate_gpa"])[0]["line"] == 10
+
+
+# -- the native engine on real trees ----------------------------------------------------------
+
+def _full_tree(version: str) -> Path:
+    from test_build import full_tree
+
+    return full_tree(version)
+
+
+@pytest.fixture()
+def _persistent_cache(monkeypatch):
+    # Engine builds, plans and farms are kept between runs (content-keyed caches).
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
+
+
+def test_native_verify_of_the_61_rewrite(_persistent_cache, tmp_path):
+    """CI's one native run: the 6.1 rewrite against 6.1 on the corpus + 100,000 fuzz events."""
+    report = verify_tree(_full_tree("6.1"), "upstream", seed=1, events=100_000,
+                         out_dir=tmp_path)
+    step = report.steps[0]
+    assert report.base_bugs == []
+    assert step.events >= 100_000 and step.translations > 30_000
+    assert (step.divergences, step.bugs) == (0, 0), report.text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["6.1", "7.2"])
+def test_native_verify_of_final_rewrites_200k(_persistent_cache, tmp_path, version):
+    report = verify_tree(_full_tree(version), "upstream", seed=7, events=200_000,
+                         out_dir=tmp_path)
+    step = report.steps[0]
+    assert report.base_bugs == []
+    assert step.events >= 200_000
+    assert (step.divergences, step.bugs) == (0, 0), report.text()
+
+
+def _nested_tdp_in(events) -> set[str]:
+    return {ev["vendor"] for ev in events if ev["ev"] == "nested_entry" and ev.get("tdp")}
+
+
+def test_the_fuzz_stream_enters_l2_under_nested_ept_and_npt():
+    from emulator.fuzz import random_events
+
+    assert _nested_tdp_in(random_events(1, 20_000)) == {"vmx", "svm"}

@@ -24,6 +24,7 @@ RULES = Path(__file__).resolve().parents[2] / "rules"
 @dataclass(frozen=True)
 class RuleMutant:
     name: str
+    rule: str          # the id of the entry it edits (as edits cite it)
     what: str
     file: str          # file in rules/
     old: str           # exact TOML text to replace (must occur once)
@@ -31,67 +32,67 @@ class RuleMutant:
 
 
 MUTANTS: list[RuleMutant] = [
-    RuleMutant("walk-mmu-is-nested-inverted", "walk-mmu-is-nested written upside down: "
+    RuleMutant("walk-mmu-is-nested-inverted", "walk-mmu-is-nested", "walk-mmu-is-nested written upside down: "
                "mmu_is_nested() asks whether the fault MMU is root_mmu",
                "mappings.toml",
                'new = "vcpu->arch.mmu == &vcpu->arch.guest_mmu"',
                'new = "vcpu->arch.mmu == &vcpu->arch.root_mmu"'),
-    RuleMutant("nested-fault-test-ngpa", "the nested-fault test compares against the nGPA walker",
+    RuleMutant("nested-fault-test-ngpa", "walk-mmu-compare", "the nested-fault test compares against the nGPA walker",
                "mappings.toml", 'new = "w != &vcpu->arch.{gva}"', 'new = "w != &vcpu->arch.{ngpa}"'),
-    RuleMutant("translate-gpa-test-gva", "kvm_translate_gpa()'s nested_mmu test becomes "
+    RuleMutant("translate-gpa-test-gva", "nested-mmu-compare", "kvm_translate_gpa()'s nested_mmu test becomes "
                "'not the GVA walker' (the 6.1 series' step-6 form)",
                "mappings.toml", 'new = "!mmu_is_nested(vcpu) || w == &vcpu->arch.{ngpa}"',
                'new = "w != &vcpu->arch.{gva}"'),
-    RuleMutant("translate-gpa-test-no-nesting", "kvm_translate_gpa() tests the walker but not "
+    RuleMutant("translate-gpa-test-no-nesting", "nested-mmu-compare", "kvm_translate_gpa() tests the walker but not "
                "mmu_is_nested()", "mappings.toml",
                'new = "!mmu_is_nested(vcpu) || w == &vcpu->arch.{ngpa}"',
                'new = "w == &vcpu->arch.{ngpa}"'),
-    RuleMutant("guest-mmu-walker-gva", "guest_mmu used as a walker mapped to the GVA walker",
+    RuleMutant("guest-mmu-walker-gva", "guest-mmu-walker", "guest_mmu used as a walker mapped to the GVA walker",
                "mappings.toml", 'old = "vcpu->arch.guest_mmu"\nnew = "vcpu->arch.{ngpa}"',
                'old = "vcpu->arch.guest_mmu"\nnew = "vcpu->arch.{gva}"'),
-    RuleMutant("walk-mmu-ngpa", "walk_mmu mapped to the nGPA walker", "mappings.toml",
+    RuleMutant("walk-mmu-ngpa", "walk-mmu", "walk_mmu mapped to the nGPA walker", "mappings.toml",
                'old = "vcpu->arch.walk_mmu"\nnew = "vcpu->arch.{gva}"',
                'old = "vcpu->arch.walk_mmu"\nnew = "vcpu->arch.{ngpa}"'),
-    RuleMutant("nested-mmu-ngpa", "nested_mmu mapped to the nGPA walker", "mappings.toml",
+    RuleMutant("nested-mmu-ngpa", "nested-mmu", "nested_mmu mapped to the nGPA walker", "mappings.toml",
                'old = "vcpu->arch.nested_mmu"\nnew = "vcpu->arch.{gva}"',
                'old = "vcpu->arch.nested_mmu"\nnew = "vcpu->arch.{ngpa}"'),
-    RuleMutant("root-mmu-walker-ngpa", "root_mmu used as a walker mapped to the nGPA walker",
+    RuleMutant("root-mmu-walker-ngpa", "root-mmu-walker", "root_mmu used as a walker mapped to the nGPA walker",
                "mappings.toml", 'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{gva}"',
                'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{ngpa}"'),
-    RuleMutant("known-guest-mmu-gva", "nested EPT/NPT setup (mmu known to be &guest_mmu) "
+    RuleMutant("known-guest-mmu-gva", "fault-mmu-walker", "nested EPT/NPT setup (mmu known to be &guest_mmu) "
                "writes into the GVA walker", "mappings.toml",
                'known_guest_mmu = "vcpu->arch.{ngpa}"', 'known_guest_mmu = "vcpu->arch.{gva}"'),
-    RuleMutant("walk-mmu-as-builder-guest-mmu", "walk_mmu where an MMU is required becomes "
+    RuleMutant("walk-mmu-as-builder-guest-mmu", "walk-mmu-as-builder", "walk_mmu where an MMU is required becomes "
                "guest_mmu", "mappings.toml",
                'old = "vcpu->arch.walk_mmu"          # where a struct kvm_mmu * is still required\n'
                'new = "&vcpu->arch.root_mmu"',
                'old = "vcpu->arch.walk_mmu"          # where a struct kvm_mmu * is still required\n'
                'new = "&vcpu->arch.guest_mmu"'),
-    RuleMutant("mbec-call-wrong", "a wrong `calls` mapping: mmu_has_mbec() on a walker becomes "
+    RuleMutant("mbec-call-wrong", "mbec-on-walker", "a wrong `calls` mapping: mmu_has_mbec() on a walker becomes "
                "is_cr4_smap()", "mappings.toml", 'new = "is_cr4_smep"', 'new = "is_cr4_smap"'),
-    RuleMutant("permissions-left-behind", "permissions[] stays in struct kvm_mmu", "layout.toml",
+    RuleMutant("permissions-left-behind", "field-permissions", "permissions[] stays in struct kvm_mmu", "layout.toml",
                '[mmu_fields.permissions]\ndest = "walker"\npath = "fmt.permissions"',
                '[mmu_fields.permissions]\ndest = "mmu"\npath = "permissions"'),
-    RuleMutant("pkru-mask-left-behind", "pkru_mask stays in struct kvm_mmu", "layout.toml",
+    RuleMutant("pkru-mask-left-behind", "field-pkru_mask", "pkru_mask stays in struct kvm_mmu", "layout.toml",
                '[mmu_fields.pkru_mask]\ndest = "walker"\npath = "fmt.pkru_mask"',
                '[mmu_fields.pkru_mask]\ndest = "mmu"\npath = "pkru_mask"'),
-    RuleMutant("cpu-role-left-behind", "cpu_role stays in struct kvm_mmu", "layout.toml",
+    RuleMutant("cpu-role-left-behind", "field-cpu_role", "cpu_role stays in struct kvm_mmu", "layout.toml",
                '[mmu_fields.cpu_role]\ndest = "walker"', '[mmu_fields.cpu_role]\ndest = "mmu"'),
-    RuleMutant("guest-rsvd-check-to-mmu-fmt", "the guest's reserved-bit masks read from the "
+    RuleMutant("guest-rsvd-check-to-mmu-fmt", "field-guest_rsvd_check", "the guest's reserved-bit masks read from the "
                "builder's SPTE format (mmu->fmt)", "layout.toml",
                '[mmu_fields.guest_rsvd_check]\ndest = "walker"',
                '[mmu_fields.guest_rsvd_check]\ndest = "mmu"'),
-    RuleMutant("root-mmu-attached-to-ngpa", "root_mmu.w attached to the nGPA walker",
+    RuleMutant("root-mmu-attached-to-ngpa", "layout-root_mmu", "root_mmu.w attached to the nGPA walker",
                "layout.toml", '[vcpu_arch.old.root_mmu]\nkind = "mmu"                    '
                '# L1\'s MMU; its walker is {gva}\nwalker = "gva"',
                '[vcpu_arch.old.root_mmu]\nkind = "mmu"                    '
                '# L1\'s MMU; its walker is {gva}\nwalker = "ngpa"'),
-    RuleMutant("guest-mmu-attached-to-gva", "guest_mmu.w attached to the GVA walker",
+    RuleMutant("guest-mmu-attached-to-gva", "layout-guest_mmu", "guest_mmu.w attached to the GVA walker",
                "layout.toml", '[vcpu_arch.old.guest_mmu]\nkind = "mmu"                    '
                '# shadows L1\'s EPT/NPT for L2; its walker is {ngpa}\nwalker = "ngpa"',
                '[vcpu_arch.old.guest_mmu]\nkind = "mmu"                    '
                '# shadows L1\'s EPT/NPT for L2; its walker is {ngpa}\nwalker = "gva"'),
-    RuleMutant("walker-init-test-inverted", "kvm_init_mmu() builds root_mmu only while L2 runs "
+    RuleMutant("walker-init-test-inverted", "init-kvm-page-walk", "kvm_init_mmu() builds root_mmu only while L2 runs "
                "with nested TDP (the dispatcher's test inverted)", "restructure.toml",
                'nested_test = "mmu_is_nested(vcpu)"', 'nested_test = "!mmu_is_nested(vcpu)"'),
 ]
@@ -186,9 +187,10 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
         except RulesError as exc:
             return MutantResult(m.name, m.what, str(tree), True, "rules", str(exc).splitlines()[0])
     if plan.results == correct.results:
-        key = lambda p: sorted((e.file, e.start, e.end, e.new) for e in p.edits)  # noqa: E731
-        why = ("the mutated entry applies nowhere in this tree (identical edits)"
-               if key(plan) == key(correct) else "different edits that produce the same text")
+        cited = any(m.rule in e.rule for e in correct.edits + correct.post_edits)
+        why = (f"edits citing {m.rule} give the same text here" if cited else
+               f"no edit of this tree's rewrite cites {m.rule}: the rewrite does not use the "
+               "edited entry here")
         return MutantResult(m.name, m.what, str(tree), False, "equivalent",
                             f"same C output as the correct rewrite: {why}")
     sites = _diff_summary(correct.results, plan.results)

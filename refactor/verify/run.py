@@ -91,6 +91,9 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
                 r_ref = ref.apply(ev)
             except RuntimeError as exc:
                 raise RefBug(f"the pristine engine died at {where}: {exc}") from None
+            if r_ref.get("stub"):
+                raise RefBug(f"the pristine tree hit a path the engine does not provide at "
+                             f"{where}: {r_ref.get('bug')}")
             if "bug" in r_ref or "error" in r_ref:
                 # The reference cannot go on in this episode: note it, skip everyone.
                 if len(ref_bugs) < 20:
