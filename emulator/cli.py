@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from refactor.cli.rules_option import rules_option
+
 from refactor.rules import RulesError, load_rules
 
 
@@ -61,6 +63,7 @@ def emulate() -> None:
 
 
 @emulate.command("run")
+@rules_option
 @click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mutant", default=None, help="compare against a built-in mutant instead")
 @NAMES_OPT
@@ -93,6 +96,7 @@ def run_cmd(trace: Path, mutant: str | None, names_spec: str, fmt: str) -> None:
 
 
 @emulate.command("fuzz")
+@rules_option
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--events", "count", type=click.IntRange(1), default=100000, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -127,6 +131,7 @@ def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, na
 
 
 @emulate.command("mutants")
+@rules_option
 @click.option("--corpus", type=click.Path(file_okay=False, exists=True, path_type=Path),
               default=None, help="directory of *.jsonl traces (default: emulator/corpus)")
 @click.option("--only", multiple=True, help="run only this mutant (repeatable)")
@@ -168,6 +173,7 @@ def scenarios_cmd(write_dir: Path | None) -> None:
 
 
 @emulate.command("derive")
+@rules_option
 @NAMES_OPT
 def derive_cmd(names_spec: str) -> None:
     """Print the new-layout plumbing derived from kvm_old.py with the rules."""

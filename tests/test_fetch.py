@@ -267,7 +267,7 @@ def test_machine_sources_give_a_debian_mirror():
 def test_private_sources_add_suites_on_the_same_mirror():
     mirror = Mirror(MIRROR, ("bookworm", "bookworm-updates"), KEYRING)
     suites = private_suites(mirror)
-    assert suites == ["bookworm", "trixie", "trixie-backports", "sid"]
+    assert suites == ["bullseye", "bookworm", "trixie", "trixie-backports", "sid"]
     text = render_private_sources(mirror, suites)
     assert text.splitlines() == [f"deb [signed-by={KEYRING}] {MIRROR} {s} main" for s in suites]
     assert private_suites(Mirror(MIRROR, ("trixie",), None), ["sid"]) == ["trixie", "sid"]

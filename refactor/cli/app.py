@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from refactor.cli.rules_option import rules_option
+
 from refactor import __version__
 
 
@@ -28,6 +30,7 @@ def main() -> None:
 
 
 @main.command()
+@rules_option
 @click.argument("tree")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="text groups references by function; json is the stable contract")

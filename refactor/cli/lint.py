@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from refactor.cli.rules_option import rules_option
+
 BASELINE_VERSION = 1
 
 
@@ -92,6 +94,7 @@ def _summary(findings, suppressed: int) -> str:
 
 
 @click.command("lint")
+@rules_option
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True,
               help="text is compiler-style; sarif is SARIF 2.1.0 for code scanning")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from refactor.cli.rules_option import rules_option
+
 
 def _user_error(msg: str):
     from refactor.cli.app import UserError
@@ -38,6 +40,7 @@ def refuse_dirty(tree: Path) -> None:
 
 
 @click.command("rewrite")
+@rules_option
 @click.argument("tree")
 @click.option("--names", default="upstream", show_default=True,
               help="walker names: a preset from rules/names.toml (upstream, v1, cr3) or gva=NAME,ngpa=NAME")
@@ -74,6 +77,7 @@ def rewrite_cmd(tree: str, names: str, fmt: str, in_place: bool) -> None:
 
 
 @click.command("build-check")
+@rules_option
 @click.argument("tree")
 @click.option("--rewrite", "names", default=None, metavar="NAMES",
               help="build the rewrite of TREE with these walker names (TREE itself is not touched)")

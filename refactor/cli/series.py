@@ -7,8 +7,11 @@ import click
 
 from refactor.cli.rules_option import rules_option
 
+from refactor.cli.rules_option import rules_option
+
 
 @click.command("series")
+@rules_option
 @rules_option
 @click.argument("repo")
 @click.option("--names", default="upstream", show_default=True, help="walker names (preset or gva=X,ngpa=Y)")

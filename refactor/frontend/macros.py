@@ -1,6 +1,7 @@
 """Known kernel macros, neutralised before parsing with byte offsets kept.
 
-tree-sitter-c knows C, not the kernel's macro dialect.  Each entry below is
+tree-sitter-c knows C, not the kernel's macro dialect.  Each macro listed in
+rules/macros.toml (the kernel's macro file, as Coccinelle keeps one) is
 rewritten to plain C of exactly the same length (newlines kept), so every
 node of the parse still points at the right bytes of the real file.  Spans
 that were changed are returned too: the index reads them again with the
@@ -9,72 +10,65 @@ lexer, so a name hidden inside a masked macro is never lost.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
-# Attributes and annotations that only decorate a declaration: blanked.
-ATTRIBUTES = (
-    "__always_inline __inline __init __exit __initdata __initconst __read_mostly "
-    "__ro_after_init __maybe_unused __always_unused __must_check __user __iomem __percpu "
-    "__rcu __force __bitwise __packed __visible __cold __weak __noreturn __pure __used "
-    "__flatten __cacheline_aligned __cacheline_aligned_in_smp __ref __refdata __noclone "
-    "__nocfi __no_kcsan __no_sanitize_address __sched __latent_entropy __randomize_layout "
-    "asmlinkage noinline noinstr notrace __noinstr __kprobes __init_or_module __meminit "
-    "__free_ __private __safe_for_unaligned __nostackprotector __context_analysis"
-).split()
+from refactor.errors import RulesError
 
-# Attribute macros that take an argument list: blanked with their arguments.
-ATTRIBUTES_WITH_ARGS = (
-    "__aligned __section __printf __scanf __counted_by __acquires __releases __must_hold "
-    "__cond_acquires __guarded_by __attribute__ __alloc_size __assume_aligned __free __cleanup "
-    "__diagnose_as __nonstring __noinstr_section"
-).split()
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
-# Declarations written as a macro call: (macro, index of the argument that is the name).
-DECLARATORS = {
-    "DECLARE_BITMAP": 0,
-    "DECLARE_KFIFO": 0,
-    "DECLARE_PER_CPU": 1,
-    "DEFINE_PER_CPU": 1,
-    "DEFINE_PER_CPU_ALIGNED": 1,
-    "DEFINE_PER_CPU_READ_MOSTLY": 1,
-    "DECLARE_PER_CPU_READ_MOSTLY": 1,
-    "DEFINE_STATIC_KEY_FALSE": 0,
-    "DEFINE_STATIC_KEY_TRUE": 0,
-    "DECLARE_STATIC_KEY_FALSE": 0,
-    "DECLARE_STATIC_KEY_TRUE": 0,
-    "DEFINE_MUTEX": 0,
-    "DEFINE_SPINLOCK": 0,
-    "DEFINE_RAW_SPINLOCK": 0,
-    "LIST_HEAD": 0,
-}
 
-# Macros whose arguments include a type name (`struct foo`): the keyword is
-# blanked so the argument parses as an expression; the masked span is re-read.
-TYPE_ARGUMENT_MACROS = (
-    "container_of container_of_const offsetof sizeof_field offsetofend kzalloc_obj "
-    "kzalloc_objs kmalloc_obj kmalloc_objs kvzalloc_obj kvzalloc_objs kvmalloc_objs "
-    "kcalloc_objs typeof_member KVM_GENERATE_TRACE_ALL_ZERO BUILD_BUG_ON va_arg __typeof__ typeof "
-    "DEFINE_GUARD DEFINE_CLASS list_first_entry list_first_entry_or_null list_entry "
-    "list_last_entry hlist_entry hlist_entry_safe rb_entry"
-).split()
+def _alternation(words: list[str], tail: bytes, flags: int = 0) -> re.Pattern | None:
+    if not words:
+        return None
+    return re.compile(rb"\b(?:" + b"|".join(re.escape(w.encode()) for w in words) + rb")" + tail,
+                      flags)
+
+
+class MacroTables:
+    """rules/macros.toml (with the user's --rules), compiled to the patterns mask() uses."""
+
+    def __init__(self, data: dict):
+        def names(key: str) -> list[str]:
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and _WORD.match(v)
+                                                      for v in value):
+                raise RulesError(f"macros.toml [macros] {key}: expected a list of C identifiers")
+            return sorted(set(value), key=len, reverse=True)
+
+        self.fingerprint = repr(sorted(data.items()))
+        decl = data.get("declarators", {})
+        if not isinstance(decl, dict) or not all(isinstance(v, int) and v >= 0 for v in decl.values()):
+            raise RulesError("macros.toml [macros.declarators]: expected NAME = argument index")
+        self.declarators = dict(decl)
+        self.attr = _alternation(names("attributes"), rb"\b")
+        self.attr_args = _alternation(names("attributes_with_args"), rb"\s*\(")
+        self.decl = (re.compile(rb"\b(" + b"|".join(re.escape(d.encode()) for d in self.declarators)
+                                + rb")\s*\(") if self.declarators else None)
+        self.type_arg = _alternation(names("type_argument"), rb"\s*\(")
+        # Tracepoint definitions: their arguments are a DSL, not C.
+        trace = names("trace_dsl")
+        self.trace = (re.compile(rb"^(?:" + b"|".join(re.escape(t.encode()) for t in trace)
+                                 + rb")\s*\(", re.M) if trace else None)
+
+
+@lru_cache(maxsize=1)
+def tables() -> MacroTables:
+    """The tables in force; refactor.rules_overlay clears this when --rules changes them."""
+    from refactor.rules import RULES_DIR, read_rules_file
+
+    return MacroTables(read_rules_file(RULES_DIR, "macros.toml").get("macros", {}))
+
 
 _LOOP = re.compile(rb"\b([A-Za-z0-9_]*for_each[A-Za-z0-9_]*)(\s*\()")
-_ATTR = re.compile(rb"\b(?:" + b"|".join(a.encode() for a in ATTRIBUTES) + rb")\b")
-_ATTR_ARGS = re.compile(
-    rb"\b(?:" + b"|".join(a.encode() for a in ATTRIBUTES_WITH_ARGS) + rb")\s*\("
-)
-_DECL = re.compile(rb"\b(" + b"|".join(d.encode() for d in DECLARATORS) + rb")\s*\(")
-_TYPE_ARG = re.compile(
-    rb"\b(?:" + b"|".join(t.encode() for t in TYPE_ARGUMENT_MACROS) + rb")\s*\("
-)
 _STRUCT_KW = re.compile(rb"\b(?:struct|union|enum)\b")
 _CASE_RANGE = re.compile(rb"\bcase\b[^:;\n]*?(\.\.\.)")
 _ANON_BITFIELD = re.compile(rb"\bunsigned(?=\s*:\s*[0-9])")
-# Tracepoint definitions: their arguments are a DSL, not C.
-_TRACE_DSL = re.compile(
-    rb"^(?:TRACE_EVENT|TRACE_EVENT_CONDITION|DEFINE_EVENT|DEFINE_EVENT_PRINT|DECLARE_EVENT_CLASS"
-    rb"|TRACE_DEFINE_ENUM)\s*\(", re.M)
 # A macro invoked at file scope to define things, with no `;` after it.
 _TOPLEVEL_CALL = re.compile(rb"^[A-Za-z_][A-Za-z0-9_]*[ \t]*\(", re.M)
+
+
+def _finditer(pattern: re.Pattern | None, src: bytes):
+    return pattern.finditer(src) if pattern is not None else ()
 
 
 def _blank(buf: bytearray, start: int, end: int) -> None:
@@ -125,10 +119,11 @@ def mask(src: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     """Return (same-length parsable text, spans that were changed)."""
     buf = bytearray(src)
     spans: list[tuple[int, int]] = []
+    t = tables()
 
-    for m in _ATTR.finditer(src):
+    for m in _finditer(t.attr, src):
         _blank(buf, m.start(), m.end())
-    for m in _ATTR_ARGS.finditer(src):
+    for m in _finditer(t.attr_args, src):
         end = _close_paren(src, m.end() - 1)
         _blank(buf, m.start(), end)
         spans.append((m.start(), end))
@@ -137,10 +132,10 @@ def mask(src: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         name_start, name_end = m.span(1)
         buf[name_start:name_start + 5] = b"while"
         _blank(buf, name_start + 5, name_end)
-    for m in _DECL.finditer(src):
+    for m in _finditer(t.decl, src):
         end = _close_paren(src, m.end() - 1)
         args = _split_args(src, m.end(), end - 1)
-        which = DECLARATORS[m.group(1).decode()]
+        which = t.declarators[m.group(1).decode()]
         if which >= len(args):
             continue
         name_start, name_end = args[which]
@@ -149,7 +144,7 @@ def mask(src: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         buf[m.start():m.start() + 4] = b"long"
         buf[name_start:name_end] = src[name_start:name_end]
         spans.append((m.start(), end))
-    for m in _TYPE_ARG.finditer(src):
+    for m in _finditer(t.type_arg, src):
         end = _close_paren(src, m.end() - 1)
         changed = False
         for k in _STRUCT_KW.finditer(src, m.end(), end):
@@ -164,7 +159,7 @@ def mask(src: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     for m in _ANON_BITFIELD.finditer(src):
         # `unsigned:3;` (anonymous padding) -> `int _pad:3;`
         buf[m.start():m.end()] = b"int _pad"
-    for m in _TRACE_DSL.finditer(src):
+    for m in _finditer(t.trace, src):
         end = _close_paren(src, m.end() - 1)
         _blank(buf, m.end(), end - 1)
         spans.append((m.end(), end - 1))

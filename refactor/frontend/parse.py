@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import tree_sitter_c
 from tree_sitter import Language, Node, Parser, Tree
 
-from refactor.frontend import macros
+from refactor.frontend import conditionals, macros
 
 LANGUAGE = Language(tree_sitter_c.language())
 _PARSER = Parser(LANGUAGE)
@@ -50,6 +50,8 @@ class ParsedFile:
     error_spans: list[tuple[int, int]] = field(default_factory=list)
     # Macro bodies, parsed on first use: (start, end, macro name).
     macro_bodies: list[tuple[int, int, str]] = field(default_factory=list)
+    # #else branches the main tree leaves out (see conditionals): (start, end, their own tree).
+    alternates: list[tuple[int, int, Fragment]] = field(default_factory=list)
     _parsed_macros: dict[int, Fragment] = field(default_factory=dict)
 
     @property
@@ -57,10 +59,13 @@ class ParsedFile:
         return self.fragments[0]
 
     def fragment_for(self, start: int, end: int) -> Fragment:
-        """The innermost fragment covering a span (a macro body before the file)."""
+        """The innermost fragment covering a span (a macro body, an #else branch, the file)."""
         for bstart, bend, name in self.macro_bodies:
             if bstart <= start and end <= bend:
                 return self._macro(bstart, bend, name)
+        for astart, aend, frag in self.alternates:
+            if astart <= start and end <= aend:
+                return frag
         return self.fragments[0]
 
     def _macro(self, bstart: int, bend: int, name: str) -> Fragment:
@@ -120,8 +125,17 @@ def _macro_fragment(src: bytes, start: int, end: int) -> Fragment:
 def parse(rel: str, src: bytes, want_macros: bool = True) -> ParsedFile:
     masked, spans = macros.mask(src)
     tree = _PARSER.parse(masked)
+    errors: list[tuple[int, int]] = []
+    _errors(tree.root_node, 0, errors)
+    alternates: list[tuple[int, int, Fragment]] = []
+    if errors and b"#" in src:
+        tree, errors, hidden, alts = conditionals.reduce_errors(_PARSER, masked, tree, errors)
+        spans = spans + hidden
+        alternates = [(a, b, Fragment(t, 0, a, b, False)) for a, b, t in alts]
     pf = ParsedFile(rel, src, [Fragment(tree, 0, 0, len(src), False)], spans)
-    _errors(tree.root_node, 0, pf.error_spans)
+    pf.error_spans.extend(errors)
+    pf.alternates = alternates
+    pf.fragments.extend(frag for _, _, frag in alternates)
     if want_macros and b"#define" in src:
         _collect_macros(tree.root_node, pf.macro_bodies)
     return pf

@@ -25,6 +25,9 @@ def key_for(files: list[SourceFile], rules: Rules) -> str:
         h.update(path.read_bytes())
     for name in sorted(rules.raw):
         h.update(repr(rules.raw[name]).encode())
+    from refactor.frontend.macros import tables
+
+    h.update(tables().fingerprint.encode())  # the parser's macro file (rules/macros.toml)
     for sf in files:
         h.update(sf.rel.encode() + b"\0" + hashlib.sha1(sf.data).digest())
     return h.hexdigest()

@@ -8,13 +8,22 @@ from refactor.index.indexer import Index
 
 
 def scan_json(index: Index) -> str:
-    return json.dumps(index.to_json(), indent=1, sort_keys=False)
+    data = index.to_json()
+    if index.layout == "mixed":
+        from refactor.index.layout_files import by_file
+        from refactor.rules import load_rules
+
+        data["layout_by_file"] = {f: {"old": dict(old), "new": dict(new)}
+                                  for f, (old, new) in sorted(by_file(index, load_rules()).items())}
+    return json.dumps(data, indent=1, sort_keys=False)
 
 
 def scan_text(index: Index, include_text: bool = False) -> str:
     """References grouped by file and function, like a reader walks the tree."""
     out = [f"tree: {index.tree}", f"version: {index.version or 'unknown'}",
            f"layout: {index.layout}" + (f" (walkers: {', '.join(index.walkers)})" if index.walkers else "")]
+    if index.layout == "mixed":
+        out += _mixed_files(index)
     groups: dict[tuple[str, str], list] = defaultdict(list)
     code = comments = 0
     for ref in index.references:
@@ -51,3 +60,15 @@ def scan_text(index: Index, include_text: bool = False) -> str:
     for u in files:
         out.append(f"  not parsed: {u['file']}: {u['reason']}")
     return "\n".join(out) + "\n"
+
+
+def _mixed_files(index: Index) -> list[str]:
+    """A half-done tree: per file, the old-layout names it still uses and the new ones."""
+    from refactor.index.layout_files import by_file, describe
+    from refactor.rules import load_rules
+
+    lines = ["", "files (old-layout names still used | new-layout names):"]
+    for file, (old, new) in sorted(by_file(index, load_rules()).items()):
+        state = "old" if not new else "new" if not old else "mixed"
+        lines.append(f"  {state:<5} {file}: old: {describe(old)} | new: {describe(new)}")
+    return lines

@@ -56,7 +56,8 @@ __all__ = [
 ]
 
 # Suites the private configuration adds, after the machine's own Debian suites.
-EXTRA_SUITES: tuple[str, ...] = ("bookworm", "trixie", "trixie-backports", "sid")
+# bullseye: linux-source-5.10, the oldest LTS tree the rewrite is tested on.
+EXTRA_SUITES: tuple[str, ...] = ("bullseye", "bookworm", "trixie", "trixie-backports", "sid")
 
 # Debian codenames and aliases, to tell a Debian archive entry from a third-party one.
 _DEBIAN_SUITE_BASES = frozenset(

@@ -7,12 +7,11 @@ layout.toml) with the walker names in force, exactly as the rewriter does.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from refactor.rules import RULES_DIR, Rules, RulesError, WalkerNames, load_rules
+from refactor.rules import RULES_DIR, Rules, RulesError, WalkerNames, load_rules, read_rules_file
 
 SEVERITIES = ("error", "warning", "note")
 # How message placeholders read in rule descriptions (docs, SARIF rules).
@@ -150,14 +149,7 @@ def _check(item: dict, rules: Rules, where: str) -> LintRule:
 def load_lint_rules(directory: str | Path | None = None) -> LintRules:
     directory = Path(directory) if directory else RULES_DIR
     rules = load_rules(directory)
-    path = directory / "lint.toml"
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise RulesError(f"{path}: missing rules file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RulesError(f"{path}: {exc}") from None
+    data = read_rules_file(directory, "lint.toml")  # with the user's --rules overlay
     items = [_check(item, rules, f"lint.toml rule {item.get('id', i)}")
              for i, item in enumerate(data.get("rule", []))]
     ids = [r.id for r in items]

@@ -68,6 +68,8 @@ def _attach_walker(files, defs, rules, names, ctx, step) -> list[Edit]:
         while decl is not None and decl.type != "function_declarator":
             decl = decl.child_by_field_name("declarator")
         params = decl.child_by_field_name("parameters")
+        if f"struct {rules.types['walker']}" in pf.text(params, fn.frag):
+            continue  # a half-done tree: this definition already takes its walker
         close = params.end_byte - 1
         out.append(_edit(pf, fn.frag, close, close, ", " + step["param"], step["id"], step["why"]))
         body = fn.node.child_by_field_name("body")
@@ -101,6 +103,9 @@ def _attach_walker(files, defs, rules, names, ctx, step) -> list[Edit]:
                 idx = step.get("mmu_param", 1)
                 if len(args) <= idx:
                     continue
+                passed = (re.search(r"arch(?:\.|->)(\w+)\s*\Z", pf.text(a, fn.frag)) for a in args[idx + 1:])
+                if any(m and m.group(1) in (names.gva, names.ngpa) for m in passed):
+                    continue  # a half-done tree: the walker is already passed
                 m = re.search(r"arch(?:\.|->)(\w+)\s*\Z", pf.text(args[idx], fn.frag))
                 info = rules.vcpu_old.get(m.group(1)) if m else None
                 if info is None or info.walker is None:
