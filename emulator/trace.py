@@ -96,18 +96,24 @@ def read_events(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, event) for each non-blank line; raises TraceError."""
     path = str(path)
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except OSError as exc:
         raise TraceError(path, 0, f"cannot open: {exc.strerror}") from None
     with fh:
         first = True
-        for lineno, line in enumerate(fh, 1):
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TraceError(path, lineno, f"not UTF-8 (byte {exc.start + 1} of the line)") from None
             if not line.strip():
                 continue
             try:
                 ev = check_event(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise TraceError(path, lineno, f"invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise TraceError(path, lineno, "JSON nested too deeply") from None
             except ValueError as exc:
                 raise TraceError(path, lineno, str(exc)) from None
             if first and ev["ev"] != "reset":

@@ -19,8 +19,7 @@ TAB = 8
 MAX_COLUMNS = 100
 
 
-class EditConflict(ValueError):
-    pass
+from refactor.errors import EditConflict  # noqa: E402,F401  (defined there; re-exported here)
 
 
 def _resolve(edits: list[Edit]) -> list[Edit]:
@@ -231,10 +230,28 @@ def unified_diffs(changes: dict[str, tuple[bytes, bytes]]) -> str:
                                "--no-ext-diff", "--src-prefix=a/", "--dst-prefix=b/", "a", "b"],
                               cwd=tmp, capture_output=True)
     out = proc.stdout.decode("utf-8", "surrogateescape")
-    # The sides are directories a/ and b/: drop that extra level from the paths.
-    out = re.sub(r"^(diff --git a/)a/(\S+) b/b/", r"\1\2 b/", out, flags=re.M)
-    out = re.sub(r"^(---|\+\+\+) ([ab])/[ab]/", r"\1 \2/", out, flags=re.M)
-    return out
+    # The sides are directories a/ and b/: drop that extra level from the paths,
+    # which git may have quoted ("a/a/x\ny.c") when they hold odd characters.
+    return "\n".join(_strip_side_dir(line) for line in out.split("\n"))
+
+
+def _strip_side_dir(line: str) -> str:
+    if line.startswith("diff --git "):
+        rest = line[len("diff --git "):]
+        half = (len(rest) - 1) // 2  # both sides name the same path, quoted alike
+        left, right = rest[:half], rest[half + 1:]
+        return f"diff --git {_drop_level(left)} {_drop_level(right)}"
+    if line.startswith(("--- ", "+++ ")) and not line.startswith(("--- /dev/null", "+++ /dev/null")):
+        return line[:4] + _drop_level(line[4:])
+    return line
+
+
+def _drop_level(path: str) -> str:
+    q = '"' if path.startswith('"') else ""
+    body = path[len(q):]
+    if body[:4] in ("a/a/", "b/b/"):
+        body = body[2:]
+    return q + body
 
 
 def unified_diff(rel: str, old: bytes, new: bytes) -> str:

@@ -12,18 +12,13 @@ import click
 from refactor.cli.rules_option import rules_option
 
 from refactor import __version__
+from refactor.cli.guard import GuardedGroup
 
 
-class UserError(click.ClickException):
-    """A problem with the input: one line on stderr, exit 2, no traceback."""
-
-    exit_code = 2
-
-    def show(self, file=None) -> None:
-        click.echo(f"kvm-refactor: error: {self.format_message()}", err=True)
+from refactor.cli.errors import UserError  # noqa: E402,F401  (re-exported: its historic home)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=GuardedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kvm-refactor")
 def main() -> None:
     """Refactoring assistant for KVM x86's struct kvm_mmu -> struct kvm_pagewalk move."""
@@ -48,7 +43,20 @@ def scan(tree: str, fmt: str, include_text: bool, no_cache: bool) -> None:
             index = scan_tree(tree, progress=step, use_cache=not no_cache)
     except TreeError as exc:
         raise UserError(str(exc)) from None
-    click.echo(scan_json(index) if fmt == "json" else scan_text(index, include_text), nl=False)
+    click.echo(scan_json(index) if fmt == "json" else scan_text(_escaped(index), include_text), nl=False)
+
+
+def _escaped(index):
+    """Text output: names from the tree (a file called "x\\n1:1 ...") cannot forge lines."""
+    from refactor.cli.guard import escape_controls
+
+    index.tree = escape_controls(index.tree)
+    for r in index.references:
+        r.file, r.expression = escape_controls(r.file), escape_controls(r.expression)
+        r.function = escape_controls(r.function) if r.function else r.function
+    for u in index.unparsed:
+        u["file"] = escape_controls(u["file"])
+    return index
 
 
 def _register_commands() -> None:

@@ -18,7 +18,7 @@ BASELINE_VERSION = 1
 
 
 def _user_error(message: str):
-    from refactor.cli.app import UserError  # imported late: cli.py mounts this command
+    from refactor.cli.errors import UserError  # imported late: cli.py mounts this command
 
     return UserError(message)
 
@@ -40,21 +40,39 @@ def _read_patch(path: str) -> tuple[str, str]:
     return data.decode("utf-8", "replace"), name
 
 
+BASELINE_TOOL = "kvm-refactor lint"
+
+
 def _load_baseline(path: str) -> Counter:
+    from refactor import __version__
+
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        tool, version, tool_version = data.get("tool"), data.get("version"), data.get("tool_version")
         entries = data["findings"]
-        return Counter((e["rule"], e["file"], e["fingerprint"]) for e in entries)
+        counts = Counter((e["rule"], e["file"], e["fingerprint"]) for e in entries)
     except FileNotFoundError:
         raise _user_error(f"{path}: no such baseline file") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except RecursionError:
+        raise _user_error(f"{path}: not a kvm-refactor lint baseline (JSON nested too deeply)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise _user_error(f"{path}: not a kvm-refactor lint baseline ({type(exc).__name__})") from None
+    # A baseline of another tool or version would suppress findings it never saw.
+    if tool != BASELINE_TOOL or version != BASELINE_VERSION:
+        raise _user_error(f"{path}: baseline of {tool!r} format {version!r}, expected {BASELINE_TOOL!r} "
+                          f"format {BASELINE_VERSION}")
+    if tool_version != __version__:
+        raise _user_error(f"{path}: baseline written by kvm-refactor {tool_version!r}, this is {__version__}: "
+                          "record it again with --write-baseline")
+    return counts
 
 
 def _write_baseline(path: str, findings) -> None:
     entries = [{"rule": f.rule, "file": f.file, "fingerprint": f.fingerprint, "line": f.line,
                 "message": f.message} for f in findings]
-    data = {"tool": "kvm-refactor lint", "version": BASELINE_VERSION, "findings": entries}
+    from refactor import __version__
+
+    data = {"tool": BASELINE_TOOL, "version": BASELINE_VERSION, "tool_version": __version__, "findings": entries}
     try:
         Path(path).write_text(json.dumps(data, indent=1) + "\n")
     except OSError as exc:
@@ -74,6 +92,8 @@ def _suppress(findings, baseline: Counter):
 
 
 def _text(inputs, suppressed: int) -> str:
+    from refactor.cli.guard import escape_controls
+
     out = []
     for inp in inputs:
         current_patch = None
@@ -81,9 +101,10 @@ def _text(inputs, suppressed: int) -> str:
             path = f.file if inp["kind"] == "patch" or inp["path"] in (".", "") else f"{inp['path'].rstrip('/')}/{f.file}"
             if f.patch and f.patch != current_patch:
                 current_patch = f.patch
-                out.append(f"{inp['path']}: In patch {f.patch!r}:")
-            out.append(f"{path}:{f.line}:{f.column}: {f.severity}: {f.message} [{f.rule}]")
-            out.append(f"    = help: {f.help}")
+                out.append(escape_controls(f"{inp['path']}: In patch {f.patch!r}:"))
+            # Names come from the input: a newline or an escape sequence in one must not forge output.
+            out.append(escape_controls(f"{path}:{f.line}:{f.column}: {f.severity}: {f.message} [{f.rule}]"))
+            out.append(escape_controls(f"    = help: {f.help}"))
     return "\n".join(out) + ("\n" if out else "")
 
 

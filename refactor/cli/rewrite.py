@@ -7,11 +7,13 @@ from pathlib import Path
 
 import click
 
+from refactor.cli.guard import escape_controls
+
 from refactor.cli.rules_option import rules_option
 
 
 def _user_error(msg: str):
-    from refactor.cli.app import UserError
+    from refactor.cli.errors import UserError
 
     return UserError(msg)
 
@@ -28,15 +30,28 @@ def _plan(tree: str, names: str):
 
 
 def refuse_dirty(tree: Path) -> None:
-    """Never clobber work in progress: a git tree must be clean to be edited."""
-    import git
+    """Never clobber work in progress: a git tree must be clean (and have a commit) to be edited."""
+    from refactor.apply.inplace import check_git
+    from refactor.errors import TreeError
 
     try:
-        repo = git.Repo(tree, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return
-    if repo.is_dirty(untracked_files=False):
-        raise _user_error(f"{tree}: the git tree has uncommitted changes; commit or stash them first")
+        check_git(Path(tree), [])
+    except TreeError as exc:
+        raise _user_error(str(exc)) from None
+
+
+def _refuse_nul(tree: str, plan) -> None:
+    """A file with a NUL byte is read as binary (and diffs as binary): its diff would not apply."""
+    from refactor.frontend.source import read_tree_file
+
+    for rel in sorted(plan.results):
+        on_disk = read_tree_file(tree, rel) or b""
+        for data in (on_disk, plan.results[rel]):
+            at = data.find(b"\0")
+            if at >= 0:
+                line = data.count(b"\n", 0, at) + 1
+                raise _user_error(f"{Path(tree) / rel}:{line}: NUL byte in a source file; it is read as "
+                                  "binary and its diff would not apply")
 
 
 @click.command("rewrite")
@@ -53,26 +68,43 @@ def rewrite_cmd(tree: str, names: str, fmt: str, in_place: bool) -> None:
     --in-place. Exit 0: every site handled; 3: some sites need a human (listed
     on stderr with file:line and why); 2: bad input.
     """
-    from refactor.apply.splice import write_atomic
+    from refactor.apply.inplace import recover, rewrite_in_place
+    from refactor.errors import TreeError
 
-    if in_place:
-        refuse_dirty(Path(tree))
+    if in_place and fmt != "json":
+        try:
+            # An earlier run that was killed is finished or undone first (its journal says which).
+            done = recover(Path(tree)) if Path(tree).is_dir() else None
+        except TreeError as exc:
+            raise _user_error(str(exc)) from None
+        if done:
+            click.echo(escape_controls(f"{tree}: an interrupted in-place rewrite was found and {done}"), err=True)
+        if done != "completed":  # after completing, the changes git sees are that run's, checked by hash
+            refuse_dirty(Path(tree))
     plan = _plan(tree, names)
     if fmt == "json":
         click.echo(json.dumps(plan.to_json(), indent=1))
     elif in_place:
-        for rel, data in plan.results.items():
-            write_atomic(Path(tree) / rel, data)
-        click.echo(f"rewrote {len(plan.results)} files in {tree}", err=True)
+        try:
+            outcome = rewrite_in_place(Path(tree), plan.results, plan.originals)
+        except TreeError as exc:
+            raise _user_error(str(exc)) from None
+        click.echo(escape_controls(f"rewrote {outcome.written} files in {tree}"), err=True)
     else:
-        sys.stdout.write(plan.diff())
+        _refuse_nul(tree, plan)
+        # Bytes, as the files hold them (a file need not be UTF-8): no encoding step can fail.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(plan.diff().encode("utf-8", "surrogateescape"))
+        sys.stdout.buffer.flush()
     for c in plan.comments:
-        click.echo(f"{c['file']}:{c['line']}: note: comment names removed member {c['symbol']}", err=True)
+        click.echo(escape_controls(f"{c['file']}:{c['line']}: note: comment names removed member {c['symbol']}"),
+                   err=True)
     for s in plan.style:
-        click.echo(f"{s['file']}:{s['line']}: note: line is {s['columns']} columns after the rewrite", err=True)
+        click.echo(escape_controls(f"{s['file']}:{s['line']}: note: line is {s['columns']} columns after the rewrite"),
+                   err=True)
     if plan.humans:
         for h in plan.humans:
-            click.echo(f"{h.file}:{h.line}: needs a human: {h.why}", err=True)
+            click.echo(escape_controls(f"{h.file}:{h.line}: needs a human: {h.why}"), err=True)
         sys.exit(3)
 
 

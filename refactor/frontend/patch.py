@@ -16,8 +16,7 @@ _SUBJECT = re.compile(r"Subject: (.*)")
 _NUMBER = re.compile(r"\[[^\]]*?(\d+)/(\d+)[^\]]*\]")
 
 
-class PatchError(ValueError):
-    """The input is not a patch (or a patch broken beyond reading)."""
+from refactor.errors import PatchError  # noqa: E402,F401  (defined there; re-exported here)
 
 
 @dataclass
@@ -115,10 +114,69 @@ class Patch:
         return f"{num}{self.subject}" if self.subject else f"{num}(line {self.start_line})".strip()
 
 
+# git's C-style quoting of odd path names (quote.c: sq_quote / quote_c_style).
+_C_ESCAPES = {"a": 7, "b": 8, "t": 9, "n": 10, "v": 11, "f": 12, "r": 13, '"': 34, "\\": 92}
+# No real source file has this many lines; a larger line number in a hunk
+# header is hostile input (it would size the sparse post-image).
+MAX_LINE = 10_000_000
+
+
+def unquote_c(quoted: str) -> str:
+    """The path inside git's "..." quoting; bytes that are not UTF-8 come back as surrogates."""
+    body = quoted[1:-1]
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch != "\\":
+            out += ch.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        nxt = body[i + 1:i + 2]
+        if nxt in _C_ESCAPES:
+            out.append(_C_ESCAPES[nxt])
+            i += 2
+        elif len(body) >= i + 4 and all(c in "01234567" for c in body[i + 1:i + 4]) and body[i + 1] in "0123":
+            out.append(int(body[i + 1:i + 4], 8))
+            i += 4
+        else:
+            raise PatchError(f"bad escape {body[i:i + 2]!r} in quoted path {quoted!r}")
+    return out.decode("utf-8", "surrogateescape")
+
+
+def _quoted_end(text: str) -> int:
+    """Index of the quote closing the quoted path at the start of `text`."""
+    i = 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+        elif text[i] == '"':
+            return i
+        else:
+            i += 1
+    raise PatchError(f"unterminated quoted path {text!r}")
+
+
+def _git_paths(parts: str) -> tuple[str, str]:
+    """The two paths of a `diff --git A B` line (either may be quoted)."""
+    if parts.startswith('"'):
+        end = _quoted_end(parts)
+        return parts[:end + 1], parts[end + 1:].lstrip(" ")
+    if parts.endswith('"') and ' "' in parts:
+        a, _, b = parts.rpartition(' "')
+        return a, '"' + b
+    if " b/" in parts:
+        a, _, b = parts.partition(" b/")
+        return a, "b/" + b
+    a, _, b = parts.partition(" ")
+    return a, b
+
+
 def _strip_prefix(path: str) -> str | None:
-    path = path.split("\t")[0].rstrip()
-    if path.startswith('"') and path.endswith('"'):
-        path = bytes(path[1:-1], "utf-8").decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+    if path.startswith('"'):
+        path = unquote_c(path[:_quoted_end(path) + 1])
+    else:
+        path = path.split("\t")[0].rstrip()
     if path == "/dev/null":
         return None
     # git's a/ b/ (or i/ w/ c/ o/ with diff.mnemonicPrefix) are dropped, like -p1.
@@ -168,13 +226,11 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
             i += 1
             continue
         if line.startswith("diff --git "):
-            parts = line[len("diff --git "):]
-            if " b/" in parts:
-                a, _, b = parts.partition(" b/")
-                b = "b/" + b
-            else:
-                a, _, b = parts.partition(" ")
-            pending_git = (_strip_prefix(a), _strip_prefix(b))
+            try:
+                a, b = _git_paths(line[len("diff --git "):])
+                pending_git = (_strip_prefix(a), _strip_prefix(b))
+            except PatchError as exc:
+                raise PatchError(f"{name}:{i + 1}: {exc}") from None
             fp = FilePatch(pending_git[0], pending_git[1])
             patch_here(i).files.append(fp)
             i += 1
@@ -189,7 +245,10 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
             elif line.startswith(("Binary files ", "GIT binary patch")):
                 fp.binary = True
         if line.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ "):
-            old, new = _strip_prefix(line[4:]), _strip_prefix(lines[i + 1][4:])
+            try:
+                old, new = _strip_prefix(line[4:]), _strip_prefix(lines[i + 1][4:])
+            except PatchError as exc:
+                raise PatchError(f"{name}:{i + 1}: {exc}") from None
             if fp is None or fp.hunks or pending_git is None:
                 fp = FilePatch(old, new)
                 patch_here(i).files.append(fp)
@@ -207,15 +266,37 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
         i += 1
 
     patches = [p for p in patches if p.files]
+    _check_nesting(patches, name)
     if not patches:
         raise PatchError(f"{name}: not a patch (no unified diff: no '--- a/FILE' / '+++ b/FILE' / '@@' lines)")
     return patches
+
+
+def _check_nesting(patches: list[Patch], name: str) -> None:
+    """The post-images are parsed and walked recursively: the tree's nesting limit holds for them too."""
+    from refactor.frontend.source import MAX_NESTING, nesting_depth
+
+    for p in patches:
+        for fp in p.files:
+            depth, _ = nesting_depth("\n".join(t for h in fp.hunks for tag, t, _ in h.lines
+                                               if tag != "-").encode("utf-8", "surrogateescape"))
+            if depth > MAX_NESTING:
+                raise PatchError(f"{name}: {fp.path}: added code nested {depth} levels deep (brackets, ?: and "
+                                 f"#if), more than the limit of {MAX_NESTING}")
 
 
 def _read_hunk(lines: list[str], i: int, m: re.Match, fp: FilePatch, name: str) -> int:
     old_start, new_start = int(m.group(1)), int(m.group(3))
     old_len = int(m.group(2)) if m.group(2) is not None else 1
     new_len = int(m.group(4)) if m.group(4) is not None else 1
+    # Bounded by the patch itself: a hunk cannot be longer than the lines left,
+    # nor start beyond any real file (a sparse post-image is sized by it).
+    left = len(lines) - i - 1
+    if max(old_len, new_len) > left or max(old_start, new_start) > MAX_LINE:
+        raise PatchError(f"{name}:{i + 1}: hunk of {fp.path} claims {max(old_len, new_len)} lines from line "
+                         f"{max(old_start, new_start)}, but the patch has {left} lines left"
+                         + (f" (and line numbers stop at {MAX_LINE})" if max(old_start, new_start) > MAX_LINE
+                            else ""))
     hunk = Hunk(old_start, old_len, new_start, new_len, m.group(5).strip())
     fp.hunks.append(hunk)
     old_left, new_left = old_len, new_len

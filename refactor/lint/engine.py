@@ -443,10 +443,10 @@ def _post_image(fp: FilePatch, state: dict[str, str | None], tree_root) -> bytes
     elif key in state:
         original = state[key]
     elif tree_root is not None:
-        try:
-            original = (Path(tree_root) / key).read_text(errors="replace")
-        except OSError:
-            original = None
+        from refactor.frontend.source import read_tree_file
+
+        data = read_tree_file(tree_root, key)  # the path is the patch's: confined to the tree
+        original = data.decode("utf-8", "replace") if data is not None else None
     else:
         original = None
     result = fp.apply_to(original) if original is not None else None

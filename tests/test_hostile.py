@@ -1,0 +1,237 @@
+"""Hostile input through every command: the exit code means one thing, the message is one line.
+
+Each case builds its input in a temporary directory, runs one command in
+process (click's CliRunner, so monkeypatched faults reach the code) and
+asserts the exit code and that stderr is exactly one line matching a
+pattern -- never a traceback.  Codes: 0 ok, 1 findings, 2 bad input,
+3 needs a human, 4 internal error (README, "Exit codes").
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from refactor.cli.app import main
+
+REPO = Path(__file__).resolve().parent.parent
+MINI = REPO / "fixtures" / "mini-kvm"
+
+
+def mini(tmp: Path, name: str = "tree") -> Path:
+    dest = tmp / name
+    shutil.copytree(MINI, dest)
+    return dest
+
+
+def add_function(tree: Path, body: str) -> Path:
+    path = tree / "arch/x86/kvm/x86.c"
+    path.write_text(path.read_text() + "\nint hostile_fn(struct kvm_vcpu *vcpu, int x)\n{\n" + body + "}\n")
+    return tree
+
+
+def write(tmp: Path, name: str, data: bytes | str) -> Path:
+    path = tmp / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def patch_text(old: str, new: str = "x.c", hunk: str = "@@ -1 +1 @@\n-a\n+b\n", quote: bool = False) -> str:
+    a, b = (f'"a/{old}"', f'"b/{new}"') if quote else (f"a/{old}", f"b/{new}")
+    return f"--- {a}\n+++ {b}\n{hunk}"
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=T", "-c", "user.email=t@example.invalid", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+def git_tree(tmp: Path, commit: bool = True) -> Path:
+    tree = mini(tmp, "repo")
+    git(tree, "init", "-q", "-b", "main")
+    if commit:
+        git(tree, "add", "-A")
+        git(tree, "commit", "-q", "-m", "base")
+    return tree
+
+
+def foreign_owned(tmp: Path) -> Path:
+    """A repository git refuses as of "dubious ownership" (owned by another user)."""
+    tree = git_tree(tmp)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the repository to another user")
+    for p in [tree, *tree.rglob("*")]:
+        os.lchown(p, 65534, 65534)
+    return tree
+
+
+def deny_dir(monkeypatch, suffix: str) -> None:
+    """The directory behaves as mode 000 would for a normal user (the suite may run as root)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if str(path).rstrip("/").endswith(suffix):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def crash_in(monkeypatch, target: str, exc: BaseException) -> None:
+    module, _, name = target.rpartition(".")
+    mod = __import__(module, fromlist=[name])
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(mod, name, boom)
+
+
+# (id, command builder (tmp, monkeypatch) -> argv, expected code, stderr pattern)
+CASES = [
+    # ---- scan
+    ("scan-missing", lambda t, m: ["scan", str(t / "nope")], 2, r"not a directory"),
+    ("scan-file", lambda t, m: ["scan", str(MINI / "Makefile")], 2, r"not a directory"),
+    ("scan-not-kernel", lambda t, m: ["scan", str(t)], 2, r"no arch/x86/kvm"),
+    ("scan-newline-in-name", lambda t, m: ["scan", str(t / "a\nb\x1b[31m")], 2, r"a\\x0ab\\x1b\[31m"),
+    ("scan-unreadable-dir", lambda t, m: (deny_dir(m, "arch/x86/kvm/vmx"), ["scan", str(mini(t))])[1], 2,
+     r"vmx: cannot read directory: Permission denied"),
+    ("scan-huge-file", lambda t, m: (mini(t), os.truncate(write(t, "tree/arch/x86/kvm/big.c", b""), 50 << 20),
+                                     ["scan", str(t / "tree")])[2], 2,
+     r"big\.c: 52428800 bytes, larger than the 4 MiB limit"),
+    ("scan-deep-parens", lambda t, m: ["scan", str(add_function(mini(t), "\treturn " + "(" * 1000 + "x"
+                                                                + ")" * 1000 + ";\n"))], 2,
+     r"x86\.c:\d+: nested 1001 levels deep .* limit of 200"),
+    ("scan-deep-ternary", lambda t, m: ["scan", str(add_function(mini(t), "\treturn " + "x ? 1 : " * 3000
+                                                                 + "0;\n"))], 2, r"limit of 200"),
+    ("scan-deep-ifdef", lambda t, m: ["scan", str(add_function(mini(t), "#ifdef A\n" * 300 + "#endif\n" * 300))],
+     2, r"limit of 200"),
+    ("scan-symlink-out", lambda t, m: (os.symlink("/etc", mini(t) / "arch/x86/kvm/vmx2"),
+                                       ["scan", str(t / "tree")])[1], 2, r"vmx2: symbolic link to /etc, outside"),
+    ("scan-symlink-file-out", lambda t, m: (os.symlink("/etc/hostname", mini(t) / "arch/x86/kvm/h.c"),
+                                            ["scan", str(t / "tree")])[1], 2, r"h\.c: symbolic link .* outside"),
+    ("scan-fifo", lambda t, m: (os.mkfifo(mini(t) / "arch/x86/kvm/fifo.c"), ["scan", str(t / "tree")])[1], 2,
+     r"fifo\.c: not a regular file"),
+    ("scan-ok", lambda t, m: ["scan", str(MINI)], 0, None),
+    # ---- rewrite
+    ("rewrite-deep-parens", lambda t, m: ["rewrite", str(add_function(mini(t), "\treturn " + "(" * 1000
+                                                                      + "vcpu->arch.walk_mmu != 0" + ")" * 1000
+                                                                      + ";\n"))], 2, r"limit of 200"),
+    ("rewrite-bad-names", lambda t, m: ["rewrite", str(MINI), "--names", "gva=1x,ngpa=y"], 2, r"not a C identifier"),
+    ("rewrite-dubious-ownership", lambda t, m: ["rewrite", str(foreign_owned(t)), "--in-place"], 2,
+     r"dubious ownership"),
+    ("rewrite-nul-diff", lambda t, m: ["rewrite", str(add_function(mini(t), "\treturn !!vcpu->arch.walk_mmu;\n"
+                                                                   "/* \0 */\n"))], 2,
+     r"x86\.c:\d+: NUL byte"),
+    # ---- lint
+    ("lint-quoted-bad-escape", lambda t, m: ["lint", str(write(t, "q.patch", patch_text("x\\x.c", quote=True)))],
+     2, r"q\.patch:1: bad escape"),
+    ("lint-non-ascii-name", lambda t, m: ["lint", str(write(t, "n.patch", patch_text("caf\u00e9.c", "caf\u00e9.c")))],
+     0, None),
+    ("lint-huge-hunk", lambda t, m: ["lint", str(write(t, "h.patch", patch_text("x.c", hunk="@@ -1 +4000000000 @@\n"
+                                                                                 "-a\n+b\n")))], 2,
+     r"h\.patch:3: hunk of x\.c claims 1 lines from line 4000000000"),
+    ("lint-long-hunk", lambda t, m: ["lint", str(write(t, "l.patch", patch_text("x.c", hunk="@@ -1,900000000 "
+                                                                                 "+1,900000000 @@\n a\n")))], 2,
+     r"claims 900000000 lines"),
+    ("lint-tree-dev-zero", lambda t, m: ["lint", "--tree", str(MINI),
+                                         str(write(t, "z.patch", patch_text("/dev/zero")))], 2,
+     r"'/dev/zero': not a path inside the tree"),
+    ("lint-tree-dotdot", lambda t, m: ["lint", "--tree", str(MINI),
+                                       str(write(t, "d.patch", patch_text("../../../etc/passwd")))], 2,
+     r"not a path inside the tree"),
+    ("lint-tree-fifo", lambda t, m: (os.mkfifo(mini(t) / "arch/x86/kvm/f.c"),
+                                     ["lint", "--tree", str(t / "tree"),
+                                      str(write(t, "f.patch", patch_text("arch/x86/kvm/f.c")))])[1], 2,
+     r"f\.c: not a regular file"),
+    ("lint-tree-symlink-out", lambda t, m: (os.symlink("/etc/passwd", mini(t) / "arch/x86/kvm/p.c"),
+                                            ["lint", str(write(t, "p.patch", patch_text("arch/x86/kvm/p.c"))),
+                                             "--tree", str(t / "tree")])[1], 2, r"outside the tree"),
+    ("lint-deep-patch", lambda t, m: ["lint", str(write(t, "deep.patch", patch_text(
+        "x.c", hunk="@@ -1 +1 @@\n-a\n+int f(void) { return " + "(" * 1000 + "1" + ")" * 1000 + "; }\n")))], 2,
+     r"nested 1001 levels deep"),
+    ("lint-baseline-nested", lambda t, m: ["lint", "--baseline", str(write(t, "b.json", "[" * 100000 + "]" * 100000)),
+                                           str(MINI)], 2, r"JSON nested too deeply"),
+    ("lint-baseline-foreign-tool", lambda t, m: ["lint", "--baseline", str(write(t, "b.json", json.dumps(
+        {"tool": "other-linter", "version": 1, "tool_version": "9", "findings": []}))), str(MINI)], 2,
+     r"baseline of 'other-linter'"),
+    ("lint-baseline-other-version", lambda t, m: ["lint", "--baseline", str(write(t, "b.json", json.dumps(
+        {"tool": "kvm-refactor lint", "version": 1, "tool_version": "0.0.1", "findings": []}))), str(MINI)], 2,
+     r"written by kvm-refactor '0\.0\.1'"),
+    ("lint-binary", lambda t, m: ["lint", str(write(t, "bin.patch", b"\0\1\2"))], 2, r"binary file, not a patch"),
+    ("lint-missing", lambda t, m: ["lint", str(t / "none.patch")], 2, r"no such file"),
+    # ---- emulate run
+    ("emulate-not-utf8", lambda t, m: ["emulate", "run", str(write(t, "t.jsonl", b'{"ev":"reset"}\n\xff\xfe\n'))],
+     2, r"t\.jsonl:2: not UTF-8"),
+    ("emulate-nested-json", lambda t, m: ["emulate", "run", str(write(t, "n.jsonl", "[" * 100000 + "]" * 100000))],
+     2, r"n\.jsonl:1: JSON nested too deeply"),
+    ("emulate-missing", lambda t, m: ["emulate", "run", str(t / "none.jsonl")], 2, r"(cannot open|does not exist)"),
+    ("emulate-empty", lambda t, m: ["emulate", "run", str(write(t, "e.jsonl", ""))], 2, r"empty trace"),
+    # ---- series
+    ("series-not-git", lambda t, m: ["series", str(mini(t)), "--branch", "x"], 2, r"."),
+    ("series-no-commits", lambda t, m: ["series", str(git_tree(t, commit=False)), "--branch", "x"], 2, r"."),
+    ("series-dubious-ownership", lambda t, m: ["series", str(foreign_owned(t)), "--branch", "x"], 2,
+     r"dubious ownership|safe\.directory"),
+    # ---- build-check
+    ("build-check-missing", lambda t, m: ["build-check", str(t / "nope")], 2, r"not a full kernel tree"),
+    ("build-check-mini", lambda t, m: ["build-check", str(MINI)], 2, r"not a full kernel tree"),
+    # ---- fetch-tree (refused before any download)
+    ("fetch-tree-traversal", lambda t, m: ["fetch-tree", "../../x"], 2, r"invalid kernel version"),
+    ("fetch-tree-newline", lambda t, m: ["fetch-tree", "6.1\n7"], 2, r"invalid kernel version '6\.1\\n7'"),
+    # ---- the guard itself: whatever escapes a command
+    ("internal-error", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index", RuntimeError("boom\nx")),
+                                     ["scan", "--no-cache", str(MINI)])[1], 4,
+     r"internal error: RuntimeError: boom\\x0ax \(traceback in (?P<tb>\S+)\)"),
+    ("internal-recursion", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index", RecursionError("deep")),
+                                         ["scan", "--no-cache", str(MINI)])[1], 4,
+     r"internal error: RecursionError: deep \(traceback in"),
+    ("os-error-on-path", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index",
+                                                OSError(30, "Read-only file system", "/ro/x.c")),
+                                       ["scan", "--no-cache", str(MINI)])[1], 2, r"/ro/x\.c: Read-only file system"),
+    ("interrupted", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index", KeyboardInterrupt()),
+                                  ["scan", "--no-cache", str(MINI)])[1], 130, r"interrupted"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hostile(case, tmp_path, monkeypatch):
+    name, build, code, pattern = case
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KVM_REFACTOR_DEBUG", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = build(work, monkeypatch)
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    err = result.stderr
+    assert result.exit_code == code, (argv, result.stdout[-2000:], err)
+    assert "Traceback" not in err and "Traceback" not in result.stdout
+    if pattern is None:
+        return
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    m = re.search(pattern, lines[0])
+    assert m, (pattern, lines[0])
+    if "tb" in (m.groupdict() or {}):
+        assert "Traceback (most recent call last)" in Path(m.group("tb")).read_text()
+
+
+def test_entry_point_never_shows_a_traceback(tmp_path):
+    """The installed command, as a subprocess: a crash is one line and exit 4."""
+    env = dict(os.environ, KVM_REFACTOR_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    code = ("import sys, refactor.index.indexer as i\n"
+            "def boom(*a, **k): raise MemoryError('synthetic')\n"
+            "i.build_index = boom\n"
+            "from refactor.cli import main\n"
+            "sys.argv = ['kvm-refactor', 'scan', '--no-cache', sys.argv[1]]\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(MINI)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 4
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "internal error: MemoryError: synthetic" in proc.stderr
