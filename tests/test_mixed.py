@@ -79,3 +79,19 @@ def test_half_done_tree_keeps_its_walker_names(tmp_path, full):
     assert res.exit_code == 2
     assert len(res.stderr.strip().splitlines()) == 1
     assert "half rewritten with walkers gva_walk, ngpa_walk" in res.stderr
+
+
+@pytest.mark.parametrize("done", [[HEADER, MMU_C], [MMU_C]])
+def test_lint_reports_every_remaining_old_use(tmp_path, full, done):
+    from refactor.index.indexer import build_index
+    from refactor.index.layout_files import is_old
+    from refactor.rules import load_rules
+
+    tree = half(tmp_path, full, done)
+    res = run("lint", "--format", "json", "--no-cache", tree)
+    assert res.exit_code == 1
+    found = {(f["file"], f["line"]) for f in json.loads(res.stdout)["findings"]}
+    rules = load_rules()
+    old = {(r.file, r.line) for r in build_index(tree).references
+           if is_old(r, rules) and r.use != "member-declaration"}
+    assert old and old <= found, sorted(old - found)
