@@ -113,11 +113,16 @@ def test_branch_commits_are_materialised_as_farms_without_touching_the_checkout(
     assert len(variants) == 4 and variants[3].deleted == {"arch/x86/kvm/x86.c"}
     from refactor.verify.trees import materialise
 
-    src = materialise(tree, variants[1], "t-step2")
+    src = materialise(tree, variants[1], "t-step", variants)
     assert "BUG_ON_EVERY_WALK" in (src / "arch/x86/kvm/mmu.h").read_text()
     assert (src / "Makefile").is_symlink()
-    src4 = materialise(tree, variants[3], "t-step4")
-    assert not (src4 / "arch/x86/kvm/x86.c").exists()
+    src4 = materialise(tree, variants[3], "t-step", variants)
+    assert src4 == src and not (src4 / "arch/x86/kvm/x86.c").exists()
+    assert "BUG_ON" not in (src4 / "arch/x86/kvm/mmu.h").read_text()
+    src1 = materialise(tree, variants[0], "t-step", variants)
+    assert (src1 / "arch/x86/kvm/x86.c").read_text() == "int x;\n"
+    # Every file some step changes stays a real file (Kbuild compares times, not content).
+    assert not (src1 / "arch/x86/kvm/x86.c").is_symlink()
     assert (series_repo / "arch/x86/kvm/x86.c").exists()
     assert "BUG_ON" not in (series_repo / "arch/x86/kvm/mmu.h").read_text()
     assert git(series_repo, "status", "--porcelain") == ""
@@ -127,8 +132,8 @@ def test_verify_branch_finds_the_step_that_crashes_and_its_site(series_repo, tmp
     built.clear()
     report = verify_branch(series_repo, "HEAD", "series", names=None, events=3000, seed=3,
                            out_dir=tmp_path / "out", engine=fake_engine)
-    # The pristine tree and each of the four commits were built from their own trees.
-    assert len(built) == 5 and built[0] == series_repo and len(set(built)) == 5
+    # The pristine tree, then each of the four commits materialised in turn in one farm.
+    assert len(built) == 5 and built[0] == series_repo and len(set(built[1:])) == 1
     counts = [(s.divergences, s.bugs) for s in report.steps]
     assert counts[0] == (0, 0) and counts[2] == (0, 0) and counts[3] == (0, 0)
     assert counts[1][0] > 0 and counts[1][1] == counts[1][0]

@@ -145,8 +145,12 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
                  cache_dir: Path | None = None, keep: int = 3, shrink_budget: float = 30.0,
                  progress: Callable[[str], None] | None = None,
                  site_plans: Callable[[int, Variant], object] | None = None,
-                 engine=None) -> VerifyReport:
-    """Build the pristine engine and one per variant, run corpus + fuzz, report per variant."""
+                 engine=None, prepare: Callable[[Variant], None] | None = None) -> VerifyReport:
+    """Build the pristine engine and one per variant, run corpus + fuzz, report per variant.
+
+    `prepare(variant)` makes a variant's tree right before its build (steps of a
+    branch share one farm); the engines themselves live in the engine's cache.
+    """
     say = progress or (lambda msg: None)
     files = sorted((corpus or CORPUS).glob("*.jsonl"))
     if not files:
@@ -158,6 +162,8 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
     builds = []
     for i, v in enumerate(variants, 1):
         say(f"building the native engine for step {i}/{len(variants)}: {v.name}")
+        if prepare is not None:
+            prepare(v)
         builds.append(build_native(v.src, cache_dir, None, engine))
     report.seconds["build"] = round(time.perf_counter() - t0, 1)
     ref = ref_build.model()
@@ -221,12 +227,12 @@ def verify_branch(repo: str | Path, base: str, branch: str, *, names: str | None
     repo = Path(repo)
     tree, sha, variants = branch_variants(repo, base, branch)
     check_tree(tree)
-    for i, v in enumerate(variants, 1):
-        materialise(tree, v, f"{branch}-step{i}")
+    label = f"branch-{sha}-{branch}"
     plans = (lambda i, v: _step_plan(tree, names, i, v)) if names else None
     return run_variants(tree, f"{repo} {base} ({sha[:12]})", variants, seed=seed, events=events,
                         out_dir=out_dir, corpus=corpus, cache_dir=cache_dir, progress=progress,
-                        site_plans=plans, engine=engine)
+                        site_plans=plans, engine=engine,
+                        prepare=lambda v: materialise(tree, v, label, variants))
 
 
 def _step_plan(tree: Path, names: str, i: int, v: Variant):

@@ -170,7 +170,7 @@ def _diff_summary(correct: dict[str, bytes], mutated: dict[str, bytes]) -> list[
 
 def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, seed: int = 1,
                events: int = 20_000, corpus: Path | None = None, cache_dir: Path | None = None,
-               work: Path | None = None, progress=None) -> MutantResult:
+               work: Path | None = None, progress=None, rules_dir: Path = RULES) -> MutantResult:
     """Apply one mutant to `tree` (`correct`: the correct plan) and execute it if it changed C."""
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
@@ -180,7 +180,7 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
     from .trees import Variant, make_farm
 
     with tempfile.TemporaryDirectory(prefix="kvm-refactor-mutant-") as tmp:
-        rules_dir = mutant_rules_dir(m, Path(tmp) / "rules")
+        rules_dir = mutant_rules_dir(m, Path(tmp) / "rules", rules_dir)
         try:
             rules = load_rules(rules_dir)
             plan = plan_rewrite(tree, names, rules, build_index(tree, rules))
@@ -219,24 +219,34 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
 def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, events: int = 20_000,
                 only: list[str] | None = None, corpus: Path | None = None,
                 cache_dir: Path | None = None, progress=None) -> MutantsReport:
-    from refactor.plan.rewrite import cached_plan
+    from refactor.index.indexer import build_index
+    from refactor.plan.rewrite import plan_rewrite
+    from refactor.rules import load_rules
 
     tree = check_tree(Path(tree))
     chosen = [m for m in MUTANTS if not only or m.name in only]
     if only and len(chosen) != len(set(only)):
         known = ", ".join(m.name for m in MUTANTS)
         raise VerifyError(f"unknown mutant in {list(only)} (known: {known})")
-    correct = cached_plan(tree, names)
     from .check import build_native
+
     build_native(tree, cache_dir, None)    # the pristine tree must build: a failure here is not a kill
     report = MutantsReport(str(tree))
-    for m in chosen:
-        if progress:
-            progress(f"mutant {m.name}")
-        try:
-            report.results.append(run_mutant(m, tree, correct, names, seed=seed, events=events,
-                                             corpus=corpus, cache_dir=cache_dir,
-                                             progress=progress))
-        except MutantError as exc:
-            raise VerifyError(str(exc)) from None
+    with tempfile.TemporaryDirectory(prefix="kvm-refactor-rules-") as tmp:
+        # One snapshot of rules/ for the correct plan and every mutant: a mutant must differ
+        # from the correct rules by its one edit only, whatever happens to rules/ meanwhile.
+        snapshot = Path(tmp) / "rules"
+        shutil.copytree(RULES, snapshot)
+        rules = load_rules(snapshot)
+        correct = plan_rewrite(tree, names, rules, build_index(tree, rules))
+        for m in chosen:
+            if progress:
+                progress(f"mutant {m.name}")
+            try:
+                report.results.append(run_mutant(m, tree, correct, names, seed=seed,
+                                                 events=events, corpus=corpus,
+                                                 cache_dir=cache_dir, progress=progress,
+                                                 rules_dir=snapshot))
+            except MutantError as exc:
+                raise VerifyError(str(exc)) from None
     return report

@@ -167,7 +167,20 @@ def branch_variants(repo: Path, base: str, branch: str) -> tuple[Path, str, list
     return tree, sha, variants
 
 
-def materialise(base: Path, variant: Variant, label: str) -> Path:
-    """Make the farm of a branch variant (one farm per step: engines are built side by side)."""
-    variant.src = make_farm(base, label, variant.files, variant.deleted)
+def materialise(base: Path, variant: Variant, label: str, others: list[Variant] = ()) -> Path:
+    """Turn the farm `label` into the tree of `variant`.
+
+    Steps share one farm, materialised in turn right before each engine build
+    (one `cp -as` and one Kbuild configuration per branch, not per step).  A
+    file that another step changes is a real file here too, with the base's
+    content: a file going back to the base would otherwise become a symlink
+    to an older file, and Kbuild, which compares times, would keep the
+    previous step's preprocessed output.
+    """
+    files = dict(variant.files)
+    for other in others:
+        for rel in set(other.files) | other.deleted:
+            if rel not in files and rel not in variant.deleted and (base / rel).is_file():
+                files[rel] = (base / rel).read_bytes()
+    variant.src = make_farm(base, label, files, variant.deleted)
     return variant.src
