@@ -191,3 +191,14 @@ def test_overlay_directory_and_macro_file(tmp_path):
     res = run("rewrite", "--rules", rules_dir, tree)
     assert res.exit_code == 0, res.stderr
     assert re.search(r"^\+\tstruct kvm_pagewalk \*\w+ = &vcpu->arch.gva_walk;$", res.stdout, re.M)
+
+
+def test_walk_only_mmu_is_never_silently_redirected(tmp_path):
+    # fork_walk() walks its MMU but also reads a builder field, so it keeps its
+    # struct kvm_mmu *: nested_mmu passed there must not become root_mmu.
+    tree = tree_with(tmp_path, "nested_walk_blocked.c")
+    res = run("rewrite", tree)
+    assert res.exit_code == 3
+    rel = "arch/x86/kvm/mmu/nested_walk_blocked.c"
+    assert f"{rel}:18: needs a human: fork_walk() walks its argument 1 but cannot take a walker" in res.stderr
+    assert "root_mmu" not in "".join(ln for ln in res.stdout.splitlines() if ln.startswith("+"))

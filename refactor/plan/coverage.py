@@ -204,3 +204,26 @@ def _token_access(m, rules: Rules, names: WalkerNames) -> str | None:
     if f.path != fld:
         return f"{prefix}{member}{op}{f.path}"
     return None
+
+
+def blocked_walker_params(defs, blocked: dict, rules: Rules) -> dict[tuple[str, int], str]:
+    """(function, parameter index) -> why, for struct kvm_mmu * parameters that read walker
+    fields but cannot be narrowed.  A walk-only MMU (nested_mmu) passed there must not become
+    the builder the rules name for it (root_mmu): that would walk L1's tables for L2."""
+    walker_fields = set(rules.walker_fields())
+    out: dict[tuple[str, int], str] = {}
+    for name, fns in defs.items():
+        for fn in fns:
+            for v in fn.params:
+                if v.index is None or (name, v.name) not in blocked:
+                    continue
+                for use in v.uses:
+                    parent = use.parent
+                    while parent is not None and parent.type == "parenthesized_expression":
+                        parent = parent.parent
+                    if parent is not None and parent.type == "field_expression" and \
+                            parent.child_by_field_name("field") is not None and \
+                            parent.child_by_field_name("field").text.decode() in walker_fields:
+                        out[(name, v.index)] = blocked[(name, v.name)]
+                        break
+    return out

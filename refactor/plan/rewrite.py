@@ -13,7 +13,7 @@ from pathlib import Path
 from refactor.apply.splice import EditConflict, apply, long_lines, unified_diffs, write_atomic
 from refactor.index.functions import collect, fnptr_params, function_macros, naming_macros
 from refactor.index.indexer import Index, build_index
-from refactor.plan.coverage import token_edits, uncovered, unplaced
+from refactor.plan.coverage import blocked_walker_params, token_edits, uncovered, unplaced
 from refactor.plan.layout_edit import plan_layout
 from refactor.plan.mixed import headers_new, old_view, walker_fnptrs_as_old
 from refactor.plan.narrow import Narrower, walker_fnptr_params, walker_name
@@ -175,6 +175,8 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     ctx = Context(rules, names, result.narrowed, renames, walker_params, narrower.callee,
                   narrower.walker_macro_param, mmu_params,
                   narrower.fnptr if stage.narrow and stage.narrow_only is None else {}, _relevant(rules, extra))
+    # Walker-reading parameters that stay struct kvm_mmu *: a walk-only MMU passed there is a human's.
+    ctx.blocked_walker = blocked_walker_params(defs, result.blocked, rules)
     skip_structs = {rules.types["mmu"], rules.types["vcpu_arch"], rules.types["old_format"]}
     for rel, pf in files.items():
         if not _type_only(index, rel):

@@ -370,6 +370,17 @@ class FunctionRewriter:
                                    and v.kind.startswith("mmu")):
                 replaced[a.start_byte] = self.as_walker(v, a) if v.kind != "other" else v.text
             elif v.kind in ("walker_obj", "walker_ptr") and (i in mmu_idx or target is not None):
+                why = getattr(self.ctx, "blocked_walker", {}).get((target, i))
+                info = self.rules.vcpu_old.get(v.from_member or "")
+                if why is not None and info is not None and info.kind == "walk_only_mmu":
+                    # The callee walks this MMU: the builder named for it would walk other tables.
+                    self.human(a, f"{target}() walks its argument {i} but cannot take a walker "
+                                  f"({why}); passing the MMU the rules name for {v.from_member} "
+                                  "would walk other tables")
+                    replaced[a.start_byte] = self.src(a)  # left as it was, for the human
+                    self._changed = [(n, w) for n, w in self._changed
+                                     if not (a.start_byte <= n.start_byte and n.end_byte <= a.end_byte)]
+                    continue
                 replaced[a.start_byte] = self.as_mmu(v, a)
             else:
                 replaced[a.start_byte] = v.text
