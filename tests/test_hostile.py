@@ -37,6 +37,12 @@ def add_function(tree: Path, body: str) -> Path:
     return tree
 
 
+def add_define(tree: Path, name: str) -> Path:
+    path = tree / "arch/x86/include/asm/kvm_host.h"
+    path.write_text(f"#define {name} 1024\n" + path.read_text())
+    return tree
+
+
 def write(tmp: Path, name: str, data: bytes | str) -> Path:
     path = tmp / name
     path.write_bytes(data.encode() if isinstance(data, str) else data)
@@ -130,6 +136,15 @@ CASES = [
     ("rewrite-nul-diff", lambda t, m: ["rewrite", str(add_function(mini(t), "\treturn !!vcpu->arch.walk_mmu;\n"
                                                                    "/* \0 */\n"))], 2,
      r"x86\.c:\d+: NUL byte"),
+    ("rewrite-names-macro", lambda t, m: ["rewrite", str(add_define(mini(t), "KVM_MAX_VCPUS")), "--names",
+                                          "gva=KVM_MAX_VCPUS,ngpa=tdp_walk"], 2,
+     r"'KVM_MAX_VCPUS' is already a macro in the tree \(arch/x86/include/asm/kvm_host\.h:\d+\)"),
+    ("rewrite-names-type", lambda t, m: ["rewrite", str(MINI), "--names", "gva=kvm_vcpu,ngpa=tdp_walk"], 2,
+     r"'kvm_vcpu' is already a struct, union or enum in the tree"),
+    ("rewrite-names-function", lambda t, m: ["rewrite", str(MINI), "--names", "gva=load_pdptrs,ngpa=tdp_walk"], 2,
+     r"'load_pdptrs' is already"),
+    ("rewrite-names-variable", lambda t, m: ["rewrite", str(MINI), "--names", "gva=vcpu,ngpa=tdp_walk"], 2,
+     r"'vcpu' is already an identifier in the tree"),
     # ---- lint
     ("lint-quoted-bad-escape", lambda t, m: ["lint", str(write(t, "q.patch", patch_text("x\\x.c", quote=True)))],
      2, r"q\.patch:1: bad escape"),
@@ -235,3 +250,51 @@ def test_entry_point_never_shows_a_traceback(tmp_path):
     assert proc.returncode == 4
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "internal error: MemoryError: synthetic" in proc.stderr
+
+
+def odd_tree(tmp: Path) -> tuple[Path, str]:
+    """The mini tree plus a copy of x86.c under a name with a newline, a quote, a space and non-ASCII."""
+    tree = mini(tmp)
+    name = 'arch/x86/kvm/we"ird\nna me\u00e9.c'
+    (tree / name).write_bytes((tree / "arch/x86/kvm/x86.c").read_bytes())
+    return tree, name
+
+
+def test_odd_file_names_round_trip_through_the_diff(tmp_path):
+    tree, name = odd_tree(tmp_path)
+    res = CliRunner().invoke(main, ["rewrite", str(tree)])
+    assert res.exit_code == 0, res.stderr
+    assert '+++ "b/arch/x86/kvm/we\\"ird\\nna me' in res.stdout  # git's quoting
+    assert all("\n" not in line for line in res.stderr.splitlines())  # notes escape the newline
+    assert "we\"ird\\x0ana me" in res.stderr
+    git(tree, "init", "-q")
+    for tool in (["git", "apply", "--check", "-"], ["patch", "-p1", "--dry-run", "-s"]):
+        proc = subprocess.run(tool, cwd=tree, input=res.stdout.encode(), capture_output=True)
+        assert proc.returncode == 0, (tool, proc.stderr)
+    subprocess.run(["git", "apply", "-"], cwd=tree, input=res.stdout.encode(), check=True)
+    assert b"gva_walk" in (tree / name).read_bytes()
+
+
+def test_lint_outputs_escape_and_encode_names(tmp_path):
+    patch = write(tmp_path, "odd.patch", 'diff --git "a/x\\nq\\"\\303\\251 %.c" "b/x\\nq\\"\\303\\251 %.c"\n'
+                  '--- "a/x\\nq\\"\\303\\251 %.c"\n+++ "b/x\\nq\\"\\303\\251 %.c"\n'
+                  "@@ -1 +1 @@\n-a\n+\tvcpu->arch.walk_mmu = 0;\n")
+    res = CliRunner().invoke(main, ["lint", str(patch)])
+    assert res.exit_code == 1
+    first = res.stdout.splitlines()[0]
+    assert first.startswith('x\\x0aq"\u00e9 %.c:1:') and "[KVM" in first
+    res = CliRunner().invoke(main, ["lint", "--format", "sarif", str(patch)])
+    uris = [loc["physicalLocation"]["artifactLocation"]["uri"]
+            for r in json.loads(res.stdout)["runs"][0]["results"] for loc in r["locations"]]
+    assert uris and set(uris) == {"x%0Aq%22%C3%A9%20%25.c"}
+
+
+def test_baseline_records_tool_and_version(tmp_path):
+    from refactor import __version__
+
+    base = tmp_path / "b.json"
+    res = CliRunner().invoke(main, ["lint", "--write-baseline", str(base), str(MINI)])
+    assert res.exit_code == 0
+    doc = json.loads(base.read_text())
+    assert doc["tool"] == "kvm-refactor lint" and doc["tool_version"] == __version__
+    assert CliRunner().invoke(main, ["lint", "--baseline", str(base), str(MINI)]).exit_code == 0

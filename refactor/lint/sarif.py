@@ -13,6 +13,8 @@ from refactor.lint.registry import PLACEHOLDERS, LintRules
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://example.invalid/kvm-refactor/docs/lint.md"  # replaced by the project's page when published
+from urllib.parse import quote
+
 
 
 def _rule(rule, lint: LintRules) -> dict:
@@ -42,7 +44,7 @@ def to_sarif(findings: list[Finding], lint: LintRules, uri_base: str | None = No
             "message": {"text": text},
             "locations": [{
                 "physicalLocation": {
-                    "artifactLocation": {"uri": f.file, "uriBaseId": "%SRCROOT%"},
+                    "artifactLocation": {"uri": artifact_uri(f.file), "uriBaseId": "%SRCROOT%"},
                     "region": {"startLine": f.line, "startColumn": f.column},
                 },
             }],
@@ -64,3 +66,8 @@ def to_sarif(findings: list[Finding], lint: LintRules, uri_base: str | None = No
     if uri_base:
         run["originalUriBaseIds"] = {"%SRCROOT%": {"uri": uri_base}}
     return {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
+
+
+def artifact_uri(path: str) -> str:
+    """A relative URI reference (RFC 3986) for a file name: space, %, #, ?, newline... percent-encoded."""
+    return quote(path.encode("utf-8", "surrogateescape"), safe="/-._~")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from refactor.apply.splice import EditConflict, apply, long_lines, unified_diffs, write_atomic
 from refactor.index.functions import collect, fnptr_params, function_macros, naming_macros
+from refactor.index.identifiers import refuse_tree_names
 from refactor.index.indexer import Index, build_index
 from refactor.plan.coverage import blocked_walker_params, token_edits, uncovered, unplaced
 from refactor.plan.layout_edit import plan_layout
@@ -118,6 +119,8 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                              f"finish it with the same names (--names gva=...,ngpa=...)")
         taken -= set(index.walkers)
     rules.check_names(names, frozenset(n for n in taken if n in (names.gva, names.ngpa)))
+    # Not only functions and members: macros, types, variables too (refactor/index/identifiers.py).
+    refuse_tree_names(index.files, names, set(index.walkers) if index.layout == "mixed" else set())
 
     files = {rel: pf for rel, pf in index.files.items()}
     defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body)
