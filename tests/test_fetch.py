@@ -1,6 +1,6 @@
-"""Tests of refactor/fetch.py and the fetch-tree command.
+"""Tests of refactor/kernel/fetch.py, refactor/kernel/apt.py and the fetch-tree command.
 
-apt is faked wherever it would download (``refactor.kernel.fetch._run`` is replaced by a
+apt is faked wherever it would download (``refactor.kernel.apt.run`` is replaced by a
 recorder that plays apt-cache/apt-get and passes dpkg-deb and tar through to the
 real tools), on a small synthetic linux-source .deb built in tmp.  The bundled
 tarballs of $KVM_REFACTOR_TREES are unpacked for real.  One test fetches from
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from refactor.kernel import apt as A
 from refactor.kernel import fetch as F
 from refactor.cli.fetch import fetch_tree_cmd
 from refactor.kernel.fetch import (
@@ -178,14 +179,14 @@ def env(tmp_path, monkeypatch):
         f"Signed-By: {KEYRING}\n\n"
         f"Types: deb\nURIs: {MIRROR}-security\nSuites: bookworm-security\nComponents: main\n"
     )
-    monkeypatch.setattr(F, "_apt_source_paths", lambda: (etc / "sources.list", etc / "sources.list.d"))
+    monkeypatch.setattr(A, "apt_source_paths", lambda: (etc / "sources.list", etc / "sources.list.d"))
     return types.SimpleNamespace(cache=cache, etc=etc, tmp=tmp_path)
 
 
 @pytest.fixture
 def apt(monkeypatch, synthetic_deb):
     fake = FakeApt(synthetic_deb)
-    monkeypatch.setattr(F, "_run", fake)
+    monkeypatch.setattr(A, "run", fake)
     return fake
 
 
@@ -556,8 +557,8 @@ def test_unreachable_mirror_with_real_apt(tmp_path, monkeypatch):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
     (tmp_path / "sources.list").write_text("deb http://127.0.0.1:9/debian bookworm main\n")
     (tmp_path / "parts").mkdir()
-    monkeypatch.setattr(F, "_apt_source_paths", lambda: (tmp_path / "sources.list", tmp_path / "parts"))
-    monkeypatch.setattr(F, "private_suites", lambda m, extra=("sid",): list(m.suites) + ["sid"])
+    monkeypatch.setattr(A, "apt_source_paths", lambda: (tmp_path / "sources.list", tmp_path / "parts"))
+    monkeypatch.setattr(A, "private_suites", lambda m, extra=("sid",): list(m.suites) + ["sid"])
     real_private = AptConfig.private.__func__
     monkeypatch.setattr(
         AptConfig,
