@@ -1,0 +1,9 @@
+// SPDX-License-Identifier: GPL-2.0
+/* nested_mmu built no tables: a write of a builder field of it had no reader. */
+#include <linux/kvm_host.h>
+
+void init_nested_walk(struct kvm_vcpu *vcpu)
+{
+	vcpu->arch.nested_mmu.sync_spte = NULL;
+	vcpu->arch.nested_mmu.get_pdptr = NULL;
+}
