@@ -20,6 +20,7 @@
 #define H_RFLAGS_AC (1ul << 18)
 #define H_INVALID_GPA (~0ull)
 
+
 void h_bug_layout(int *size, int *off_file, int *off_line, int *off_flags)
 {
 	*size = sizeof(struct bug_entry);
@@ -56,6 +57,9 @@ void h_init(void)
 	/* kvm_ops_update(): the kernel's own copy into kvm_x86_ops and static-call
 	 * patching; hooks left NULL trap with their name when called. */
 	static struct kvm_x86_init_ops init_ops = { .runtime_ops = &h_x86_ops };
+
+	/* The host CPU: NX, 1 GiB pages, long mode (CPUID 0x80000001 EDX, word 1). */
+	boot_cpu_data.x86_capability[1] |= (1u << 20) | (1u << 26) | (1u << 29);
 	if (h_vmx_nested_ops)
 		h_x86_ops.nested_ops = h_vmx_nested_ops();
 	kvm_ops_update(&init_ops);
@@ -165,7 +169,11 @@ int h_set_efer(void *v, h_u64 efer)
 
 void h_set_pkru(void *v, h_u64 val) { ((struct kvm_vcpu *)v)->arch.pkru = val; }
 void h_reset_context(void *v) { kvm_mmu_reset_context(v); }
-void h_invlpg(void *v, h_u64 addr) { kvm_mmu_invlpg(v, addr); }
+void h_invlpg(void *v, h_u64 addr)
+{
+	h_mmu_running(v);
+	kvm_mmu_invlpg(v, addr);
+}
 int h_is_guest_mode(void *v) { return is_guest_mode((struct kvm_vcpu *)v); }
 
 /* ---- translations: the emulator's entry points of x86.c ------------------- */
@@ -182,6 +190,7 @@ int h_translate(void *v, int access, h_u64 addr, h_u64 *gpa_out, struct h_fault 
 	memset(&vcpu->arch.exception, 0, sizeof(vcpu->arch.exception));
 	H_CLEAR_EXCEPTION_VMEXIT(vcpu);
 	h_set_touched_gpa(H_INVALID_GPA);
+	h_mmu_running(vcpu);
 	switch (access) {
 	case H_ACC_READ:
 		gpa = kvm_mmu_gva_to_gpa_read(vcpu, addr, &e);

@@ -95,7 +95,8 @@ static struct h_page *mem_page(h_u64 gfn)
 	return &pages[i];
 }
 
-unsigned long h_gfn_to_hva(h_u64 gfn) { return (unsigned long)mem_page(gfn)->hva; }
+static unsigned long hva_for_kvm(h_u64 gfn);
+unsigned long h_gfn_to_hva(h_u64 gfn) { return hva_for_kvm(gfn); }
 
 /* ---- per-event results: A/D write-backs, notes, the touched GPA -------- */
 #define MAX_LOG 256
@@ -120,23 +121,44 @@ void h_note_flush(h_u64 addr)
 	}
 }
 
-/* A guest entry changed by KVM (A/D write-back): diff the page against its copy,
- * one 4-byte half at a time so that 32-bit entries report their own address. */
-static void mem_sync(h_u64 gfn)
+/* Pages whose address KVM obtained during this event (it may write only those). */
+#define MAX_TOUCHED 64
+static h_u64 touched[MAX_TOUCHED];      /* gfns: mem_page() may move its entries */
+static int n_touched;
+
+/*
+ * A guest entry changed by KVM (an A/D write-back, followed by
+ * mark_page_dirty()): diff the pages KVM got addresses of against their
+ * copies, 4 bytes at a time so that 32-bit entries report their own
+ * address.  The gfn KVM names is not used: for an L2 table it is an L2 GFN.
+ */
+static void mem_sync(h_u64 gfn_unused)
+{
+	for (int t = 0; t < n_touched; t++) {
+		struct h_page *p = mem_page(touched[t]);
+		uint32_t *now = (uint32_t *)p->hva, *was = (uint32_t *)p->shadow;
+		for (int i = 0; i < 1024; i++) {
+			if (now[i] == was[i])
+				continue;
+			if (n_ad < MAX_LOG) {
+				/* A 64-bit entry's A/D bits are in its low half. */
+				ad_addr[n_ad] = (p->gfn << 12) + i * 4;
+				ad_bits[n_ad++] = now[i] & ~was[i];
+			}
+			was[i] = now[i];
+		}
+	}
+}
+
+static unsigned long hva_for_kvm(h_u64 gfn)
 {
 	struct h_page *p = mem_page(gfn);
-	uint32_t *now = (uint32_t *)p->hva, *was = (uint32_t *)p->shadow;
-	for (int i = 0; i < 1024; i++) {
-		if (now[i] == was[i])
-			continue;
-		if (n_ad < MAX_LOG) {
-			h_u64 addr = (gfn << 12) + i * 4, bits = now[i] & ~was[i];
-			/* A 64-bit entry's A/D bits are in its low half. */
-			ad_addr[n_ad] = addr;
-			ad_bits[n_ad++] = bits;
-		}
-		was[i] = now[i];
-	}
+	int t;
+	for (t = 0; t < n_touched && touched[t] != gfn; t++)
+		;
+	if (t == n_touched && n_touched < MAX_TOUCHED)
+		touched[n_touched++] = gfn;
+	return (unsigned long)p->hva;
 }
 
 static void mem_write(h_u64 addr, h_u64 val, int size)
@@ -329,26 +351,64 @@ void *kmem_cache_create(const char *name, unsigned size, unsigned align, unsigne
 void *kmem_cache_alloc(struct h_cache *c, unsigned flags) { return h_zalloc(c ? c->size : 4096); }
 void kmem_cache_free(void *c, void *p) { }
 /*
- * The direct map: page_offset_base keeps its kernel value, so that
- * kvm_is_error_hva() (hva >= PAGE_OFFSET) holds for no user address; a
- * struct page "pointer" is vmemmap_base (0) + pfn * sizeof(struct page) (64),
- * with pfn chosen so that page_address() = (pfn << 12) + page_offset_base,
- * modulo 2^64, is the user allocation.  Nothing dereferences it.
+ * Kernel pages (page tables KVM allocates: pae_root, shadow roots) come from
+ * one arena with real struct pages, so that page_address(), virt_to_page()
+ * and page_private() work: page_offset_base keeps its kernel value (then
+ * kvm_is_error_hva(), hva >= PAGE_OFFSET, holds for no user address), pfns
+ * are (va - page_offset_base) >> 12 modulo 2^64, and vmemmap_base is chosen
+ * so that the arena's struct pages (64 bytes each) land in a mapped array.
  */
+#define ARENA_PAGES 16384
 unsigned long page_offset_base = 0xffff888000000000ul;
 unsigned long vmemmap_base;
+static unsigned char *arena;
+static unsigned long arena_next;
+
+static void arena_init(void)
+{
+	arena = mmap(NULL, ARENA_PAGES * 4096ul, PROT_READ | PROT_WRITE,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	void *pages_md = mmap(NULL, ARENA_PAGES * 64ul, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (arena == MAP_FAILED || pages_md == MAP_FAILED) {
+		fprintf(stderr, "native engine: cannot map the page arena\n");
+		exit(3);
+	}
+	unsigned long pfn0 = ((unsigned long)arena - page_offset_base) >> 12;
+	vmemmap_base = (unsigned long)pages_md - pfn0 * 64;
+}
+
+/* A new vCPU: the previous one's kernel pages are reused. */
+static void arena_reset(void) { arena_next = 0; }
+
+static void *arena_pages(unsigned order)
+{
+	unsigned long n = 1ul << order;
+	if (arena_next + n > ARENA_PAGES)
+		h_bug("harness page arena exhausted");
+	unsigned char *p = arena + arena_next * 4096;
+	unsigned long pfn = ((unsigned long)p - page_offset_base) >> 12;
+	memset(p, 0, n * 4096);
+	memset((void *)(vmemmap_base + pfn * 64), 0, n * 64);
+	arena_next += n;
+	return p;
+}
+
+void *h_kernel_page(void) { return arena_pages(0); }
+void *h_page_struct(void *va)
+{
+	return (void *)(vmemmap_base + (((unsigned long)va - page_offset_base) >> 12) * 64);
+}
+
 void *alloc_pages(unsigned gfp, unsigned order)
 {
-	void *p = NULL;
-	if (posix_memalign(&p, 4096, 4096ul << order))
-		return NULL;
-	memset(p, 0, 4096ul << order);
-	return (void *)((((unsigned long)p - page_offset_base) >> 12) * 64);
+	unsigned long pfn = ((unsigned long)arena_pages(order) - page_offset_base) >> 12;
+	return (void *)(vmemmap_base + pfn * 64);
 }
-unsigned long get_zeroed_page(unsigned gfp) { return (unsigned long)h_page(); }
+unsigned long get_zeroed_page(unsigned gfp) { return (unsigned long)arena_pages(0); }
 unsigned long __get_free_pages(unsigned gfp, unsigned order)
 {
-	return (unsigned long)h_zalloc(4096ul << order);
+	return (unsigned long)arena_pages(order);
 }
 void free_pages(unsigned long addr, unsigned order) { }
 void __free_pages(void *page, unsigned order) { }
@@ -401,7 +461,7 @@ void kvm_flush_remote_tlbs(void *kvm) { }
 int kvm_mmu_topup_memory_cache(void *mc, int min) { return 0; }
 int __kvm_mmu_topup_memory_cache(void *mc, int cap, int min) { return 0; }
 int kvm_mmu_memory_cache_nr_free_objects(void *mc) { return 1 << 20; }
-void *kvm_mmu_memory_cache_alloc(void *mc) { return h_page(); }
+void *kvm_mmu_memory_cache_alloc(void *mc) { return arena_pages(0); }
 void kvm_mmu_free_memory_cache(void *mc) { }
 void kvm_pmu_refresh(void *vcpu) { }
 void kvm_pmu_ops_update(const void *ops) { }
@@ -577,6 +637,7 @@ static int apply(char **tok, int ntok)
 
 	if (!strcmp(op, "reset")) {
 		mem_reset();
+		arena_reset();
 		vcpu = h_vcpu_new((int)a[0], (int)a[1]);
 		put("{\"ok\":true");
 		return 0;
@@ -659,6 +720,7 @@ int main(int argc, char **argv)
 	sigaction(SIGTRAP, &sa, NULL);
 	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
 	mem_reset();
+	arena_init();
 	h_init();          /* WARNs of the set-up (hooks the harness leaves NULL) are not results */
 	warned = 0;
 
@@ -676,7 +738,7 @@ int main(int argc, char **argv)
 			continue;
 		}
 		outn = 0;
-		n_ad = n_notes = 0;
+		n_ad = n_notes = n_touched = 0;
 		warned = 0;
 		bugmsg[0] = trapname[0] = warn_text[0] = 0;
 		is_error = 0;

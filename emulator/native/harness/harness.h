@@ -44,6 +44,8 @@ enum { H_ACC_READ, H_ACC_WRITE, H_ACC_FETCH, H_ACC_SYSTEM, H_ACC_IMPLICIT,
 /* harness.c */
 void *h_zalloc(unsigned long size);
 void *h_page(void);                       /* zeroed, 4 KiB aligned */
+void *h_kernel_page(void);                /* zeroed, with a struct page */
+void *h_page_struct(void *va);            /* virt_to_page() of a kernel page */
 unsigned long h_gfn_to_hva(h_u64 gfn);
 void h_note_flush(h_u64 addr);
 void h_set_touched_gpa(h_u64 gpa);
@@ -69,6 +71,7 @@ int h_is_guest_mode(void *vcpu);
 
 /* glue_mmu.c */
 void h_mmu_setup(int tdp);
+void h_mmu_running(void *vcpu);      /* the current MMU gets a root, as in a running vCPU */
 
 /* glue_cpuid.c */
 void h_cpuid_setup(void *vcpu, int maxphyaddr);

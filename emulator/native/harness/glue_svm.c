@@ -1,0 +1,63 @@
+/*
+ * Appended to the tree's own preprocessed arch/x86/kvm/svm/nested.c.  L1's
+ * view the MMU reads (vmcb01 CR4/EFER, nCR3, the exception intercepts) is
+ * written here; the MMU set-up is the tree's nested_svm_init_mmu_context().
+ * nested_svm_vmexit() is replaced (see build.py REPLACED).
+ */
+#include "harness.h"
+
+#define H_SVM_EXIT_NPF 0x400
+
+unsigned long h_svm_vcpu_size(void) { return sizeof(struct vcpu_svm); }
+unsigned long h_svm_kvm_size(void) { return sizeof(struct kvm_svm); }
+void *h_svm_nested_ops(void) { return &svm_nested_ops; }
+
+int h_svm_entry(void *v, struct h_nested *n)
+{
+	struct kvm_vcpu *vcpu = v;
+	struct vcpu_svm *svm = to_svm(vcpu);
+
+	if (!svm->vmcb01.ptr)
+		svm->vmcb01.ptr = h_zalloc(4096);
+	if (!svm->nested.vmcb02.ptr)
+		svm->nested.vmcb02.ptr = h_zalloc(4096);
+	/* L1's CR4/EFER at VMRUN: NPT takes its format from them. */
+	svm->vmcb01.ptr->save.cr4 = vcpu->arch.cr4;
+	svm->vmcb01.ptr->save.efer = vcpu->arch.efer;
+	svm->vmcb = svm->nested.vmcb02.ptr;
+	memset(&svm->nested.ctl, 0, sizeof(svm->nested.ctl));
+	svm->nested.ctl.nested_cr3 = n->root;
+	if (n->pf_intercept)
+		svm->nested.ctl.intercepts[INTERCEPT_EXCEPTION] |= 1u << 14;
+	return 0;
+}
+
+void h_svm_init_mmu(void *v)
+{
+	to_svm((struct kvm_vcpu *)v)->vmcb->control.exit_code = 0;
+	nested_svm_init_mmu_context(v);
+}
+
+void h_svm_exit(void *v)
+{
+	nested_svm_uninit_mmu_context(v);
+	to_svm((struct kvm_vcpu *)v)->vmcb = to_svm((struct kvm_vcpu *)v)->vmcb01.ptr;
+}
+
+/* Replaces the tree's nested_svm_vmexit(): the exit is the result. */
+int nested_svm_vmexit(struct vcpu_svm *svm)
+{
+	struct h_fault *f = h_state.exit;
+	struct vmcb *vmcb = svm->vmcb;
+
+	if (!f)
+		h_trap("nested_svm_vmexit() outside a fault injection");
+	f->to = "L1";
+	f->kind = vmcb->control.exit_code == H_SVM_EXIT_NPF ? "npf" : "vmexit";
+	f->has_info = 1;
+	f->exit_info_1 = vmcb->control.exit_info_1;
+	f->exit_info_2 = vmcb->control.exit_info_2;
+	/* The next fault starts from a fresh VMCB exit code, as after a real VM-exit. */
+	vmcb->control.exit_code = 0;
+	return 0;
+}
