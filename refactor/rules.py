@@ -8,7 +8,6 @@ used as a walker, and which C identifiers the walkers get.
 from __future__ import annotations
 
 import re
-import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -46,42 +45,12 @@ _C_KEYWORDS = frozenset(
 
 
 from refactor.errors import RulesError  # noqa: E402  (re-exported: its historic home)
+from refactor.rule_ids import RuleEntry, build_registry, cite, cited  # noqa: E402,F401  (re-exported)
 
 
 def squash(text: str) -> str:
     """C text without whitespace: how rules compare expressions (`vcpu -> arch.mmu` == `vcpu->arch.mmu`)."""
     return re.sub(r"\s+", "", text)
-
-
-# ---- the registry of rule ids ------------------------------------------------------
-#
-# Every id an edit, a finding, a commit trailer or a port note cites resolves to
-# an entry of rules/ with its `why` (Rules.registry).  Ids the code writes itself
-# (rather than reading them from a rules table) are declared with cite(), and
-# load_rules() refuses rules that do not define them.
-
-_CITED: dict[str, str] = {}  # id (or "field-{field}"-style family) -> module citing it
-
-
-def cite(rule_id: str) -> str:
-    """Declare an id the code writes into its output; returns it (module-level constants)."""
-    _CITED.setdefault(rule_id, sys._getframe(1).f_globals.get("__name__", "?"))
-    return rule_id
-
-
-def cited() -> dict[str, str]:
-    """The ids declared by cite() in the modules imported so far, with the citing module."""
-    return dict(_CITED)
-
-
-@dataclass(frozen=True)
-class RuleEntry:
-    """One id of the registry: why the change it names is right, and where rules/ says so."""
-
-    id: str
-    why: str
-    source: str  # e.g. "mappings.toml [[bases]]"
-    family: str | None = None  # the decisions.toml template it expands ("field-{field}")
 
 
 class _Keyed(Mapping):
@@ -399,7 +368,7 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         rules.raw["restructure"] = raw_restructure
         rules.restructure = {kind: [_restructure_rule(kind, entry) for entry in entries]
                              for kind, entries in raw_restructure.items() if isinstance(entries, list)}
-    rules.registry, rules.families = _registry(rules, mappings)
+    rules.registry, rules.families = build_registry(rules, mappings)
     for p in presets.values():
         rules.check_names(p)
     rules.check_cited()
@@ -416,61 +385,6 @@ def _restructure_rule(kind: str, raw: dict) -> RestructureRule:
     rule_id = _need(raw, "id", f"restructure.toml [[{kind}]]")
     return RestructureRule(kind=kind, id=rule_id, why=raw.get("why", ""),
                            params={k: v for k, v in raw.items() if k not in ("id", "why")})
-
-
-# The tables a decisions family can range over (`each`), by their rules/ path.
-def _family_tables(rules: Rules) -> dict[str, dict[str, str]]:
-    return {"layout.mmu_fields": {n: f.why for n, f in rules.mmu_fields.items()},
-            "layout.vcpu_arch.old": {n: "" for n in rules.vcpu_old}}
-
-
-def _registry(rules: Rules, mappings: dict) -> tuple[dict[str, RuleEntry], dict[str, RuleEntry]]:
-    """Every rule id rules/ defines, with its why; an id without a why must be defined elsewhere."""
-    registry: dict[str, RuleEntry] = {}
-    families: dict[str, RuleEntry] = {}
-    referring: list[tuple[str, str]] = []  # (id, where) of entries that give no why of their own
-
-    def add(rule_id: str, why: str, source: str, family: str | None = None) -> None:
-        if not why.strip():
-            referring.append((rule_id, source))
-        elif rule_id not in registry:  # an explicit entry wins over a family member
-            registry[rule_id] = RuleEntry(rule_id, why.strip(), source, family)
-
-    for b in rules.bases:
-        add(b.id, b.why, "mappings.toml [[bases]]")
-    for e in rules.exprs:
-        add(e.id, e.why, "mappings.toml [[exprs]]")
-    for c in rules.calls:
-        add(c.id, c.why, "mappings.toml [[calls]]")
-    for kind, entries in rules.restructure.items():
-        for r in entries:
-            add(r.id, r.why, f"restructure.toml [[{kind}]]")
-    tables = _family_tables(rules)
-    templates = []
-    for raw in mappings.get("decisions", []):
-        where = f"mappings.toml [[decisions]] {raw.get('id', '?')}"
-        rule_id, why = _need(raw, "id", where), _need(raw, "why", where)
-        if not why.strip():
-            raise RulesError(f"{where}: empty why")
-        if "{" not in rule_id:
-            add(rule_id, why, "mappings.toml [[decisions]]")
-            continue
-        each = _need(raw, "each", where)
-        unknown = [t for t in each if t not in tables]
-        if unknown:
-            raise RulesError(f"{where}: each names unknown tables {unknown} (known: {sorted(tables)})")
-        families[rule_id] = RuleEntry(rule_id, why.strip(), "mappings.toml [[decisions]]")
-        templates.append((rule_id, why, each))
-    for rule_id, why, each in templates:
-        placeholder = re.search(r"\{(\w+)\}", rule_id).group(0)
-        for table in each:
-            for key, own_why in tables[table].items():
-                add(rule_id.replace(placeholder, key), own_why or why,
-                    f"mappings.toml [[decisions]] {rule_id} ({table}.{key})", rule_id)
-    undefined = sorted(f"{i} ({where})" for i, where in referring if i not in registry)
-    if undefined:
-        raise RulesError(f"rule ids with no why anywhere in rules/: {', '.join(undefined)}")
-    return registry, families
 
 
 # ---- series steps --------------------------------------------------------------
