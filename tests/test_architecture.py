@@ -57,14 +57,8 @@ CLI_ENTRY_MODULES = {
     "refactor.verify.mutants": "verify --mutants",
     "refactor.verify.trees": "verify",
     "refactor.lint.docs": "lint --docs: the rule documentation",
-    # Historic homes of names now in the public API; the CLI is switching to `refactor`.
-    "refactor.rules": "RulesError (historic home; refactor.errors now)",
-    "refactor.frontend.source": "TreeError (historic home), read_tree_file",
-    "refactor.frontend.patch": "PatchError (historic home; refactor.errors now)",
-    "refactor.index.indexer": "scan_tree (refactor.scan_tree now)",
-    "refactor.plan.rewrite": "cached_plan (refactor.cached_plan now)",
-    "refactor.lint.engine": "lint_tree, lint_patches (refactor.lint_tree now)",
-    "refactor.series.generate": "generate (refactor.generate_series now)",
+    "refactor.frontend.source": "rewrite --in-place reads a tree file safely (read_tree_file)",
+    "refactor.series.generate": "series: PostOptions (generate is refactor.generate_series)",
 }
 
 MAX_LINES = 500
