@@ -28,7 +28,6 @@ from refactor.rules import Rules, WalkerNames
 
 OLD_SOURCE = Path(__file__).with_name("kvm_old.py")
 MMU_ANNOTATION = "kvm_mmu"
-WALKER_FN_FIELDS = {"gva_to_gpa": 1}   # function-pointer fields whose argument i is the walker
 
 
 class DeriveError(RuntimeError):
@@ -84,6 +83,9 @@ class _Context:
         self.ngpa_mmu = next((n for n, m in rules.vcpu_old.items() if m.kind == "mmu" and m.walker == "ngpa"),
                              None)
         self.removed = {n for n, m in rules.vcpu_old.items() if m.removed}
+        # Walker function-pointer fields -> indexes of their struct kvm_mmu * arguments
+        # (walker_fn_fields(), as the rewriter's walker_fnptr_params reads the C types).
+        self.walker_fn_fields: dict[str, set[int]] = {}
 
     def member_of(self, node) -> str | None:
         if (isinstance(node, cst.Attribute) and isinstance(node.value, cst.Attribute)
@@ -165,7 +167,7 @@ class _Analyzer(cst.CSTVisitor):
             if isinstance(node.func, cst.Name) and node.func.value in self.funcs:
                 self.dep_of[id(arg.value)] = (node.func.value, i)
             elif (isinstance(node.func, cst.Attribute)
-                  and WALKER_FN_FIELDS.get(node.func.attr.value) == i):
+                  and i in self.ctx.walker_fn_fields.get(node.func.attr.value, ())):
                 self.allowed.add(id(arg.value))
 
     def visit_Comparison(self, node: cst.Comparison) -> None:
@@ -182,8 +184,38 @@ class _Analyzer(cst.CSTVisitor):
             self.occurrences.append((self.fi, node.value, id(node)))
 
 
+def walker_fn_fields(module: cst.Module, rules: Rules) -> dict[str, set[int]]:
+    """{field: argument indexes} of the function pointers that move to the walker (layout.toml),
+    from the functions the model stores into them: their `kvm_mmu`-annotated parameters."""
+    mmu_args: dict[str, set[int]] = {}
+    for stmt in module.body:
+        if isinstance(stmt, cst.FunctionDef):
+            mmu_args[stmt.name.value] = {i for i, p in enumerate(stmt.params.params)
+                                         if p.annotation and code(p.annotation.annotation) == MMU_ANNOTATION}
+        elif isinstance(stmt, cst.SimpleStatementLine):  # paging64_gva_to_gpa = paging_gva_to_gpa
+            for small in stmt.body:
+                if isinstance(small, cst.Assign) and isinstance(small.value, cst.Name) \
+                        and small.value.value in mmu_args:
+                    for t in small.targets:
+                        if isinstance(t.target, cst.Name):
+                            mmu_args[t.target.value] = mmu_args[small.value.value]
+    out: dict[str, set[int]] = {}
+
+    class Stores(cst.CSTVisitor):
+        def visit_Assign(self, node: cst.Assign) -> None:
+            for t in node.targets:
+                f = rules.mmu_fields.get(t.target.attr.value) if isinstance(t.target, cst.Attribute) else None
+                if f is not None and f.moves_to_walker and isinstance(node.value, cst.Name) \
+                        and mmu_args.get(node.value.value):
+                    out.setdefault(f.name, set()).update(mmu_args[node.value.value])
+
+    module.visit(Stores())
+    return out
+
+
 def analyse(module: cst.Module, ctx: _Context) -> tuple[dict[str, FuncInfo], set[int]]:
     funcs = {s.name.value for s in module.body if isinstance(s, cst.FunctionDef)}
+    ctx.walker_fn_fields = walker_fn_fields(module, ctx.rules)
     an = _Analyzer(ctx, funcs)
     module.visit(an)
     for fi, var, nid in an.occurrences:
@@ -336,8 +368,8 @@ class _Rewriter(cst.CSTTransformer):
             callee = self.infos[original.func.value]
             positions = {i for i, p in enumerate(callee.params) if p in callee.narrowed}
         elif (isinstance(original.func, cst.Attribute)
-              and original.func.attr.value in WALKER_FN_FIELDS):
-            positions = {WALKER_FN_FIELDS[original.func.attr.value]}
+              and original.func.attr.value in self.ctx.walker_fn_fields):
+            positions = set(self.ctx.walker_fn_fields[original.func.attr.value])
         if not positions:
             return updated
         args = list(updated.args)

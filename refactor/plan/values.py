@@ -1,9 +1,9 @@
 """What the rewriter knows of a rebuilt expression, and the conversions between walkers and MMUs.
 
-A Val is a rebuilt expression and what it designates (a walker, an MMU, or
+A RebuiltExpr (Val) is a rebuilt expression and what it designates (a walker, an MMU, or
 something else); Conversions turns one into the other where a consumer needs
 it, always through the rules (mappings.toml bases and *-as-builder exprs).
-Context is what every function's rewrite shares: the rules, the walker
+RewriteContext (Context) is what every function's rewrite shares: the rules, the walker
 names, the narrowing decisions and the edits so far.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from refactor.rules import Rules, WalkerNames
 
 
 @dataclass
-class Val:
-    """A rebuilt expression and what it designates."""
+class RebuiltExpr:
+    """A rebuilt expression and what it designates (short name in the rewriter: Val)."""
 
     text: str
     kind: str = "other"  # walker_obj | walker_ptr | mmu_obj | mmu_ptr | other
@@ -29,7 +29,9 @@ class Val:
 
 
 @dataclass
-class Context:
+class RewriteContext:
+    """What every function's rewrite shares (short name in the rewriter: Context)."""
+
     rules: Rules
     names: WalkerNames
     narrowed: set  # {(function, var)}
@@ -137,3 +139,8 @@ def arch_form(old: str) -> str:
 
 def postfix(text: str) -> str:
     return text if re.fullmatch(r"[\w>.\-\[\]]+", text) and not text.startswith("&") else f"({text})"
+
+
+# The names the rewriter (and restructure.py) use.
+Val = RebuiltExpr
+Context = RewriteContext
