@@ -94,6 +94,25 @@ class RestructureRule(_Keyed):
     params: Mapping = field(default_factory=dict)
 
 
+@dataclass(frozen=True, eq=False)
+class NewMember(_Keyed):
+    """layout.toml [vcpu_arch.new.<role>]: a member the new layout adds to struct kvm_vcpu_arch."""
+
+    role: str
+    type: str
+    replaces: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class NewField(_Keyed):
+    """layout.toml [new_fields.<name>]: a field only the new layout has (so scans of 7.3+ find it)."""
+
+    name: str
+    struct: str  # the structs that have it, space-separated
+    type: str
+    why: str = ""
+
+
 @dataclass(frozen=True)
 class WalkerNames:
     """The C identifiers bound to the walker roles ({gva}, {ngpa})."""
@@ -166,9 +185,9 @@ class Rules:
     roles: dict[str, str]
     types: dict[str, str]
     vcpu_old: dict[str, VcpuMember]
-    vcpu_new: dict[str, dict]
+    vcpu_new: dict[str, NewMember]
     mmu_fields: dict[str, MmuField]
-    new_fields: dict[str, dict]
+    new_fields: dict[str, NewField]
     bases: list[Base]
     exprs: list[ExprRule]
     raw: dict[str, dict] = field(default_factory=dict, repr=False)
@@ -357,8 +376,14 @@ def load_rules(directory: str | Path | None = None) -> Rules:
     rules = Rules(
         directory=directory, presets=presets, roles=roles,
         types=_need(layout, "types", "layout.toml"), vcpu_old=vcpu_old,
-        vcpu_new=vcpu.get("new", {}), mmu_fields=mmu_fields,
-        new_fields=layout.get("new_fields", {}), bases=bases, exprs=exprs,
+        vcpu_new={r: NewMember(role=r, type=_need(v, "type", f"layout.toml [vcpu_arch.new.{r}]"),
+                               replaces=tuple(v.get("replaces", ())))
+                  for r, v in vcpu.get("new", {}).items()},
+        mmu_fields=mmu_fields,
+        new_fields={n: NewField(name=n, struct=v.get("struct", ""),
+                                type=_need(v, "type", f"layout.toml [new_fields.{n}]"), why=v.get("why", ""))
+                    for n, v in layout.get("new_fields", {}).items()},
+        bases=bases, exprs=exprs,
         raw={"names": names, "layout": layout, "mappings": mappings},
     )
     rules.calls = [_call_rule(c) for c in mappings.get("calls", [])]
