@@ -67,6 +67,19 @@ def test_510_rewrite_needs_no_human_and_leaves_no_old_name(rewritten510):
     assert "&vcpu->arch.root_mmu, addr" not in tmpl
 
 
+def test_510_translate_gpa_hook_becomes_the_helper(rewritten510):
+    # One gva walker for L1 and L2: the nested stage is decided at the call, as upstream.
+    tree, plan = rewritten510
+    code = {rel: (tree / rel).read_text() for rel in plan.results}
+    assert not [rel for rel, text in code.items() if "translate_gpa(" in text.replace("kvm_translate_gpa(", "")
+                and "static gpa_t translate_gpa(" not in text]
+    assert "->translate_gpa" not in "".join(code.values()) and ".translate_gpa" not in "".join(code.values())
+    x86_h = code["arch/x86/kvm/x86.h"]
+    assert "static inline gpa_t kvm_translate_gpa(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w," in x86_h
+    assert "if (!mmu_is_nested(vcpu) || w == &vcpu->arch.ngpa_walk)" in x86_h
+    assert "kvm_translate_gpa(vcpu, w, gfn_to_gpa(table_gfn)," in code["arch/x86/kvm/mmu/paging_tmpl.h"]
+
+
 def test_510_rewrite_is_idempotent(rewritten510):
     tree, _ = rewritten510
     again = plan_rewrite(tree, "upstream", load_rules())

@@ -62,3 +62,14 @@ def walker_fnptrs_as_old(files, rules: Rules) -> dict[str, list[str]]:
     walker_ptr, mmu_ptr = f"struct {rules.types['walker']} *", f"struct {rules.types['mmu']} *"
     return {name: [mmu_ptr if t == walker_ptr else t for t in params]
             for name, params in fnptr_params(files, rules.types["walker"]).items()}
+
+
+def mixed_walkers(index, rules: Rules) -> set[str]:
+    """The walker names a half-done tree already uses: its struct's, else its code's."""
+    if index.layout != "mixed":
+        return set()
+    if index.walkers:
+        return set(index.walkers)
+    known = {n for p in rules.presets.values() for n in p.as_dict().values()}
+    return {r.symbol for r in index.references
+            if r.context == "code" and r.kind == "new_name" and r.symbol in known}

@@ -15,8 +15,9 @@ from refactor.index.functions import collect, fnptr_params, function_macros, nam
 from refactor.index.identifiers import refuse_tree_names
 from refactor.index.indexer import Index, build_index
 from refactor.plan.coverage import blocked_walker_params, token_edits, uncovered, unplaced
+from refactor.plan.hooks import plan_hook_helpers, walker_init_applies
 from refactor.plan.layout_edit import plan_layout
-from refactor.plan.mixed import headers_new, old_view, walker_fnptrs_as_old
+from refactor.plan.mixed import headers_new, mixed_walkers, old_view, walker_fnptrs_as_old
 from refactor.plan.narrow import Narrower, walker_fnptr_params, walker_name
 from refactor.plan.restructure import plan_restructure
 from refactor.rules import Rules, RulesError, Stage, WalkerNames, load_rules
@@ -112,15 +113,16 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
         taken |= set(members)
     if new_headers:
         taken -= set(rules.new_fields)  # `w`, `fmt`: members of the new layout, free for locals
-    if index.layout == "mixed" and index.walkers:
+    done_walkers = mixed_walkers(index, rules)
+    if done_walkers:
         # A half-done tree: finish it under the walker names it already has.
-        if set(index.walkers) != {names.gva, names.ngpa}:
-            raise RulesError(f"{tree}: half rewritten with walkers {', '.join(sorted(index.walkers))}; "
+        if not done_walkers <= {names.gva, names.ngpa}:
+            raise RulesError(f"{tree}: half rewritten with walkers {', '.join(sorted(done_walkers))}; "
                              f"finish it with the same names (--names gva=...,ngpa=...)")
-        taken -= set(index.walkers)
+        taken -= done_walkers
     rules.check_names(names, frozenset(n for n in taken if n in (names.gva, names.ngpa)))
     # Not only functions and members: macros, types, variables too (refactor/index/identifiers.py).
-    refuse_tree_names(index.files, names, set(index.walkers) if index.layout == "mixed" else set())
+    refuse_tree_names(index.files, names, done_walkers)
 
     files = {rel: pf for rel, pf in index.files.items()}
     defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body)
@@ -201,7 +203,8 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                      for r in index.references if r.context == "comment"
                      and r.symbol in rules.vcpu_old and rules.vcpu_old[r.symbol].removed]
     _apply_all(plan, files)
-    if stage.walker_init:
+    plan_hook_helpers(plan, files, index.program, rules, names)
+    if stage.walker_init and walker_init_applies(index.program, rules):
         _walker_init_pass(plan, rules, names)
     if stage.introduce_walker:
         _locals_pass(plan, rules, names)
