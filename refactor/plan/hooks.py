@@ -35,12 +35,11 @@ def plan_hook_helpers(plan, files, program, rules: Rules, names: WalkerNames) ->
     """Apply every [[hook_helper]] whose hook the tree's own struct kvm_mmu has."""
     from refactor.apply.splice import apply
 
-    members = program.structs.members.get(rules.types["mmu"], {})
     for step in rules.restructure.get("hook_helper", []):
         fld, helper = step["field"], step["helper"]
         placed = rules.mmu_fields.get(fld)
-        if fld not in members or placed is None or not placed.moves_to_walker:
-            continue  # not this tree's hook, or not moved yet (a series step before it)
+        if placed is None or not placed.moves_to_walker:
+            continue  # not moved yet (a series step before it)
         texts = _texts(plan, files)
         why = names.fill(step.why)
         call = re.compile(rf"(?P<base>{_CHAIN})\s*(?P<op>->|\.)\s*{re.escape(fld)}\s*\(\s*(?P<a0>[^,()]+?)\s*,\s*")
