@@ -1,12 +1,14 @@
 # Two entry points for a fresh machine (Python >= 3.11 and git):
 #   make demo   create .venv, then run the main job on the bundled tree
-#   make test   create .venv, then run the whole test suite
+#   make test   install the system packages the build tests need (as root with
+#               apt-get; otherwise stop with one line naming them), create .venv,
+#               then run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test slow bench clean
+.PHONY: demo test slow bench clean sysdeps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +22,15 @@ demo: $(STAMP)
 	$(BIN)/kvm-refactor emulate fuzz --seed 1 --events 20000
 	$(BIN)/kvm-refactor emulate mutants
 
-test: $(STAMP)
+# Kbuild's flex, bison, bc, libelf-dev, libssl-dev, and xz, patch, git: checked
+# (and installed when possible) before any test runs (refactor/kernel/preflight.py).
+sysdeps:
+	@$(PYTHON) -m refactor.kernel.preflight --install
+
+test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q
 
-slow: $(STAMP)
+slow: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP)

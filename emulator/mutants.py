@@ -8,6 +8,7 @@ is killed when some corpus trace gives a different result in the two layouts.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,8 @@ from .derive import compile_model, derive_source
 from .machine import new_model, old_model
 from .trace import read_events, run_pair
 
-CORPUS = Path(__file__).with_name("corpus")
+# Package data (pyproject.toml), found the same way in a checkout and an installed wheel.
+CORPUS = Path(str(importlib.resources.files("emulator").joinpath("corpus")))
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,8 @@ MUTANTS: list[Mutant] = [
            edit=("    w = vcpu.arch.{gva}" + _READ_TAIL, "    w = vcpu.arch.{ngpa}" + _READ_TAIL)),
     Mutant("wire-inject-old-target", "wiring", "inject_page_fault left on the GVA walker for "
            "nested faults",
-           edit=("fault_mmu = vcpu.arch.mmu.w if fault.nested_page_fault else vcpu.arch.{gva}",
-                 "fault_mmu = vcpu.arch.{gva}")),
+           edit=("fault_walk = vcpu.arch.mmu.w if fault.nested_page_fault else vcpu.arch.{gva}",
+                 "fault_walk = vcpu.arch.{gva}")),
     Mutant("wire-wp-refresh-wrong-walker", "wiring", "the CR0.WP refresh exempts the GVA walker",
            edit=("if not vcpu.tdp_enabled or w == vcpu.arch.{ngpa}:",
                  "if not vcpu.tdp_enabled or w == vcpu.arch.{gva}:")),
