@@ -55,6 +55,38 @@ NAMES_OPT = click.option("--names", "names_spec", default="upstream", show_defau
                          help="walker names: a preset (upstream, v1, cr3) or gva=X,ngpa=Y")
 FORMAT_OPT = click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
                           show_default=True)
+ENGINE_OPT = click.option("--engine", type=click.Choice(["python", "native"]), default="python",
+                          show_default=True,
+                          help="native: execute kernel trees' own C (docs/native-engine.md)")
+TREE_OPT = click.option("--tree", "trees", multiple=True,
+                        type=click.Path(file_okay=False, exists=True, path_type=Path),
+                        help="full kernel tree for --engine native; one: the Python model "
+                             "against it; two: the first against the second")
+
+
+def _native_pair(trees: tuple[Path, ...], rules):
+    """(make_old, make_new, labels) for --engine native; bad input exits 2."""
+    from .machine import old_model
+    from .native.engines import EngineError, build_all, factory, label
+
+    if not 1 <= len(trees) <= 2:
+        raise EmulateError("--engine native takes one or two --tree")
+    try:
+        builds = build_all(trees)
+    except EngineError as exc:
+        raise EmulateError(str(exc)) from None
+    if len(builds) == 1:
+        return (lambda: old_model(rules)), factory(builds[0]), ("python model", label(builds[0]))
+    return factory(builds[0]), factory(builds[1]), (label(builds[0]), label(builds[1]))
+
+
+def _check_stub(*results: dict) -> None:
+    from .native.engines import stub_hit
+
+    for r in results:
+        msg = stub_hit(r)
+        if msg:
+            raise EmulateError(f"native engine: {msg} (a gap of the harness, not a result)")
 
 
 @click.group("emulate")
@@ -66,22 +98,37 @@ def emulate() -> None:
 @rules_option
 @click.argument("trace", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--mutant", default=None, help="compare against a built-in mutant instead")
+@ENGINE_OPT
+@TREE_OPT
 @NAMES_OPT
 @FORMAT_OPT
-def run_cmd(trace: Path, mutant: str | None, names_spec: str, fmt: str) -> None:
+def run_cmd(trace: Path, mutant: str | None, engine: str, trees: tuple[Path, ...],
+            names_spec: str, fmt: str) -> None:
     """Run TRACE (JSON Lines) through both layouts and compare every result."""
     from .machine import new_model, old_model
     from .trace import TraceError, jsonable, read_events, run_pair
 
     rules, names = _names(names_spec)
     new_rules, module = _mutant(mutant, rules, names)
+    labels = None
+    if engine == "native":
+        make_old, make_new, labels = _native_pair(trees, rules)
+        old, new = make_old(), make_new()
+    else:
+        if trees:
+            raise EmulateError("--tree needs --engine native")
+        old, new = old_model(rules), new_model(new_rules, names, module)
     try:
-        report = run_pair(read_events(trace), old_model(rules),
-                          new_model(new_rules, names, module), str(trace))
+        report = run_pair(read_events(trace), old, new, str(trace))
     except TraceError as exc:
         raise EmulateError(str(exc)) from None
+    if report.divergence is not None and labels:
+        _check_stub(report.divergence.old, report.divergence.new)
     data = {"trace": str(trace), "names": names.as_dict(), "events": report.events,
             "translations": report.translations, "equal": report.divergence is None}
+    if labels:
+        data["engine"] = "native"
+        data["compared"] = list(labels)
     if report.divergence is None:
         _emit(data, fmt, f"{trace}: {report.events} events, {report.translations} translations: "
                          f"both layouts agree")
@@ -102,20 +149,32 @@ def run_cmd(trace: Path, mutant: str | None, names_spec: str, fmt: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where a shrunk divergence is written (default: current directory)")
 @click.option("--mutant", default=None, help="fuzz against a built-in mutant (demo of shrinking)")
+@ENGINE_OPT
+@TREE_OPT
 @NAMES_OPT
 @FORMAT_OPT
-def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, names_spec: str,
-             fmt: str) -> None:
+def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, engine: str,
+             trees: tuple[Path, ...], names_spec: str, fmt: str) -> None:
     """Random valid page tables, mutated and probed; both layouts compared."""
     from .fuzz import fuzz
     from .machine import new_model, old_model
 
     rules, names = _names(names_spec)
     new_rules, module = _mutant(mutant, rules, names)
-    report = fuzz(seed, count, lambda: old_model(rules),
-                  lambda: new_model(new_rules, names, module), out_dir)
+    make_old, make_new = (lambda: old_model(rules)), (lambda: new_model(new_rules, names, module))
+    labels = None
+    if engine == "native":
+        make_old, make_new, labels = _native_pair(trees, rules)
+    elif trees:
+        raise EmulateError("--tree needs --engine native")
+    report = fuzz(seed, count, make_old, make_new, out_dir)
+    if labels and report.first:
+        _check_stub(report.first["old"], report.first["new"])
     summary = report.summary()
     summary["names"] = names.as_dict()
+    if labels:
+        summary["engine"] = "native"
+        summary["compared"] = list(labels)
     if mutant:
         summary["mutant"] = mutant
     text = (f"seed {seed}: {summary['events']} events, {summary['translations']} translations, "
