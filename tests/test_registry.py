@@ -90,3 +90,18 @@ def test_lint_fixes_name_registered_ids():
             for rule_id in value if isinstance(value, list) else [value]:
                 if isinstance(rule_id, str):
                     assert rule_id in rules.registry, (lint_rule.id, rule_id)
+
+
+def test_every_step_of_the_series_cites_registered_ids(mini_index):
+    """Commit trailers name the ids of each step's edits (series): every staged plan's ids resolve."""
+    from conftest import FIXTURE_TREE
+    from refactor.rules import load_steps, staged
+
+    rules = load_rules()
+    steps = load_steps(rules)
+    seen: set[str] = set()
+    for k in range(1, len(steps) + 1):
+        plan = plan_rewrite(FIXTURE_TREE, "upstream", staged(rules, steps, k), mini_index)
+        seen |= {r for e in plan.edits + plan.post_edits for r in e.rules}
+    assert {"attach-walker", "narrow-param", "field-cpu_role"} <= seen
+    assert sorted(i for i in seen if i not in rules.registry) == []
