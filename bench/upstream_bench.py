@@ -222,13 +222,15 @@ def compare_trees(old_root: Path, new_root: Path, rewritten: dict[str, bytes], r
     for rel, us in new_units.items():
         for k in us:
             where.setdefault(k, []).append(rel)
+    old_units = {rel: units(rel, p.read_bytes()) for rel, p in old_files.items()}
+    old_names = {k for us in old_units.values() for k in us}
     for rel, path in old_files.items():
         src = path.read_bytes()
         nsrc = new_files[rel].read_bytes() if rel in new_files else b""
         osrc = rewritten.get(rel, src)
         if src == nsrc and src == osrc:
             continue
-        ou, nu, uu = units(rel, src), new_units.get(rel, {}), units(rel, osrc)
+        ou, nu, uu = old_units[rel], new_units.get(rel, {}), units(rel, osrc)
         for k in sorted(set(ou) | set(nu) | set(uu)):
             new = nu.get(k)
             if new is None and k in ou and where.get(k):
@@ -237,7 +239,7 @@ def compare_trees(old_root: Path, new_root: Path, rewritten: dict[str, bytes], r
                 continue  # new upstream unit, counted in the file it was defined in (below)
             results.append(compare_unit(rel, k, ou.get(k), new, uu.get(k), words))
         # Units upstream added to this file (its own new functions, if layout).
-        for k in sorted(set(nu) - set(ou) - set(uu)):
+        for k in sorted(set(nu) - set(ou) - set(uu) - old_names):  # moved ones: counted where they were
             results.append(compare_unit(rel, k, None, nu[k], None, words))
     return results
 

@@ -77,8 +77,9 @@ def test_fixture_sites_follow_the_rules():
     plan = plan_rewrite(FIXTURE_TREE, "upstream")
     new = {rel: data.decode() for rel, data in plan.results.items()}
     x86 = new["arch/x86/kvm/x86.c"]
-    assert "struct kvm_pagewalk *w = &vcpu->arch.gva_walk;" in x86
-    assert "return w->gva_to_gpa(vcpu, w, gva, 0, exception);" in x86
+    # A local holding a named walker takes its name (restructure.toml local-named-walker).
+    assert "struct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;" in x86
+    assert "return gva_walk->gva_to_gpa(vcpu, gva_walk, gva, 0, exception);" in x86
     assert "struct kvm_pagewalk *fault_walk;" in x86
     vmx = new["arch/x86/kvm/vmx/nested.c"]
     # Nested EPT setup: the code just set mmu to &guest_mmu, so the nGPA walker.
@@ -97,7 +98,7 @@ def test_fixture_sites_follow_the_rules():
     assert "static void init_kvm_page_walk(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w, " in mmu
     assert ("\tinit_kvm_page_walk(vcpu, &vcpu->arch.gva_walk, cpu_role);\n\n\tif (!mmu_is_nested(vcpu)) {\n"
             "\t\tif (tdp_enabled)\n\t\t\tinit_kvm_tdp_mmu(vcpu, cpu_role);\n\t\telse\n"
-            "\t\t\tkvm_init_shadow_mmu(vcpu, cpu_role);\n\t}\n") in mmu
+            "\t\t\tinit_kvm_shadow_mmu(vcpu, cpu_role);\n\t}\n") in mmu
     assert "init_kvm_nested_mmu" not in mmu and "init_kvm_softmmu" not in mmu
     mmu_h = new["arch/x86/kvm/mmu.h"]
     assert "if (!mmu_is_nested(vcpu) || w == &vcpu->arch.ngpa_walk)" in mmu_h

@@ -15,14 +15,15 @@ from tree_sitter import Node
 
 from refactor.frontend.ctype import text
 from refactor.plan.edits import Edit, Human
-from refactor.index.functions import _top_level
+from refactor.plan.walker_writes import plan_walker_writes
+from refactor.index.functions import top_level
 from refactor.frontend.parse import parse
 from refactor.rules import Rules, WalkerNames
 from refactor.index.program import function_name
 
 
 def _functions(root: Node) -> dict[str, Node]:
-    return {function_name(n): n for n in _top_level(root) if n.type == "function_definition"}
+    return {function_name(n): n for n in top_level(root) if n.type == "function_definition"}
 
 
 def _line_span(src: bytes, node: Node) -> tuple[int, int]:
@@ -111,6 +112,8 @@ def plan_walker_init(rel: str, data: bytes, rules: Rules, names: WalkerNames,
             for old, target in step.get("merge", {}).items():
                 if old in fns and _only_setup_and_walker(fns[old], target, rules, names):
                     rest = re.sub(rf"\b{re.escape(old)}\(", f"{target}(", rest)
+            for old, target in _renames(step, fns).items():
+                rest = re.sub(rf"\b{re.escape(old)}\(", f"{target}(", rest)
             new += f"\n{indent}if (!{step['nested_test']}) {{\n{rest}\n{indent}}}\n"
         s, e = _line_span(data, ifs)
         add(s, e, new)
@@ -130,7 +133,29 @@ def plan_walker_init(rel: str, data: bytes, rules: Rules, names: WalkerNames,
             if data[e:e + 1] == b"\n":
                 e += 1
             add(s, e, "")
+        # The set-up the merge kept takes the initialisers' name (static functions only).
+        for old, target in _renames(step, fns).items():
+            decl = fns[old].child_by_field_name("declarator")
+            while decl.type != "function_declarator":
+                decl = decl.child_by_field_name("declarator")
+            fname = decl.child_by_field_name("declarator")
+            add(fname.start_byte, fname.end_byte, target)
+            gone = [fns[o] for o in step.get("merge", {}) if o in fns] + [ifs]
+            for c in _calls(root, old):
+                if not any(g.start_byte <= c.start_byte < g.end_byte for g in gone):
+                    fnode = c.child_by_field_name("function")
+                    add(fnode.start_byte, fnode.end_byte, target)
+        edits.extend(plan_walker_writes(rel, data, fns, step, rules, names, humans))
     return edits
+
+
+def _renames(step, fns) -> dict[str, str]:
+    out = {}
+    for old, target in step.get("rename", {}).items():
+        fn = fns.get(old)
+        if fn is not None and target not in fns and re.match(r"\s*static\b", text(fn)):
+            out[old] = target
+    return out
 
 
 def _only_setup_and_walker(fn: Node, target: str, rules: Rules, names: WalkerNames) -> bool:

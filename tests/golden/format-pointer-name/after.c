@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: GPL-2.0
+/* A pointer to the page format is called fmt. */
+#include <linux/kvm_host.h>
+
+static bool is_bad_mt_xwr(struct kvm_page_format *fmt, u64 pte)
+{
+	return fmt->bad_mt_xwr & (1ull << (pte & 0x3f));
+}
+
+static u64 rsvd_bits(struct kvm_mmu *mmu, int level)
+{
+	struct kvm_page_format *fmt = &mmu->fmt;
+
+	return fmt->rsvd_bits_mask[0][level];
+}
