@@ -250,3 +250,14 @@ def test_the_fuzz_stream_enters_l2_under_nested_ept_and_npt():
     from emulator.fuzz import random_events
 
     assert _nested_tdp_in(random_events(1, 20_000)) == {"vmx", "svm"}
+
+
+def test_fidelity_classes_name_what_differs():
+    from refactor.verify.fidelity import classify
+
+    ev = {"ev": "translate", "addr": 0, "access": "write"}
+    a = {"fault": {"error_code": 3, "address": 0}, "ad": [(1, 32)]}
+    b = {"fault": {"error_code": 7, "address": 0}, "ad": [(1, 32)]}
+    assert classify(ev, a, b) == "translate/write: fault.error_code"
+    assert classify(ev, a, {"bug": "x.c:1: BUG"}) == "translate/write: native bug"
+    assert classify({"ev": "cr3", "val": 0}, {"ok": True}, {"ok": True, "ad": []}) == "cr3: ad"

@@ -72,4 +72,6 @@ def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int,
     except VerifyError as exc:
         raise UserError(str(exc)) from None
     click.echo(json.dumps(report.as_dict(), indent=1) if fmt == "json" else report.text())
+    if report.incomplete:
+        raise UserError(report.incomplete)
     sys.exit(1 if report.divergences else 0)

@@ -74,11 +74,21 @@ class VerifyReport:
     def divergences(self) -> int:
         return sum(s.divergences for s in self.steps)
 
+    @property
+    def incomplete(self) -> str | None:
+        """Why the run does not cover what it claims (the pristine tree hit a stub)."""
+        stub = next((b for b in self.base_bugs if b["result"].get("stub")), None)
+        if stub is None:
+            return None
+        return (f"the pristine tree reached a path the native engine does not provide at "
+                f"{stub['where']} ({stub['result'].get('bug')}): the run is incomplete")
+
     def as_dict(self) -> dict:
         return {"engine": "native", "base": self.base,
                 "steps": [s.as_dict() for s in self.steps], "divergences": self.divergences,
                 "seed": self.seed, "fuzz_events": self.fuzz_events, "corpus_traces": self.corpus,
-                "base_bugs": self.base_bugs, "seconds": self.seconds}
+                "base_bugs": self.base_bugs, "incomplete": self.incomplete,
+                "seconds": self.seconds}
 
     def text(self) -> str:
         lines = [f"base {self.base}: corpus {self.corpus} traces + fuzz seed {self.seed}, "
