@@ -261,3 +261,25 @@ def test_fidelity_classes_name_what_differs():
     assert classify(ev, a, b) == "translate/write: fault.error_code"
     assert classify(ev, a, {"bug": "x.c:1: BUG"}) == "translate/write: native bug"
     assert classify({"ev": "cr3", "val": 0}, {"ok": True}, {"ok": True, "ad": []}) == "cr3: ad"
+
+
+def test_a_reused_farm_never_relinks_a_file_older_than_the_last_build(tmp_path, monkeypatch):
+    """Kbuild compares times: a file that goes back to the base content in a reused farm
+    must be rewritten (new time), not relinked to the older original."""
+    import os
+    import time
+
+    from refactor.verify.trees import make_farm
+
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "base"
+    (base / "d").mkdir(parents=True)
+    (base / "d/a.c").write_text("base\n")
+    os.utime(base / "d/a.c", (1, 1))
+    farm = make_farm(base, "m", {"d/a.c": b"mutant A\n"})
+    first = (farm / "d/a.c").stat().st_mtime
+    time.sleep(0.01)
+    make_farm(base, "m", {})          # the next tree leaves a.c as in the base
+    assert not (farm / "d/a.c").is_symlink()
+    assert (farm / "d/a.c").read_text() == "base\n"
+    assert (farm / "d/a.c").stat().st_mtime >= first

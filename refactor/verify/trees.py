@@ -42,7 +42,17 @@ def _key(*parts: str) -> str:
 
 def make_farm(base: Path, label: str, files: dict[str, bytes], deleted: set[str] = frozenset()) -> Path:
     dest = verify_root() / f"{_key(str(base.resolve()), label)}-farm"
+    # A farm is reused for many trees (steps, mutants): a file once written stays a real
+    # file, with the base's content when this tree does not change it.  Relinked to the
+    # base it would be older than the build's outputs, and Kbuild compares times.
+    ever_path = dest / ".kvm-refactor-ever-written"
+    ever = set(ever_path.read_text().split("\n")) - {""} if ever_path.exists() else set()
+    files = dict(files)
+    for rel in ever - set(files) - set(deleted):
+        if (base / rel).is_file():
+            files[rel] = (base / rel).read_bytes()
     out = farm(base, dest, files)
+    ever_path.write_text("\n".join(sorted(ever | set(files))))
     marker = dest / ".kvm-refactor-deleted"
     before = set(marker.read_text().split("\n")) - {""} if marker.exists() else set()
     for rel in before - set(deleted):       # deleted by an earlier commit, present now
