@@ -1,0 +1,89 @@
+"""`kvm-refactor port`: patches across the layout change, with per-hunk analysis."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from refactor.cli.rules_option import rules_option
+
+
+def _porter() -> tuple[str, str] | None:
+    """The porter's identity from git config (the Signed-off-by a stable port carries)."""
+    import subprocess
+
+    try:
+        name = subprocess.run(["git", "config", "user.name"], capture_output=True, text=True).stdout.strip()
+        email = subprocess.run(["git", "config", "user.email"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+    return (name, email) if name and email else None
+
+
+def _slug(subject: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52] or "patch"
+
+
+@click.command("port")
+@rules_option
+@click.argument("patches", nargs=-1, required=True)
+@click.option("--onto", "targets", multiple=True, required=True,
+              help="target kernel tree (directory or git repository, read at HEAD); repeatable")
+@click.option("--names", default=None,
+              help="walker names the patches use (preset or gva=X,ngpa=Y); default: read from the patches")
+@click.option("--target-names", default=None,
+              help="walker names of a new-layout target whose names match no preset")
+@click.option("--outdir", default=None, help="write <version>/NNNN-subject.patch per target")
+@click.option("--format", "fmt", type=click.Choice(["mbox", "text", "json"]), default="mbox",
+              show_default=True, help="mbox: the ported mails; text: the analysis; json: everything")
+@click.option("--subject-prefix", default=None, help='e.g. "PATCH 6.12.y"')
+def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | None, target_names: str | None,
+             outdir: str | None, fmt: str, subject_prefix: str | None) -> None:
+    """Port PATCHES (mails, an mbox, a git diff, or -) onto each --onto tree.
+
+    A new-layout patch onto an old-layout tree is a backport, the reverse a
+    forward port; on the same layout the patch is applied with analysis only.
+    Each hunk is clean, translated (rule ids), relocated, or a conflict with
+    a reason. Exit 0 when every hunk of every patch ported, 1 when some
+    conflict, 2 on bad input. The trees are never written.
+    """
+    from refactor.cli.errors import UserError
+    from refactor.errors import PatchError
+    from refactor.errors import TreeError
+    from refactor.port.engine import port_patches, read_inputs
+    from refactor.port.output import analysis_text
+    from refactor.errors import RulesError
+
+    stdin_text = sys.stdin.read() if "-" in patches else None
+    try:
+        mails = read_inputs(list(patches), stdin_text)
+        report = port_patches(mails, list(targets), names_spec=names, target_names=target_names,
+                              porter=_porter(), subject_prefix=subject_prefix)
+    except (PatchError, TreeError, RulesError) as exc:
+        raise UserError(str(exc)) from None
+
+    if outdir:
+        base = Path(outdir)
+        if base.exists() and not base.is_dir():
+            raise UserError(f"{outdir}: exists and is not a directory")
+        for tr in report.targets:
+            d = base / tr.target.version
+            d.mkdir(parents=True, exist_ok=True)
+            for k, pr in enumerate(tr.patches, 1):
+                if pr.output:
+                    (d / f"{k:04d}-{_slug(pr.mail.subject)}.patch").write_text(pr.output)
+    if fmt == "json":
+        click.echo(json.dumps(report.to_json(), indent=2))
+    elif fmt == "text" or outdir or len(targets) > 1:
+        click.echo(analysis_text(report), nl=False)
+    else:
+        for pr in report.targets[0].patches:
+            if pr.output:
+                click.echo(pr.output, nl=False)
+        if report.conflicts:
+            click.echo(analysis_text(report), nl=False, err=True)
+    if report.conflicts:
+        sys.exit(1)

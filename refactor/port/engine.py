@@ -1,0 +1,177 @@
+"""Port patches onto target trees: the library entry point behind `kvm-refactor port`.
+
+For each target and each patch: which way the layouts differ (a new-layout
+patch onto an old-layout tree is a backport, the reverse a forward port, the
+same layout an application with analysis only, or a renaming when the
+walkers are named differently), then every hunk through refactor.port.hunks,
+then the ported patch as a diff against the target's own text.  The user's
+trees are only read.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refactor.port.diff import file_diff
+from refactor.port.hunks import HunkResult, file_context, port_hunk
+from refactor.port.lexicon import Vocabulary
+from refactor.port.mail import Mail, read_mails
+from refactor.port.target import Target, load_target
+from refactor.rules import Rules, RulesError, WalkerNames, load_rules
+
+
+@dataclass
+class PatchResult:
+    mail: Mail
+    direction: str
+    hunks: list[HunkResult] = field(default_factory=list)
+    diff: str = ""
+    output: str | None = None   # the ported mail (None when a hunk conflicts)
+
+    @property
+    def result(self) -> str:
+        return "conflict" if any(h.status == "conflict" for h in self.hunks) else "ported"
+
+    def to_json(self) -> dict:
+        return {"subject": self.mail.subject, "upstream": self.mail.upstream, "result": self.result,
+                "direction": self.direction, "hunks": [h.to_json() for h in self.hunks],
+                "output": self.output}
+
+
+@dataclass
+class TargetResult:
+    target: Target
+    patches: list[PatchResult] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        t = self.target
+        return {"tree": str(t.root), "version": t.version, "layout": t.layout,
+                "patches": [p.to_json() for p in self.patches]}
+
+
+@dataclass
+class PortReport:
+    targets: list[TargetResult]
+
+    @property
+    def conflicts(self) -> int:
+        return sum(p.result == "conflict" for t in self.targets for p in t.patches)
+
+    def to_json(self) -> dict:
+        return {"targets": [t.to_json() for t in self.targets]}
+
+
+def patch_layout(mail: Mail, rules: Rules, spec: str | None) -> tuple[str, WalkerNames]:
+    """The layout a patch is written on, and its walker names (from --names or its own text)."""
+    text = "\n".join([t for f in mail.patch.files for h in f.hunks for _tag, t, _ in h.lines]
+                     + [h.section for f in mail.patch.files for h in f.hunks])
+    words = set(re.findall(r"[A-Za-z_]\w*", text))
+    if spec:
+        names = rules.names(spec)
+    else:
+        counts = {p: len(re.findall(rf"\b(?:{p.gva}|{p.ngpa})\b", text)) for p in rules.presets.values()}
+        best = max(counts, key=lambda p: counts[p])
+        names = best if counts[best] else rules.presets.get("upstream") or next(iter(rules.presets.values()))
+    vocab = Vocabulary(rules, names)
+    old = bool(words & vocab.old_markers())
+    # Paths that only the new layout has (w->fmt.permissions, mmu->w->cpu_role).
+    paths = [re.escape(f.path) for f in rules.mmu_fields.values() if f.moves_to_walker and "." in f.path]
+    new = (bool(words & vocab.new_markers()) or bool(re.search(r"(?:->|\.)w->", text))
+           or bool(paths and re.search(rf"->(?:{'|'.join(paths)})(?!\w)", text)))
+    if old and not new:
+        return "old", names
+    if new:
+        return "new", names
+    return "neutral", names
+
+
+def _direction(patch: str, target: str, src: WalkerNames, dst: WalkerNames | None) -> str:
+    if patch == "new" and target == "old":
+        return "backport"
+    if patch == "old" and target == "new":
+        return "forward"
+    if patch == "new" and target == "new" and dst is not None and (src.gva, src.ngpa) != (dst.gva, dst.ngpa):
+        return "rename"
+    return "same"
+
+
+def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = None) -> PatchResult:
+    layout, src_names = patch_layout(mail, rules, names_spec)
+    dst_names = target.names or src_names
+    direction = _direction(layout, target.layout, src_names, target.names)
+    src, dst = Vocabulary(rules, src_names), Vocabulary(rules, dst_names)
+    res = PatchResult(mail=mail, direction=direction)
+    changes: dict[str, tuple[str, str]] = {}
+    edits: dict[str, list[HunkResult]] = {}
+    for fp in mail.patch.files:
+        if fp.binary or fp.old_path is None or fp.new_path is None or fp.old_path != fp.new_path:
+            res.hunks.append(HunkResult(file=fp.path, target_file=None, old_start=0, status="conflict",
+                                        reason="new, deleted, renamed or binary files are not ported: "
+                                               "apply that part by hand"))
+            continue
+        ctx = file_context(fp, src, dst, target)
+        for hunk in fp.hunks:
+            h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
+            res.hunks.append(h)
+            if h.status != "conflict":
+                edits.setdefault(h.target_file, []).append(h)
+    for rel, hs in edits.items():
+        original = target.text(rel)
+        lines = original.split("\n")
+        hs = sorted(hs, key=lambda h: h.target_start)
+        for a, b in zip(hs, hs[1:]):
+            if a.target_start + a.target_len > b.target_start:
+                b.status, b.reason = "conflict", f"overlaps the hunk at {rel}:{a.target_start + 1} in the target"
+        for h in reversed([h for h in hs if h.status != "conflict"]):
+            lines[h.target_start:h.target_start + h.target_len] = h.new_lines
+        new = "\n".join(lines)
+        if new != original:
+            changes[rel] = (original, new)
+    res.diff = "".join(file_diff(rel, old, new) for rel, (old, new) in changes.items())
+    return res
+
+
+def read_inputs(paths: list[str], stdin_text: str | None = None) -> list[Mail]:
+    from refactor.frontend.patch import PatchError
+
+    mails: list[Mail] = []
+    for p in paths:
+        if p == "-":
+            text, name = stdin_text or "", "<stdin>"
+        else:
+            path = Path(p)
+            if not path.is_file():
+                raise PatchError(f"{p}: no such patch file")
+            try:
+                text = path.read_bytes().decode("utf-8", "replace")
+            except OSError as exc:
+                raise PatchError(f"{p}: cannot read: {exc.strerror}") from None
+            name = p
+        mails += read_mails(text, name)
+    return mails
+
+
+def port_patches(mails: list[Mail], targets: list[str | Path], names_spec: str | None = None,
+                 target_names: str | None = None, rules: Rules | None = None,
+                 porter: tuple[str, str] | None = None, subject_prefix: str | None = None) -> PortReport:
+    """Port every patch onto every target.  Raises TreeError/RulesError on bad input."""
+    from refactor.port.output import mail_text
+
+    rules = rules or load_rules()
+    if names_spec:
+        rules.names(names_spec)  # a bad specification is bad input before any work
+    report = PortReport(targets=[])
+    for tpath in targets:
+        target = load_target(tpath, rules, target_names)
+        if target.layout == "unknown":
+            raise RulesError(f"{tpath}: cannot tell the target's MMU layout (no kvm_vcpu_arch in "
+                             "arch/x86/include/asm/kvm_host.h)")
+        tr = TargetResult(target=target)
+        for mail in mails:
+            pr = port_one(mail, target, rules, names_spec)
+            if pr.result == "ported":
+                pr.output = mail_text(pr, target, porter, subject_prefix, rules)
+            tr.patches.append(pr)
+        report.targets.append(tr)
+    return report

@@ -1,0 +1,613 @@
+"""One hunk onto one target: locate, translate, classify.
+
+A hunk's pre-image (context and removed lines) is looked for in the target
+file as it is (`clean`), after translation through the layout rules
+(`translated`), or in another file that defines the same function
+(`relocated`).  Lines that still differ are paired with the target's and
+their differences split in two: differences the layout explains (a local
+that the other layout names differently, a walker reached another way) are
+learned and applied to the added lines too; any other difference is a
+`conflict` whose reason shows both lines.  Added lines are then checked for
+prerequisites the target lacks (an identifier it never defines, a function
+it defines with another number of parameters).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+
+from refactor.frontend.patch import FilePatch, Hunk
+from refactor.port.lexicon import Vocabulary, declared_types, translate
+from refactor.port.target import Target, arity
+
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+_C_WORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for goto if inline "
+    "int long register restrict return short signed sizeof static struct switch typedef union unsigned "
+    "void volatile while bool true false NULL typeof __always_inline".split())
+_FUNC_HEAD = re.compile(r"([A-Za-z_]\w*)\s*\(")
+_SEARCH = 60  # how far from its line number a hunk is looked for first (lines)
+
+
+@dataclass
+class HunkResult:
+    file: str
+    target_file: str | None
+    old_start: int
+    status: str                    # clean | translated | relocated | conflict
+    rules: list[str] = field(default_factory=list)
+    reason: str | None = None
+    differing: list[tuple[str, str]] = field(default_factory=list)   # (patch, target) lines
+    target_start: int | None = None   # 0-based line of the target where the pre-image starts
+    target_len: int = 0
+    new_lines: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = {"file": self.file, "target_file": self.target_file, "old_start": self.old_start,
+               "status": self.status, "rules": self.rules, "reason": self.reason}
+        if self.differing:
+            out["differing"] = [{"patch": a, "target": b} for a, b in self.differing]
+        return out
+
+
+def _norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def _find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True) -> int | None:
+    """Start of `pre` in the target file, nearest to `near` first (whitespace-insensitive if
+    not exact)."""
+    lines = target.lines(rel) if exact else target.norm_lines(rel)
+    if not pre:
+        return min(max(near, 0), len(lines))
+    key = pre if exact else [_norm(x) for x in pre]
+    n = len(key)
+    starts = target.positions(rel, exact).get(key[0], ())
+    for i in sorted(starts, key=lambda i: abs(i - near)):
+        if lines[i:i + n] == key:
+            return i
+    return None
+
+
+def _best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[int, float] | None:
+    """The window of the target file most like `pre` (same length), and the share of equal lines."""
+    n = len(pre)
+    view = target.norm_lines(rel)
+    if n == 0 or len(view) < n:
+        return None
+    key = [_norm(x) for x in pre]
+    index = target.positions(rel, False)
+    best, best_score = None, 0.0
+    cand: set[int] = set()
+    for i, k in enumerate(key):
+        if len(k) > 3:
+            cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n)
+    for start in cand:
+        same = sum(1 for a, b in zip(key, view[start:start + n]) if a == b)
+        score = same / n
+        if score > best_score or (score == best_score and best is not None
+                                  and abs(start - near) < abs(best - near)):
+            best, best_score = start, score
+    return (best, best_score) if best is not None else None
+
+
+# Expression chains are compared whole: `&vcpu->arch.root_mmu`, `w->fmt.permissions`.
+_CHAIN_TOKEN = re.compile(r"&?[A-Za-z_]\w*(?:\s*(?:->|\.)\s*[A-Za-z_]\w*)*|\d\w*|\S")
+_SEP = re.compile(r"(->|\.)")
+
+
+def _chains(line: str) -> list[str]:
+    return [re.sub(r"\s+", "", t) for t in _CHAIN_TOKEN.findall(line)]
+
+
+def _base_pair(a: str, b: str) -> tuple[str, str] | None:
+    """The differing bases of two chains with the same trailing members:
+    (`vcpu->arch.guest_mmu.`, `vcpu->arch.mmu->`) from `...guest_mmu.get_pdptr` and
+    `...mmu->get_pdptr`, so that other members reached through that base follow."""
+    pa, pb = _SEP.split(a), _SEP.split(b)
+    k = 0
+    while k < min(len(pa), len(pb)) - 1 and pa[-1 - k] == pb[-1 - k] and _SEP.fullmatch(pa[-1 - k]) is None:
+        k += 2 if k + 2 < min(len(pa), len(pb)) else 1
+        if k >= min(len(pa), len(pb)):
+            return None
+    if k == 0:
+        return None
+    ka, kb = "".join(pa[:len(pa) - k + 1]), "".join(pb[:len(pb) - k + 1])
+    return (ka, kb) if ka != kb and ka and kb else None
+
+
+def _skip(text: str, n: int) -> str:
+    """`text` after its first `n` non-blank characters (keeps the rest's own spacing)."""
+    seen = 0
+    for i, c in enumerate(text):
+        if seen == n:
+            return text[i:]
+        if not c.isspace():
+            seen += 1
+    return ""
+
+
+def _open_paren(line: str) -> int | None:
+    """Display column (tabs of 8) just after the last unclosed '(' of `line`."""
+    depth, col, stack = 0, 0, []
+    for c in line:
+        if c == "(":
+            stack.append(col + 1)
+        elif c == ")" and stack:
+            stack.pop()
+        col = (col // 8 + 1) * 8 if c == "\t" else col + 1
+    return stack[-1] if stack else None
+
+
+def _indent_col(line: str) -> int:
+    col = 0
+    for c in line:
+        if c == "\t":
+            col = (col // 8 + 1) * 8
+        elif c == " ":
+            col += 1
+        else:
+            break
+    return col
+
+
+def _realign(line: str, patch_prev: str | None, out_prev: str | None) -> str:
+    """A continuation line aligned under its opening parenthesis, as the kernel does:
+    where the translated line above opens the parenthesis at another column."""
+    if patch_prev is None or out_prev is None:
+        return line
+    was, now = _open_paren(patch_prev), _open_paren(out_prev)
+    if was is None or now is None or was == now or _indent_col(line) != was:
+        return line
+    return "\t" * (now // 8) + " " * (now % 8) + line.lstrip(" \t")
+
+
+class _Learner:
+    """Differences between translated patch lines and the target's that the layout explains.
+
+    Learned per hunk (locals are named per function): whole expression chains
+    that differ (`&vcpu->arch.root_mmu` for `vcpu->arch.walk_mmu`), renamed
+    locals (`w` for `mmu`), and bases reached differently.
+    """
+
+    def __init__(self, layout_words: set[str]):
+        self.words = layout_words
+        self.subs: dict[str, str] = {}
+        self.bad: set[str] = set()
+
+    def explained(self, a: str, b: str) -> bool:
+        """Names that differ are all layout names (pointer and object forms may differ too)."""
+        ia, ib = set(_IDENT.findall(a)), set(_IDENT.findall(b))
+        if not (ia or ib):
+            return False
+        return (ia ^ ib) <= self.words
+
+    def _add(self, a: str, b: str) -> None:
+        if a in self.subs and self.subs[a] != b:
+            self.bad.add(a)
+        self.subs.setdefault(a, b)
+
+    def learn(self, a: str, b: str) -> bool:
+        ta, tb = _chains(a), _chains(b)
+        segs = []
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
+            if op != "equal":
+                segs.append((ta[i1:i2], tb[j1:j2]))
+        if not segs:
+            return True
+        for xs, ys in segs:
+            if len(xs) != len(ys) or not all(self.explained(x, y) for x, y in zip(xs, ys)):
+                return False
+        for xs, ys in segs:
+            for x, y in zip(xs, ys):
+                self._add(x, y)
+                bp = _base_pair(x, y)
+                if bp:
+                    self._add(bp[0], bp[1])
+                    # A renamed local: the bare name follows too (`w` for `context`).
+                    na, nb = bp[0].rstrip(">-."), bp[1].rstrip(">-.")
+                    if _IDENT.fullmatch(na) and _IDENT.fullmatch(nb):
+                        self._add(na, nb)
+        return True
+
+    def apply(self, line: str) -> str:
+        subs = {k: v for k, v in self.subs.items() if k not in self.bad}
+        if not subs:
+            return line
+
+        def one(m: re.Match) -> str:
+            tok = re.sub(r"\s+", "", m.group(0))
+            if tok in subs and tok == m.group(0):
+                return subs[tok]
+            amp = "&" if tok.startswith("&") else ""
+            body = tok[len(amp):]
+            # The longest learned base that this chain starts with (a local, or a member path).
+            for base in sorted(subs, key=len, reverse=True):
+                b = base[len(amp):] if base.startswith("&") == bool(amp) and amp else base
+                if base.startswith("&") and not amp:
+                    continue
+                if body.startswith(b) and (b.endswith(("->", ".")) or body[len(b):].startswith(("->", "."))):
+                    new_base = subs[base][1:] if amp and subs[base].startswith("&") else subs[base]
+                    return amp + new_base + _skip(m.group(0)[len(amp):], len(b))
+            return subs.get(tok, m.group(0))
+
+        return _CHAIN_TOKEN.sub(one, line)
+
+
+def _function_of(hunk: Hunk) -> str | None:
+    for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
+        if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
+            m = _FUNC_HEAD.search(text)
+            if m and m.group(1) not in _C_WORDS:
+                return m.group(1)
+    return None
+
+
+@dataclass
+class FileContext:
+    """What the hunks of one file share: declarations and learned substitutions."""
+
+    patch_types: dict[str, str]
+    words: set[str]                # tokens whose differences the layout explains
+    defined_by_patch: set[str]
+
+
+def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
+    all_lines = [t for h in fp.hunks for _tag, t, _ in h.lines] + [h.section for h in fp.hunks]
+    types = declared_types(all_lines, src)
+    words = set()
+    for v in (src, dst):
+        words |= v.old_markers() | v.new_markers()
+        words |= {n for n in v.rules.vcpu_old} | {"vcpu", "arch", "w", "fmt"}
+        words |= {f.name for f in v.rules.mmu_fields.values()}
+        words |= {p for f in v.rules.mmu_fields.values() for p in f.path.split(".")}
+        words |= {"struct", v.rules.types["mmu"], v.rules.types["walker"]}
+        words |= {c["function"] for c in v.rules.calls} | {c["new"] for c in v.rules.calls}
+    words |= set(types)
+    defined = set()
+    for _h in fp.hunks:
+        for tag, text, _ in _h.lines:
+            if tag != " ":
+                m = re.match(r"^(?:static\s+|inline\s+|const\s+|struct\s+|unsigned\s+)*\w+[\s\*]+(\w+)\s*\(", text)
+                if m:
+                    defined.add(m.group(1))
+                m = re.match(r"^\s*#\s*define\s+(\w+)", text)
+                if m:
+                    defined.add(m.group(1))
+    return FileContext(patch_types=types, words=words, defined_by_patch=defined)
+
+
+def _function_span(tlines: list[str], at: int) -> tuple[int, int]:
+    """First and last line of the function around line `at` (by the kernel's layout)."""
+    start = at
+    while start > 0 and not (tlines[start - 1][:1].isalpha() and "(" in tlines[start - 1]):
+        start -= 1
+    end = at
+    while end < len(tlines) and tlines[end] != "}":
+        end += 1
+    return max(start - 1, 0), end
+
+
+def _target_types(tlines: list[str], at: int, vocab: Vocabulary) -> dict[str, str]:
+    """Layout-typed variables of the target function around `at`.
+
+    Declarations say walker or MMU; in an old-layout function, where every
+    context is a struct kvm_mmu, the field a variable reaches tells which one
+    it is where that field exists in one role only (shadow_zero_check: the
+    builder's; guest_rsvd_check: the walker's).
+    """
+    lo, hi = _function_span(tlines, at)
+    body = tlines[lo:hi + 1]
+    types = declared_types(body, vocab)
+    rules = vocab.rules
+    for f in rules.mmu_fields.values():
+        if f.path == f.name:
+            continue
+        for m in re.finditer(rf"(\w+)->{re.escape(f.name)}(?!\w)", "\n".join(body)):
+            types[m.group(1)] = "walker" if f.moves_to_walker else "mmu"
+    return types
+
+
+def _align(kept: list[str], tlines: list[str], start: int) -> tuple[int, int, list[tuple[int, int]],
+                                                                   list[int], list[int]]:
+    """Pair the hunk's lines with the target's around `start`, allowing lines on either side
+    to be missing: (first, end) of the target region, 1:1 pairs (i, j), patch lines the target
+    lacks, target lines the patch lacks."""
+    lo, hi = max(start - 2, 0), min(start + len(kept) + 3, len(tlines))
+    a, b = [_norm(x) for x in kept], [_norm(x) for x in tlines[lo:hi]]
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    while ops and ops[0][0] == "insert":
+        ops.pop(0)
+    while ops and ops[-1][0] == "insert":
+        ops.pop()
+    if not ops:
+        return start, start, [], list(range(len(kept))), []
+    pairs, missing, extra = [], [], []
+    for op, i1, i2, j1, j2 in ops:
+        if op in ("equal", "replace") and i2 - i1 == j2 - j1:
+            pairs += [(i1 + k, lo + j1 + k) for k in range(i2 - i1)]
+            continue
+        # Unequal blocks: pair each line with the most similar one still ahead of it.
+        j = j1
+        for i in range(i1, i2):
+            scores = [(difflib.SequenceMatcher(None, a[i], b[k], autojunk=False).ratio(), k)
+                      for k in range(j, j2)]
+            score, k = max(scores, default=(0.0, None))
+            if k is not None and score >= 0.6:
+                extra += [lo + x for x in range(j, k)]
+                pairs.append((i, lo + k))
+                j = k + 1
+            else:
+                missing.append(i)
+        extra += [lo + x for x in range(j, j2)]
+    return lo + ops[0][3], lo + ops[-1][4], pairs, missing, extra
+
+
+def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
+            kept: list[str]) -> tuple[str, int, str] | None:
+    """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
+    candidates = [rel] if target.text(rel) is not None else []
+    for frel, _line, _ar in (target.definitions(func) if func else []):
+        if frel not in candidates:
+            candidates.append(frel)
+    near = max(hunk.old_start - 1, 0)
+    for frel in candidates:
+        at_near = near if frel == rel else 0
+        for lines, how in ((pre_raw, "clean"), (kept, "translated")):
+            at = _find(lines, target, frel, at_near)
+            if at is None:
+                at = _find(lines, target, frel, at_near, exact=False)
+            if at is not None:
+                return frel, at, how
+    best = None
+    for frel in candidates:
+        win = _best_window(kept, target, frel, near if frel == rel else 0)
+        if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
+            best = (frel, win[0], "fuzzy", win[1])
+    return best[:3] if best else None
+
+
+def _pairings(kept: list[str], tlines: list[str], at: int, how: str):
+    """Line pairs of the hunk and the target: 1:1 from `at`, or aligned when lines are missing
+    on either side (target lines before the first or after the last pair are outside)."""
+    if how != "fuzzy":
+        n = min(len(kept), len(tlines) - at)
+        return at, at + n, [(k, at + k) for k in range(n)], list(range(n, len(kept))), []
+    first, end, pairs, missing, extra = _align(kept, tlines, at)
+    if pairs:
+        lo, hi = pairs[0][1], pairs[-1][1]
+        extra = [j for j in extra if lo < j < hi]
+        first = min(lo, first) if missing and missing[0] < pairs[0][0] else lo
+    return first, end, pairs, missing, extra
+
+
+_HOISTED = re.compile(r"^\s*struct\s+(\w+)\s*\*\s*(\w+)\s*=\s*(.+?);\s*$")
+
+
+def _hoisted(line: str, vocab: Vocabulary) -> tuple[str, str] | None:
+    """(variable, initialiser) of a local that only names a walker or a page format:
+    `struct kvm_page_format *fmt = &w->fmt;`, `struct kvm_pagewalk *w = mmu->w;`."""
+    m = _HOISTED.match(line)
+    if m and m.group(1) in (vocab.rules.types["walker"], vocab.rules.types["format"]):
+        return m.group(2), m.group(3).strip()
+    return None
+
+
+def _inline(line: str, var: str, init: str) -> str:
+    """`line` with the local `var` replaced by what it was initialised to."""
+    if init.startswith("&"):
+        deref = init[1:] + "."          # &w->fmt: fmt->x is w->fmt.x
+    else:
+        deref = init + "->"             # mmu->w: w->x is mmu->w->x
+    line = re.sub(rf"(?<![\w>.]){re.escape(var)}\s*->", lambda _m: deref, line)
+    return re.sub(rf"(?<![\w>.]){re.escape(var)}(?!\w)", lambda _m: init, line)
+
+
+def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
+                         learner: _Learner, tr, types: dict[str, str]) -> None:
+    """A layout-typed local the added lines use but the target function lacks, where the
+    hunk's context does not show its declaration: when the target function has exactly one
+    layout-typed variable the hunk never names, that one is its counterpart (`w` for the
+    `mmu` of an old function whose declaration lies outside the hunk)."""
+    lo, hi = _function_span(tlines, at)
+    body = "\n".join(tlines[lo:hi + 1])
+    in_target = set(_IDENT.findall(body))
+    hunk_text = "\n".join(t for _tag, t, _ in hunk.lines)
+    hunk_idents = set(_IDENT.findall(hunk_text))
+    added = "\n".join(learner.apply(tr(t, types).text) for tag, t, _ in hunk.lines if tag == "+")
+    unseen = [v for v in set(_IDENT.findall(added)) - in_target
+              if re.search(rf"(?<![\w>.]){re.escape(v)}\s*(->|!=|==|,|\))", added)
+              and not re.search(rf"\b\w+\s*\*?\s*{re.escape(v)}\s*[=;]", added)]
+    spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
+    if len(unseen) == 1 and len(spare) == 1 and unseen[0] not in learner.subs:
+        learner._add(unseen[0], spare[0])
+
+
+def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
+              dst: Vocabulary, ctx: FileContext) -> HunkResult:
+    res = _port_hunk(hunk, fp, target, direction, src, dst, ctx)
+    if res.status != "conflict" or direction != "backport":
+        return res
+    # Locals that exist only to name a walker or a page format (upstream's style) have
+    # no counterpart in an old tree: inline them and try again.
+    gone = [_hoisted(a, src) for a, b in res.differing if b == "(not in the target)"]
+    gone = [g for g in gone if g]
+    if not gone:
+        return res
+    lines = []
+    for tag, text, n in hunk.lines:
+        h = _hoisted(text, src)
+        if h and h in gone:
+            continue
+        for var, init in gone:
+            text = _inline(text, var, init)
+        lines.append((tag, text, n))
+    retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines),
+                       fp, target, direction, src, dst, ctx)
+    if retry.status != "conflict":
+        retry.rules.append("port-inline-local")
+        return retry
+    return res
+
+
+def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
+               dst: Vocabulary, ctx: FileContext) -> HunkResult:
+    rel = fp.old_path or fp.path
+    res = HunkResult(file=rel, target_file=rel, old_start=hunk.old_start, status="clean")
+    pre_raw = [t for tag, t, _ in hunk.lines if tag != "+"]
+    func = _function_of(hunk)
+
+    def tr(line: str, types: dict[str, str]):
+        vocab = dst if direction == "forward" else src
+        return translate(line, direction, vocab, types, other=dst.names)
+
+    types = dict(ctx.patch_types)
+    pre_t = [tr(x, types) for x in pre_raw]
+    kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
+    located = _locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx])
+    if located is None:
+        res.status, res.target_file = "conflict", None if target.text(rel) is None else rel
+        where = f"{rel} does not exist" if target.text(rel) is None else f"no place in {rel} matches"
+        res.reason = (f"code absent from the target: {where}"
+                      + (f", and no other file defines {func}()" if func else ""))
+        return res
+    frel, at, how = located
+    tlines = target.lines(frel)
+    res.target_file = frel
+
+    ttypes = _target_types(tlines, at, dst if direction == "forward" else src)
+    learner = _Learner(ctx.words | set(ttypes))
+    if direction == "backport":
+        # Variables the hunk does not declare take the type the target gives them.
+        for var, kind in ttypes.items():
+            types.setdefault(var, kind)
+        pre_t = [tr(x, types) for x in pre_raw]
+        kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
+    kept = [pre_t[i].text for i in kept_idx]
+    for k, j in _pairings(kept, tlines, at, how)[2]:
+        if kept[k] != tlines[j] and _norm(kept[k]) != _norm(tlines[j]):
+            learner.learn(kept[k], tlines[j])
+    if direction == "forward":
+        # Old MMU pointers that the target has narrowed to walkers: translate them as walkers.
+        for old_var, new_var in list(learner.subs.items()):
+            if _IDENT.fullmatch(old_var) and ttypes.get(new_var) == "walker":
+                types[old_var] = "walker"
+        pre_t = [tr(x, types) for x in pre_raw]
+        kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
+        kept = [pre_t[i].text for i in kept_idx]
+    best = None
+    for cand in (_pairings(kept, tlines, at, "window"), _pairings(kept, tlines, at, "fuzzy")):
+        first, _end, pairs, missing, extra = cand
+        differing = []
+        for k, j in pairs:
+            mine = learner.apply(kept[k])
+            if mine != tlines[j] and _norm(mine) != _norm(tlines[j]) and not learner.learn(kept[k], tlines[j]):
+                differing.append((pre_raw[kept_idx[k]], tlines[j]))
+        differing += [(pre_raw[kept_idx[k]], "(not in the target)") for k in missing]
+        # A target line the patch lacks is fine when it only names a walker or a format
+        # (a forward port onto upstream's style); any other is a difference.
+        allowed = [j for j in extra if direction == "forward" and _hoisted(tlines[j], dst)]
+        differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]
+        # A pair of unlike lines says less than a line missing on one side: weigh it more.
+        cost = sum(1 if a.startswith("(not in") or b.startswith("(not in") or
+                   difflib.SequenceMatcher(None, _norm(a), _norm(b)).ratio() >= 0.5 else 2.5
+                   for a, b in differing)
+        if best is None or cost < best[4]:
+            best = (first, differing, dict(pairs), allowed, cost)
+        if not differing:
+            break
+    first, res.differing, pair_of, allowed, _cost = best
+    res.target_start = first
+
+    rules: list[str] = [r for p in pre_t for r in p.rules]
+    if res.differing:
+        res.status = "conflict"
+        res.reason = "context differs for non-layout reasons: " + "; ".join(
+            f"patch `{a.strip()}` vs target `{b.strip()}`" for a, b in res.differing[:3])
+        res.rules = list(dict.fromkeys(rules))
+        return res
+    for var, init in filter(None, (_hoisted(tlines[j], dst) for j in allowed)):
+        learner._add(init, var)
+        rules.append("port-use-local")
+    _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types)
+
+    # Post-image: the target's own lines for context, translated added lines.
+    out: list[str] = []
+    added: list[str] = []
+    ti = first           # next target line not yet emitted or skipped
+    k = 0                # index into kept
+    pi = 0
+    this_prev: str | None = None
+    prev_patch: str | None = None
+    for tag, text, _ in hunk.lines:
+        if tag != "-":
+            prev_patch, this_prev = text, prev_patch
+        if tag in (" ", "-"):
+            p = pre_t[pi]
+            pi += 1
+            if p.dropped:
+                continue
+            j = pair_of[k]
+            k += 1
+            out.extend(tlines[ti:j])        # target-only lines kept (hoisted locals)
+            if tag == " ":
+                out.append(tlines[j])
+            ti = j + 1
+            continue
+        t = tr(text, types)
+        rules += t.rules
+        if t.dropped:
+            continue
+        new = learner.apply(t.text)
+        if new != t.text:
+            rules.append("port-local-names")
+        new = _realign(new, this_prev, out[-1] if out else None)
+        out.append(new)
+        added.append(new)
+    res.target_len = ti - first
+    res.new_lines = out
+    res.rules = list(dict.fromkeys(r for r in rules if r))
+
+    missing_pre = _prerequisites(added, target, ctx)
+    if missing_pre:
+        res.status = "conflict"
+        res.reason = "missing prerequisite: " + "; ".join(missing_pre)
+    elif frel != rel:
+        res.status = "relocated"
+        res.reason = f"{func}() is in {frel} in the target, not in {rel}"
+    elif how == "clean" and not res.rules:
+        res.status = "clean"
+    else:
+        res.status = "translated"
+    return res
+
+
+def _prerequisites(added_t: list[str], target: Target, ctx: FileContext) -> list[str]:
+    text = "\n".join(added_t)
+    idents = set(_IDENT.findall(re.sub(r'"(?:\\.|[^"\\])*"|/\*.*?\*/|//.*', "", text)))
+    known = target.identifiers()
+    out = []
+    for ident in sorted(idents - known - _C_WORDS - ctx.defined_by_patch):
+        # Locals the patch declares itself are fine.
+        if re.search(rf"[\w\*\s]\s\**{re.escape(ident)}\s*(=|;|\[|,\s*\w)", text) and not \
+                re.search(rf"\b{re.escape(ident)}\s*\(", text):
+            continue
+        if re.search(rf"\b{re.escape(ident)}\s*:", text):  # a label
+            continue
+        out.append(f"`{ident}` is not defined in the target")
+    for m in _FUNC_HEAD.finditer(text):
+        name = m.group(1)
+        if name in _C_WORDS or name in ctx.defined_by_patch:
+            continue
+        defs = target.definitions(name)
+        arities = {a for _f, _l, a in defs if a is not None}
+        if len(arities) != 1:
+            continue
+        got = arity(text, m.end() - 1)
+        want = next(iter(arities))
+        if got is not None and got != want:
+            f, line, _ = defs[0]
+            out.append(f"{name}() takes {want} arguments in the target ({f}:{line}), "
+                       f"the patch passes {got}")
+    return list(dict.fromkeys(out))

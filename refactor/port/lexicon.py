@@ -1,0 +1,351 @@
+"""The layout vocabulary of a port, derived from rules/ (never written here).
+
+A port translates lines of C between the two layouts.  Everything it knows
+about the layouts comes from the same rule objects the rewriter uses:
+
+- mappings.toml `bases`: what an old MMU expression becomes as a walker
+  (`vcpu->arch.walk_mmu` <-> `vcpu->arch.{gva}`, `X` <-> `X->w`, ...);
+- layout.toml `mmu_fields`: where each field of the old struct kvm_mmu went
+  (`permissions` <-> walker `fmt.permissions`, `shadow_zero_check` <-> MMU
+  `fmt`, ...) and the types (`struct rsvd_bits_validate` <-> `struct
+  kvm_page_format`, `struct kvm_mmu *` <-> `struct kvm_pagewalk *`);
+- mappings.toml `exprs` and `calls`: statements that disappear
+  (`walk-mmu-assign`) and calls that change function on a walker.
+
+Each translation step records the rule id it used, for the port's report.
+Which variables are walkers and which are MMUs is decided from declarations
+(the patch's own hunks, and the target function), not from spelling.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from refactor.rules import Rules, WalkerNames
+
+_IDENT = r"[A-Za-z_]\w*"
+# A C lvalue chain: a, a->b, a.b, a->b.c ... (no calls, no indexing).
+_CHAIN = rf"{_IDENT}(?:(?:->|\.){_IDENT})*"
+_DECL = re.compile(r"\bstruct\s+(\w+)\s*\*\s*(?:const\s+)?(\w+)\b")
+
+
+def _word(s: str) -> str:
+    """A regex for `s` standing alone (not inside a longer identifier or chain)."""
+    lead = r"(?<![\w>.])" if re.match(r"\w", s) else ""
+    tail = r"(?!\w)" if re.search(r"\w$", s) else ""
+    return lead + re.escape(s) + tail
+
+
+@dataclass
+class Translation:
+    text: str
+    rules: list[str] = field(default_factory=list)
+    dropped: bool = False   # the whole statement disappears in the target layout
+    unsure: list[str] = field(default_factory=list)  # why a part could not be decided
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The names one side of a port uses (walker names come from --names or the tree)."""
+
+    rules: Rules
+    names: WalkerNames
+
+    # ---- what the rules say, per direction -------------------------------------
+    @property
+    def walker_type(self) -> str:
+        return self.rules.types["walker"]
+
+    @property
+    def mmu_type(self) -> str:
+        return self.rules.types["mmu"]
+
+    def walker_paths(self) -> list[tuple[str, str, str]]:
+        """(old field, new path, rule) for fields that moved to the walker; longest path first."""
+        out = [(f.name, f.path, f"layout:{f.name}") for f in self.rules.mmu_fields.values()
+               if f.moves_to_walker]
+        return sorted(out, key=lambda t: -len(t[1]))
+
+    def mmu_renames(self) -> list[tuple[str, str, str]]:
+        """(old field, new path, rule) for MMU fields that stayed but were renamed."""
+        return [(f.name, f.path, f"layout:{f.name}") for f in self.rules.mmu_fields.values()
+                if not f.moves_to_walker and f.path != f.name]
+
+    def member_bases(self) -> list:
+        """mappings.toml bases that name a kvm_vcpu_arch member (not the generic {base})."""
+        return [b for b in self.rules.bases if not b.generic]
+
+    def old_markers(self) -> set[str]:
+        gone = {n for n, m in self.rules.vcpu_old.items() if m.removed}
+        fields = {f.name for f in self.rules.mmu_fields.values()
+                  if f.moves_to_walker and f.path != f.name or (not f.moves_to_walker and f.path != f.name)}
+        return gone | fields | {self.rules.types["old_format"]}
+
+    def new_markers(self) -> set[str]:
+        return {self.names.gva, self.names.ngpa, self.rules.types["walker"], self.rules.types["format"]}
+
+
+def declared_types(lines: list[str], vocab: Vocabulary) -> dict[str, str]:
+    """Variable -> 'walker', 'mmu' or 'format' from `struct T *name` declarations in `lines`."""
+    out: dict[str, str] = {}
+    formats = (vocab.rules.types["format"], vocab.rules.types["old_format"])
+    for line in lines:
+        for m in _DECL.finditer(line):
+            if m.group(1) == vocab.walker_type:
+                out[m.group(2)] = "walker"
+            elif m.group(1) == vocab.mmu_type:
+                out[m.group(2)] = "mmu"
+            elif m.group(1) in formats:
+                out[m.group(2)] = "format"
+    return out
+
+
+def _ptr_form(member_kind: str, expr: str) -> str:
+    # Pointer members (walk_mmu, mmu) are values already; MMU objects need '&'.
+    return expr if member_kind in ("walker_pointer", "mmu_pointer") else f"&{expr}"
+
+
+# ---- new layout -> old layout (backport) -------------------------------------------
+
+def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
+    """A new-layout line in old-layout terms (before local names are matched to the target)."""
+    rules, names = vocab.rules, vocab.names
+    t = Translation(line)
+    used: list[str] = []
+
+    def sub(pattern: str, repl, rule: str) -> None:
+        new = re.sub(pattern, repl, t.text)
+        if new != t.text:
+            t.text = new
+            used.append(rule)
+
+    # 0. Whole expressions that mappings.toml restated (the nested tests): back to their
+    #    old form.  In these templates `w` (new) and `mmu` (old) stand for any variable.
+    for expr in rules.exprs:
+        if not expr.new or "EXPR" in expr.old or not re.search(r"\{(gva|ngpa)\}", expr.new):
+            continue
+        pat = r"\s*".join(re.escape(tok) for tok in re.findall(r"->|\w+|\S", names.fill(expr.new)))
+        pat = re.sub(r"(?<![\w>.])w(?!\w)", r"(?P<var>[A-Za-z_]\\w*)", pat, count=1)
+        old = re.sub(r"^mmu(?!\w)", r"\\g<var>", expr.old) if "(?P<var>" in pat else expr.old
+        sub(pat, old, expr.id)
+
+    # 1. Walker members of kvm_vcpu_arch back to the old member that stood for them.
+    #    The first base listed for a walker wins (walk_mmu for {gva}): it is the
+    #    old name of "the tables of the running level".
+    seen: set[str] = set()
+    for base in vocab.member_bases():
+        new = names.fill(base.new)
+        if base.new_is != "obj" or new in seen:
+            continue
+        seen.add(new)
+        member = base.old.rsplit(".", 1)[-1].rsplit(">", 1)[-1]
+        vm = rules.vcpu_old.get(member)
+        kind = vm.kind if vm else "mmu"
+        old_ptr = _ptr_form(kind, base.old)
+        arrow_or_dot = "->" if kind in ("walker_pointer", "mmu_pointer") else "."
+        for old_f, path, frule in vocab.walker_paths():
+            sub(_word(f"{new}.{path}"), f"{base.old}{arrow_or_dot}{old_f}", f"{base.id}+{frule}")
+        sub(r"&\s*" + _word(new), old_ptr, base.id)
+        sub(_word(new), base.old if kind not in ("walker_pointer", "mmu_pointer") else f"(*{base.old})",
+            base.id)
+
+    # 2. X->w->path / X.w->path / X->w: the MMU's walker is the old MMU itself.
+    generic = next(b for b in rules.bases if b.generic)
+    for old_f, path, frule in vocab.walker_paths():
+        sub(rf"({_CHAIN})->w->{re.escape(path)}(?!\w)", rf"\1->{old_f}", f"{generic.id}+{frule}")
+        sub(rf"({_CHAIN})\.w->{re.escape(path)}(?!\w)", rf"\1.{old_f}", f"{generic.id}+{frule}")
+    sub(rf"&\s*({_CHAIN})\.w(?![\w.]|->)", r"&\1", generic.id)
+    sub(rf"({_CHAIN})\.w(?![\w.]|->)", r"&\1", generic.id)
+    sub(rf"({_CHAIN})->w(?![\w.]|->)", r"\1", generic.id)
+
+    # 3. Fields through variables whose type the declarations tell.
+    for var, kind in types.items():
+        if kind == "walker":
+            for old_f, path, frule in vocab.walker_paths():
+                sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(path)}(?!\w)", f"{var}->{old_f}", frule)
+        elif kind == "mmu":
+            for old_f, path, frule in vocab.mmu_renames():
+                sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(path)}(?!\w)", f"{var}->{old_f}", frule)
+    # An MMU reached through a vcpu member keeps its renamed fields too.
+    for old_f, path, frule in vocab.mmu_renames():
+        sub(rf"(vcpu->arch\.(?:{'|'.join(n for n, m in rules.vcpu_old.items() if not m.removed)})"
+            rf"(?:->|\.)){re.escape(path)}(?![\w.])", rf"\1{old_f}", frule)
+
+    # 4. Types.
+    sub(_word(f"struct {rules.types['format']}"), f"struct {rules.types['old_format']}",
+        "rsvd-bits-validate-type")
+    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", "layout:types")
+
+    for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
+        if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
+            t.unsure.append(f"`->{path}` through a base of unknown type")
+    t.rules = list(dict.fromkeys(used))
+    return t
+
+
+# ---- old layout -> new layout (forward port) ---------------------------------------
+
+def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
+    """An old-layout line in new-layout terms.  `types`: old variables known to be walkers
+    in the target ('walker') or MMUs that stay ('mmu')."""
+    rules, names = vocab.rules, vocab.names
+    t = Translation(line)
+    used: list[str] = []
+
+    def sub(pattern: str, repl, rule: str) -> None:
+        new = re.sub(pattern, repl, t.text)
+        if new != t.text:
+            t.text = new
+            used.append(rule)
+
+    # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
+    for expr in rules.exprs:
+        if not expr.new and "= EXPR;" in expr.old:
+            lhs = expr.old.split("=", 1)[0].strip()
+            pat = re.escape(lhs).replace("FIELD", r"\w+")
+            if re.match(rf"\s*{pat}\s*=[^=]", t.text):
+                field_m = re.match(rf"\s*{re.escape(lhs.split('FIELD')[0])}(\w+)", t.text) \
+                    if "FIELD" in lhs else None
+                if field_m and rules.mmu_fields.get(field_m.group(1)) and \
+                        rules.mmu_fields[field_m.group(1)].moves_to_walker:
+                    continue
+                t.dropped = True
+                t.rules = [expr.id]
+                return t
+
+    for base in vocab.member_bases():
+        member = base.old.rsplit(".", 1)[-1].rsplit(">", 1)[-1]
+        vm = rules.vcpu_old.get(member)
+        if vm is None:
+            continue
+        ptr = vm.kind in ("walker_pointer", "mmu_pointer")
+        acc = "->" if ptr else r"\."
+        for old_f, _path, frule in vocab.walker_paths():
+            sub(rf"{re.escape(base.old)}{acc}{re.escape(old_f)}(?!\w)",
+                rules.walker_access(base.old, old_f, names), f"{base.id}+{frule}")
+        if vm.removed:
+            if ptr:
+                sub(_word(base.old), rules.walker_pointer(base.old, names), base.id)
+            else:
+                sub(r"&\s*" + re.escape(base.old) + r"(?!\w)", rules.walker_pointer(base.old, names),
+                    base.id)
+                sub(_word(base.old), names.fill(base.new), base.id)
+    for old_f, path, frule in vocab.mmu_renames():
+        sub(rf"(vcpu->arch\.(?:{'|'.join(n for n, m in rules.vcpu_old.items() if not m.removed)})"
+            rf"(?:->|\.)){re.escape(path)}(?![\w.])", rf"\1{old_f}", frule)
+
+    # 4. Types.
+    sub(_word(f"struct {rules.types['format']}"), f"struct {rules.types['old_format']}",
+        "rsvd-bits-validate-type")
+    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", "layout:types")
+
+    for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
+        if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
+            t.unsure.append(f"`->{path}` through a base of unknown type")
+    t.rules = list(dict.fromkeys(used))
+    return t
+
+
+# ---- old layout -> new layout (forward port) ---------------------------------------
+
+def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
+    """An old-layout line in new-layout terms.  `types`: old variables known to be walkers
+    in the target ('walker') or MMUs that stay ('mmu')."""
+    rules, names = vocab.rules, vocab.names
+    t = Translation(line)
+    used: list[str] = []
+
+    def sub(pattern: str, repl, rule: str) -> None:
+        new = re.sub(pattern, repl, t.text)
+        if new != t.text:
+            t.text = new
+            used.append(rule)
+
+    # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
+    for expr in rules.exprs:
+        if not expr.new and "= EXPR;" in expr.old:
+            lhs = expr.old.split("=", 1)[0].strip()
+            pat = re.escape(lhs).replace("FIELD", r"\w+")
+            if re.match(rf"\s*{pat}\s*=[^=]", t.text):
+                field_m = re.match(rf"\s*{re.escape(lhs.split('FIELD')[0])}(\w+)", t.text) \
+                    if "FIELD" in lhs else None
+                if field_m and rules.mmu_fields.get(field_m.group(1)) and \
+                        rules.mmu_fields[field_m.group(1)].moves_to_walker:
+                    continue
+                t.dropped = True
+                t.rules = [expr.id]
+                return t
+
+    for base in vocab.member_bases():
+        member = base.old.rsplit(".", 1)[-1]
+        vm = rules.vcpu_old.get(member)
+        if vm is None:
+            continue
+        ptr = vm.kind in ("walker_pointer", "mmu_pointer")
+        acc = "->" if ptr else r"\."
+        for old_f, path, frule in vocab.walker_paths():
+            new_base = names.fill(base.new, base=base.old)
+            sep = "->" if base.new_is == "ptr" else "."
+            if vm.removed or base.new_is == "obj":
+                if not vm.removed and base.id.endswith("-walker") and not ptr:
+                    # root_mmu.cpu_role: the MMU stays, its walker is reached through ->w... 
+                    new_base, sep = f"{base.old}.w", "->"
+                sub(rf"{re.escape(base.old)}{acc}{re.escape(old_f)}(?!\w)", f"{new_base}{sep}{path}",
+                    f"{base.id}+{frule}")
+            elif ptr:
+                sub(rf"{re.escape(base.old)}->{re.escape(old_f)}(?!\w)", f"{base.old}->w->{path}",
+                    f"{base.id}+{frule}")
+        if vm.removed:
+            new_obj = names.fill(base.new)
+            if ptr:
+                sub(_word(base.old), f"&{new_obj}", base.id)
+            else:
+                sub(r"&\s*" + re.escape(base.old) + r"(?!\w)", f"&{new_obj}", base.id)
+                sub(_word(base.old), new_obj, base.id)
+    for old_f, path, frule in vocab.mmu_renames():
+        sub(rf"(vcpu->arch\.\w+(?:->|\.)){re.escape(old_f)}(?!\w)", rf"\1{path}", frule)
+
+    for var, kind in types.items():
+        if kind == "format":
+            continue
+        for old_f, path, frule in vocab.walker_paths():
+            repl = f"{var}->{path}" if kind == "walker" else f"{var}->w->{path}"
+            sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(old_f)}(?!\w)", repl, frule)
+        for old_f, path, frule in vocab.mmu_renames():
+            sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(old_f)}(?!\w)", f"{var}->{path}", frule)
+        if kind == "walker":
+            sub(rf"\bstruct\s+{rules.types['mmu']}\s*\*(\s*){re.escape(var)}\b",
+                rf"struct {rules.types['walker']} *\1{var}", "narrow-local")
+            for call in rules.calls:
+                sub(rf"\b{re.escape(call['function'])}\(\s*{re.escape(var)}\s*\)",
+                    f"{call['new']}({var})", call["id"])
+    sub(_word(f"struct {rules.types['old_format']}"), f"struct {rules.types['format']}",
+        "rsvd-bits-validate-type")
+    t.rules = list(dict.fromkeys(used))
+    return t
+
+
+def rename(line: str, src: WalkerNames, dst: WalkerNames) -> Translation:
+    """Same layout, other walker names (a patch on the first posting's names onto upstream's)."""
+    t = Translation(line)
+    for role in ("gva", "ngpa"):
+        a, b = getattr(src, role), getattr(dst, role)
+        if a != b:
+            new = re.sub(rf"(?<!\w){re.escape(a)}(?!\w)", b, t.text)
+            if new != t.text:
+                t.text = new
+                t.rules.append("walker-names")
+    return t
+
+
+def translate(line: str, direction: str, vocab: Vocabulary, types: dict[str, str],
+              other: WalkerNames | None = None) -> Translation:
+    """`line` in the target's terms.  backport: vocab is the patch's; forward: the target's;
+    rename: vocab is the patch's and `other` the target's names."""
+    if direction == "backport":
+        return to_old(line, vocab, types)
+    if direction == "forward":
+        return to_new(line, vocab, types)
+    if direction == "rename" and other is not None:
+        return rename(line, vocab.names, other)
+    return Translation(line)

@@ -1,0 +1,206 @@
+"""What a port knows about its target tree: files, layout, walker names, definitions.
+
+A target is a kernel tree directory (a git repository is read at its HEAD).
+Only the files a port needs are read, once; the identifier set and the
+function definitions are built lazily, for the prerequisite and relocation
+checks.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from refactor.frontend.source import TreeError, kernel_version
+from refactor.rules import Rules, RulesError, WalkerNames
+
+# Where KVM x86 code and the headers a fix may need live.
+_SCOPE = ("arch/x86/kvm", "arch/x86/include/asm", "include/linux", "virt/kvm", "include/uapi/linux",
+          "arch/x86/include/uapi/asm")
+_SUFFIXES = (".c", ".h")
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+# A function definition or prototype starting a line: `static int foo(` / `int foo(`.
+_DEF = re.compile(r"^(?:[A-Za-z_][\w\s\*]*?[\s\*])?([A-Za-z_]\w*)\s*\(", re.M)
+_MACRO = re.compile(r"^\s*#\s*define\s+([A-Za-z_]\w*)(\()?", re.M)
+
+
+def _git_head_files(root: Path) -> dict[str, bytes] | None:
+    """HEAD's files in scope, for a git repository (never the working tree)."""
+    try:
+        out = subprocess.run(["git", "-C", str(root), "ls-tree", "-r", "-z", "--name-only", "HEAD", "--",
+                              *_SCOPE], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    names = [n for n in out.decode("utf-8", "replace").split("\0") if n.endswith(_SUFFIXES)]
+    if not names:
+        return {}
+    # One cat-file process for all blobs.
+    spec = "".join(f"HEAD:{n}\n" for n in names).encode()
+    proc = subprocess.run(["git", "-C", str(root), "cat-file", "--batch"], input=spec,
+                          capture_output=True, check=True)
+    data, files, pos = proc.stdout, {}, 0
+    for name in names:
+        nl = data.index(b"\n", pos)
+        header = data[pos:nl].split()
+        if len(header) < 3 or header[1] != b"blob":
+            pos = nl + 1
+            continue
+        size = int(header[2])
+        files[name] = data[nl + 1:nl + 1 + size]
+        pos = nl + 1 + size + 1
+    return files
+
+
+@dataclass
+class Target:
+    root: Path
+    version: str
+    layout: str                    # "old", "new" or "unknown"
+    names: WalkerNames | None      # walker names of a new-layout tree
+    files: dict[str, bytes] = field(repr=False, default_factory=dict)
+    _idents: set[str] | None = field(default=None, repr=False)
+    _defs: dict[str, list[tuple[str, int, int | None]]] | None = field(default=None, repr=False)
+    _lines: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.version} ({self.root})"
+
+    def text(self, rel: str) -> str | None:
+        data = self.files.get(rel)
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def lines(self, rel: str) -> list[str]:
+        if rel not in self._lines:
+            self._lines[rel] = self.text(rel).split("\n")
+        return self._lines[rel]
+
+    def norm_lines(self, rel: str) -> list[str]:
+        key = ("norm", rel)
+        if key not in self._lines:
+            self._lines[key] = [" ".join(x.split()) for x in self.lines(rel)]
+        return self._lines[key]
+
+    def positions(self, rel: str, exact: bool) -> dict[str, list[int]]:
+        """Line text -> where it stands in the file (exact, or whitespace-normalised)."""
+        key = ("pos", exact, rel)
+        if key not in self._lines:
+            index: dict[str, list[int]] = {}
+            for i, x in enumerate(self.lines(rel) if exact else self.norm_lines(rel)):
+                index.setdefault(x, []).append(i)
+            self._lines[key] = index
+        return self._lines[key]
+
+    def identifiers(self) -> set[str]:
+        if self._idents is None:
+            idents: set[str] = set()
+            for data in self.files.values():
+                idents.update(_IDENT.findall(data.decode("utf-8", "replace")))
+            self._idents = idents
+        return self._idents
+
+    def definitions(self, name: str) -> list[tuple[str, int, int | None]]:
+        """(file, line, arity or None for a macro without parameters) of each definition of `name`."""
+        if self._defs is None:
+            self._defs = _definitions(self.files)
+        return self._defs.get(name, [])
+
+
+def arity(text: str, open_at: int) -> int | None:
+    depth, commas, i, empty = 0, 0, open_at, True
+    while i < len(text):
+        c = text[i]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth == 0:
+                break
+        elif c == "," and depth == 1:
+            commas += 1
+        elif depth >= 1 and not c.isspace():
+            empty = False
+        i += 1
+    else:
+        return None
+    inner = text[open_at + 1:i].strip()
+    if empty or inner == "void":
+        return 0
+    if "..." in inner:
+        return None  # variadic: any count
+    return commas + 1
+
+
+def _definitions(files: dict[str, bytes]) -> dict[str, list[tuple[str, int, int | None]]]:
+    out: dict[str, list[tuple[str, int, int | None]]] = {}
+    for rel, data in files.items():
+        text = data.decode("utf-8", "replace")
+        for m in _DEF.finditer(text):
+            if m.group(1) in ("if", "for", "while", "switch", "return", "sizeof"):
+                continue
+            line = text.count("\n", 0, m.start()) + 1
+            out.setdefault(m.group(1), []).append((rel, line, arity(text, m.end() - 1)))
+        for m in _MACRO.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            count = arity(text, m.end() - 1) if m.group(2) else None
+            out.setdefault(m.group(1), []).append((rel, line, count))
+    return out
+
+
+def _walker_members(host_h: str, rules: Rules) -> list[str]:
+    """Names of the struct kvm_pagewalk objects in struct kvm_vcpu_arch, in order."""
+    start = host_h.find(f"struct {rules.types['vcpu_arch']} {{")
+    if start < 0:
+        return []
+    end = host_h.find("\n};", start)
+    body = host_h[start:end if end > 0 else None]
+    return re.findall(rf"^\s*struct\s+{rules.types['walker']}\s+(\w+)\s*;", body, re.M)
+
+
+def load_target(path: str | Path, rules: Rules, names_spec: str | None = None) -> Target:
+    """Read a target tree.  Raises TreeError (one line) when it is not a kernel tree."""
+    root = Path(path)
+    if not root.is_dir():
+        raise TreeError(f"{root}: not a directory")
+    files = _git_head_files(root) if (root / ".git").exists() else None
+    if files is None:
+        files = {}
+        for sub in _SCOPE:
+            base = root / sub
+            if not base.is_dir():
+                continue
+            for p in base.rglob("*"):
+                if p.suffix in _SUFFIXES and p.is_file() and not p.is_symlink():
+                    try:
+                        files[str(p.relative_to(root))] = p.read_bytes()
+                    except OSError as exc:
+                        raise TreeError(f"{p}: cannot read: {exc.strerror}") from None
+    if not any(r.startswith("arch/x86/kvm/") for r in files):
+        raise TreeError(f"{root}: not a kernel tree (no arch/x86/kvm/)")
+    version = kernel_version(root) or "unknown"
+    host = (files.get("arch/x86/include/asm/kvm_host.h") or b"").decode("utf-8", "replace")
+    members = _walker_members(host, rules)
+    removed = [n for n, m in rules.vcpu_old.items() if m.removed]
+    if members:
+        layout = "new"
+    elif any(re.search(rf"\b{n}\s*;", host) for n in removed):
+        layout = "old"
+    else:
+        layout = "unknown"
+    names = None
+    if layout == "new":
+        names = _target_names(members, rules, names_spec)
+    return Target(root=root, version=version, layout=layout, names=names, files=files)
+
+
+def _target_names(members: list[str], rules: Rules, spec: str | None) -> WalkerNames:
+    if spec:
+        names = rules.names(spec)
+        if {names.gva, names.ngpa} <= set(members):
+            return names
+    for preset in rules.presets.values():
+        if {preset.gva, preset.ngpa} <= set(members):
+            return preset
+    raise RulesError(f"the target's walkers ({', '.join(members)}) match no names preset: "
+                     "say which is which with --target-names gva=X,ngpa=Y")
