@@ -160,9 +160,13 @@ def mask(src: bytes) -> tuple[bytes, list[tuple[int, int]]]:
         # `unsigned:3;` (anonymous padding) -> `int _pad:3;`
         buf[m.start():m.end()] = b"int _pad"
     for m in _finditer(t.trace, src):
+        # The whole definition goes (name, arguments, a `;` after it): a tracepoint defines
+        # nothing the C parser needs, and a run of them without `;` is not C at file scope.
         end = _close_paren(src, m.end() - 1)
-        _blank(buf, m.end(), end - 1)
-        spans.append((m.end(), end - 1))
+        semi = re.match(rb"[ \t]*;", src[end:end + 64])
+        stop = end + (semi.end() if semi else 0)
+        _blank(buf, m.start(), stop)
+        spans.append((m.start(), stop))
     for m in _TOPLEVEL_CALL.finditer(src):
         end = _close_paren(src, m.end() - 1)
         rest = re.match(rb"[ \t]*(?://[^\n]*)?\n\s*(.)", src[end:end + 400])
