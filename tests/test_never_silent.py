@@ -203,3 +203,19 @@ def test_walk_only_mmu_is_never_silently_redirected(tmp_path):
     assert f"{rel}:18: needs a human: fork_walk() walks its argument 1 but cannot take a walker" in res.stderr
     section = res.stdout.split(f"+++ b/{rel}", 1)[1].split("\ndiff --git", 1)[0]
     assert "root_mmu" not in section
+
+
+def test_scan_names_unplaced_members(tmp_path):
+    tree = fork_tree(tmp_path)
+    assert "unplaced: struct kvm_mmu pkr_mask" in run("scan", "--no-cache", tree).stdout
+    assert "unplaced:" not in run("scan", "--no-cache", "--rules", OVERLAY / "fork.toml", tree).stdout
+
+
+def test_an_unknown_mmu_member_of_vcpu_arch_is_reported(tmp_path):
+    tree = tree_with(tmp_path, "else_branch.c")
+    header = tree / "arch/x86/include/asm/kvm_host.h"
+    header.write_text(header.read_text().replace("\tstruct kvm_mmu guest_mmu;\n",
+                                                 "\tstruct kvm_mmu guest_mmu;\n\tstruct kvm_mmu introspect_mmu;\n"))
+    res = run("rewrite", tree)
+    assert res.exit_code == 3
+    assert "kvm_host.h" in res.stderr and "introspect_mmu (an MMU or walker) is not placed" in res.stderr

@@ -63,3 +63,15 @@ def by_file(index, rules: Rules) -> dict[str, tuple[Counter, Counter]]:
 
 def describe(counts: Counter) -> str:
     return ", ".join(f"{name} x{n}" if n > 1 else name for name, n in counts.most_common()) or "-"
+
+
+def unplaced_members(program, rules: Rules) -> tuple[list[str], list[str]]:
+    """Members of the tree's own struct kvm_mmu, and struct kvm_mmu members of struct
+    kvm_vcpu_arch, that rules/ does not place."""
+    mmu = rules.types["mmu"]
+    known = set(rules.mmu_fields) | set(rules.new_fields)
+    fields = [n for n in program.structs.members.get(mmu, {}) if n not in known]
+    arch = program.structs.members.get(rules.types["vcpu_arch"], {})
+    # struct kvm_pagewalk members are the tree's walkers (any names): only MMUs need a rule.
+    members = [n for n, t in arch.items() if t.name == f"struct {mmu}" and n not in rules.vcpu_old]
+    return fields, members

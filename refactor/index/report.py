@@ -24,6 +24,7 @@ def scan_text(index: Index, include_text: bool = False) -> str:
            f"layout: {index.layout}" + (f" (walkers: {', '.join(index.walkers)})" if index.walkers else "")]
     if index.layout == "mixed":
         out += _mixed_files(index)
+    out += _unplaced(index)
     groups: dict[tuple[str, str], list] = defaultdict(list)
     code = comments = 0
     for ref in index.references:
@@ -71,4 +72,18 @@ def _mixed_files(index: Index) -> list[str]:
     for file, (old, new) in sorted(by_file(index, load_rules()).items()):
         state = "old" if not new else "new" if not old else "mixed"
         lines.append(f"  {state:<5} {file}: old: {describe(old)} | new: {describe(new)}")
+    return lines
+
+
+def _unplaced(index: Index) -> list[str]:
+    """Members rules/ does not place: `rewrite` reports each use; --rules can place them."""
+    from refactor.index.layout_files import unplaced_members
+    from refactor.rules import load_rules
+
+    rules = load_rules()
+    fields, members = unplaced_members(index.program, rules)
+    lines = [f"unplaced: struct {rules.types['mmu']} {', '.join(fields)} (not in rules/: give them "
+             "with --rules, see docs/rules-overlay.md)"] if fields else []
+    if members:
+        lines.append(f"unplaced: struct {rules.types['vcpu_arch']} {', '.join(members)}")
     return lines

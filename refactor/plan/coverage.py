@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from refactor.frontend.lexer import LineIndex, tokens
-from refactor.index.layout_files import already_new
+from refactor.index.layout_files import already_new, unplaced_members  # noqa: F401  (re-exported)
 from refactor.plan.edits import Edit, Human
 from refactor.rules import Rules, WalkerNames
 
@@ -99,20 +99,6 @@ def uncovered(index, edits: list[Edit], rules: Rules, narrowed: list[str],
 def _touched(spans: list[tuple[int, int]], lo: int, hi: int) -> bool:
     """Some edit overlaps [lo, hi), or inserts text inside it."""
     return any(s < hi and (e > lo or (s == e and s >= lo)) for s, e in spans)
-
-
-def unplaced_members(program, rules: Rules) -> tuple[list[str], list[str]]:
-    """Members of the tree's own struct kvm_mmu, and MMU-typed members of struct
-    kvm_vcpu_arch, that rules/ does not place."""
-    mmu = rules.types["mmu"]
-    known = set(rules.mmu_fields) | set(rules.new_fields)
-    fields = [n for n in program.structs.members.get(mmu, {}) if n not in known]
-    arch = program.structs.members.get(rules.types["vcpu_arch"], {})
-    typed = {f"struct {mmu}", f"struct {rules.types['walker']}"}
-    members = [n for n, t in arch.items() if t.name in typed
-               and n not in rules.vcpu_old and n not in rules.vcpu_new
-               and n not in rules.new_member_names()]
-    return fields, members
 
 
 def unplaced(index, rules: Rules) -> list[Human]:
