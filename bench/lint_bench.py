@@ -4,7 +4,11 @@
   cold (empty index cache) and warm (cache filled by the cold run);
 - lint of a 20-patch mbox made at bench time from real 7.2 -> 7.3 file
   diffs of arch/x86/kvm (format-patch mails, one file each), without a tree
-  and with --tree 7.2 (whole patched files, the tree's types).
+  and with --tree 7.2 (whole patched files, the tree's types);
+- a pre-commit run per patch: each of the 20 patches staged in turn (git apply
+  --index) in a git copy of the 7.3 tree, then `kvm-refactor lint --staged
+  FILES` as the hook runs it (warm index cache: the hook's usual case), and
+  `--staged` with nothing staged (pre-commit run --all-files) on the KVM files.
 Targets (issue 6): 7.3 <= 1.5 s, the 20-patch mbox <= 1 s.
 
     python bench/lint_bench.py [--runs 3]
@@ -107,12 +111,54 @@ def main() -> None:
             found = len(json.loads(out)["findings"]) if out.strip() else 0
             print(f"lint 20-patch mbox {name} ({lines} diff lines), {label}: {med(times):.3f} s wall "
                   f"(exit {rc}, {found} findings; target <= 1 s)")
+    precommit(t73, series["7.3->7.2"][0][0], args.runs)
     # In-process figure without interpreter start-up, for comparison.
     from refactor.lint.engine import lint_patches
 
     start = time.perf_counter()
     lint_patches(mbox, "series.mbox")
     print(f"lint 20-patch mbox in-process (no tree): {time.perf_counter() - start:.3f} s")
+
+
+def precommit(tree: Path, mbox: str, runs: int) -> None:
+    """Per-patch figures of the pre-commit hook on a git copy of `tree`."""
+    import re
+    import shutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo, cache = Path(tmp) / "linux", Path(tmp) / "cache"
+        shutil.copytree(tree, repo, symlinks=True)
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+        for cmd in (["init", "-q", "."], ["add", "-A"], ["commit", "-q", "-m", "base"]):
+            subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
+        run_in = lambda a: run_at(a, cache, repo)  # noqa: E731
+        run_in(["--staged", "arch/x86/kvm/x86.c"])  # fills the index cache, as earlier commits would have
+        times, found = [], 0
+        mails = [m for m in re.split(r"(?m)^(?=From [0-9a-f]{40} )", mbox) if m.strip()]
+        for mail in mails:
+            files = re.findall(r"(?m)^diff --git a/(\S+) b/", mail)
+            patch = Path(tmp) / "p.patch"
+            patch.write_text(mail)
+            if subprocess.run(git + ["apply", "--index", str(patch)], cwd=repo, capture_output=True).returncode:
+                continue
+            secs, rc, out = run_in(["--staged", "--format", "json", *files])
+            times.append(secs)
+            found += len(json.loads(out)["findings"]) if out.strip() else 0
+            subprocess.run(git + ["reset", "-q", "--hard"], cwd=repo, check=True, capture_output=True)
+        if times:
+            print(f"pre-commit hook, per patch ({len(times)} of {len(mails)} patches staged in turn on 7.3): "
+                  f"median {statistics.median(times):.3f} s, max {max(times):.3f} s wall ({found} findings)")
+        kvm = [p.relative_to(repo).as_posix() for p in sorted((repo / "arch/x86/kvm").rglob("*.[ch]"))]
+        all_files = [run_in(["--staged", "--format", "json", *kvm])[0] for _ in range(runs)]
+        print(f"pre-commit run --all-files ({len(kvm)} KVM files, nothing staged): "
+              f"{statistics.median(all_files):.3f} s wall")
+
+
+def run_at(args: list[str], cache: Path, cwd: Path) -> tuple[float, int, str]:
+    env = dict(os.environ, KVM_REFACTOR_CACHE=str(cache), PYTHONPATH=str(REPO))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, cwd=cwd, capture_output=True, text=True)
+    return time.perf_counter() - start, proc.returncode, proc.stdout
 
 
 if __name__ == "__main__":

@@ -17,16 +17,39 @@ def test_rules_table_is_generated_from_lint_toml():
     doc = (REPO / "docs/lint.md").read_text()
     m = re.search(r"<!-- rules:begin -->\n(.*?)<!-- rules:end -->", doc, re.S)
     assert m, "docs/lint.md lost its rules markers"
-    assert m.group(1) == markdown_table(), "regenerate with: python -m refactor.lint.registry"
+    assert m.group(1) == markdown_table(), "regenerate with: python -m refactor.lint.docs"
     for rule in load_lint_rules().items:
         assert f"**{rule.id}" in doc or f"**{rule.id[:5]}" in doc or rule.id in doc
+
+
+def test_rule_pages_are_generated_from_lint_toml():
+    from refactor.lint.docs import stale
+
+    assert stale() == [], "regenerate with: python -m refactor.lint.docs"
+    pages = sorted(p.stem for p in (REPO / "docs/lint").glob("KVM*.md"))
+    assert pages == sorted(r.id for r in load_lint_rules().items)
+
+
+def test_explain_prints_the_rule_page():
+    from click.testing import CliRunner
+
+    from refactor.cli import main
+
+    res = CliRunner().invoke(main, ["lint", "--explain", "KVM010"])
+    assert res.exit_code == 0
+    assert res.stdout == (REPO / "docs/lint/KVM010.md").read_text()
+    for section in ("## What it does", "## Why is this bad?", "## Example", "## Use instead"):
+        assert section in res.stdout
+    assert "{gva}" not in res.stdout and "gva_walk" in res.stdout
+    bad = CliRunner().invoke(main, ["lint", "--explain", "KVM999"])
+    assert bad.exit_code == 2 and "KVM999" in bad.stderr
 
 
 def test_pre_commit_hook_entry():
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     (hook,) = hooks
     assert hook["id"] == "kvm-refactor-lint" and hook["language"] == "python"
-    assert "kvm-refactor lint" in hook["entry"] and "git diff --cached" in hook["entry"]
+    assert hook["entry"] == "kvm-refactor lint --staged" and hook["pass_filenames"] is True
     files = re.compile(hook["files"])
     assert files.search("arch/x86/kvm/mmu/mmu.c") and files.search("arch/x86/include/asm/kvm_host.h")
     assert not files.search("drivers/gpu/x.c") and not files.search("arch/x86/kvm/Makefile")

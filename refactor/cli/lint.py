@@ -6,6 +6,8 @@ severity, 2 bad input (one line naming the file and the reason).
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,18 +25,32 @@ def _user_error(message: str):
     return UserError(message)
 
 
+# A whole series of the refactor is ~100 KB; parsing costs ~0.3 s per MB (bench/hostile_bench.py).
+MAX_PATCH_BYTES = 32 * 1024 * 1024
+
+
 def _read_patch(path: str) -> tuple[str, str]:
-    if path == "-":
-        data = sys.stdin.buffer.read()
-        name = "<stdin>"
-    else:
-        try:
-            data = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise _user_error(f"{path}: no such file or directory") from None
-        except OSError as exc:
-            raise _user_error(f"{path}: cannot read: {exc.strerror}") from None
-        name = path
+    name = "<stdin>" if path == "-" else path
+    try:
+        fh = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except FileNotFoundError:
+        raise _user_error(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise _user_error(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        # A pipe (stdin, `<(git diff)`) is fine; a device such as /dev/zero would never end.
+        # (stdin is taken as it is: it may have no file descriptor, e.g. under click's test runner.)
+        mode = os.fstat(fh.fileno()).st_mode if path != "-" else None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise _user_error(f"{name}: not a regular file or a pipe")
+        data = fh.read(MAX_PATCH_BYTES + 1)
+    except OSError as exc:
+        raise _user_error(f"{name}: cannot read: {exc.strerror}") from None
+    finally:
+        if path != "-":
+            fh.close()
+    if len(data) > MAX_PATCH_BYTES:
+        raise _user_error(f"{name}: larger than the {MAX_PATCH_BYTES // (1024 * 1024)} MiB limit for a patch")
     if b"\0" in data[:8192]:
         raise _user_error(f"{name}: binary file, not a patch")
     return data.decode("utf-8", "replace"), name
@@ -47,7 +63,13 @@ def _load_baseline(path: str) -> Counter:
     from refactor import __version__
 
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise _user_error(f"{path}: not a regular file")
+            raw = fh.read(MAX_PATCH_BYTES + 1)
+        if len(raw) > MAX_PATCH_BYTES:
+            raise _user_error(f"{path}: larger than the {MAX_PATCH_BYTES // (1024 * 1024)} MiB limit for a baseline")
+        data = json.loads(raw.decode("utf-8"))
         tool, version, tool_version = data.get("tool"), data.get("version"), data.get("tool_version")
         entries = data["findings"]
         counts = Counter((e["rule"], e["file"], e["fingerprint"]) for e in entries)
@@ -116,7 +138,7 @@ def _summary(findings, suppressed: int) -> str:
 
 @click.command("lint")
 @rules_option
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default="text", show_default=True,
               help="text is compiler-style; sarif is SARIF 2.1.0 for code scanning")
 @click.option("--baseline", "baseline", metavar="FILE", help="suppress the findings recorded in FILE")
@@ -127,29 +149,53 @@ def _summary(findings, suppressed: int) -> str:
 @click.option("--names", "names", metavar="SPEC",
               help="walker names: a preset of rules/names.toml or gva=NAME,ngpa=NAME (default: from the tree)")
 @click.option("--no-cache", is_flag=True, help="ignore the index cache")
-def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache) -> None:
+@click.option("--staged", is_flag=True,
+              help="PATHs are files of the git work tree here: lint their staged diff against it, "
+                   "or the files themselves when nothing is staged (the pre-commit hook)")
+@click.option("--explain", "explain", metavar="RULE",
+              help="print what RULE (e.g. KVM010) checks, why, an example and the fix, then exit")
+def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged, explain) -> None:
     """Check kernel trees and patches for the kvm_pagewalk layout.
 
     PATH is a kernel tree (its layout is detected), a patch or mbox file
     (git format-patch or git diff output), or - for stdin.  A patch is judged
     on the lines it adds only.
     """
-    from refactor.lint.engine import lint_patches, lint_tree
+    from refactor import lint_patches, lint_tree
     from refactor.lint.registry import load_lint_rules
-    from refactor.frontend.patch import PatchError
-    from refactor.rules import RulesError
+    from refactor.errors import PatchError
+    from refactor.errors import RulesError
     from refactor.lint.sarif import to_sarif
-    from refactor.frontend.source import TreeError
+    from refactor.errors import TreeError
 
+    if explain:
+        from refactor.lint.docs import explain as explain_rule
+
+        try:
+            click.echo(explain_rule(explain), nl=False)
+        except RulesError as exc:
+            raise _user_error(str(exc)) from None
+        return
+    if not paths:
+        raise click.UsageError("give at least one PATH (a tree, a patch, or -), or --explain RULE")
     try:
         lint = load_lint_rules()
         base_counts = _load_baseline(baseline) if baseline else Counter()
         tree_index = None
         if tree:
-            from refactor.index.indexer import scan_tree
+            from refactor import scan_tree
 
             tree_index = scan_tree(tree, lint.rules, use_cache=not no_cache)
         inputs = []
+        if staged:
+            from refactor.lint.staged import lint_staged
+
+            res = lint_staged(list(paths), tree or ".", names=names, use_cache=not no_cache, lint=lint)
+            for w in res.warnings:
+                click.echo(f"kvm-refactor lint: warning: {w}", err=True)
+            inputs.append({"path": tree or ".", "kind": "patch" if res.mode == "staged" else "tree",
+                           "findings": res.findings})
+            paths = ()
         for path in paths:
             if path != "-" and Path(path).is_dir():
                 warnings: list[str] = []

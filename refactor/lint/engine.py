@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refactor.frontend.ctype import StructTable
-from refactor.index.indexer import Index, Reference, Tracker, _FileIndexer, detect_layout, scan_tree
+from refactor.index.indexer import Index, Reference, detect_layout, index_sources, scan_tree
 from refactor.frontend.lexer import tokens
-from refactor.lint.registry import LintRule, LintRules, load_lint_rules
+from refactor.lint.registry import HANDLERS, LintRule, LintRules, handler, load_lint_rules
 from refactor.frontend.parse import ParsedFile, parse
 from refactor.rules import RulesError, WalkerNames
 from refactor.index.program import Program, squash
@@ -66,6 +66,11 @@ class Unit:
     typed: bool = True  # False: a patch read without its tree (judge untyped bases by shape)
     patch: str | None = None
     edits: list | None = None  # old-layout tree: refactor.plan.rewrite's planned edits (the fixes)
+    # A patch: per file, (first line, last line, function of git's hunk heading) of each hunk.
+    sections: dict[str, list[tuple[int, int, str | None]]] = field(default_factory=dict)
+    # Function -> roles of the walkers its body names (from the tree): the walker it works with.
+    function_walkers: dict[str, frozenset[str]] = field(default_factory=dict)
+    covered_edits: set[int] = field(default_factory=set)  # planned edits already reported by a rule
     _src: dict[str, bytes | None] = field(default_factory=dict)
 
     def source(self, rel: str) -> bytes | None:
@@ -174,7 +179,7 @@ def _on_mmu(ref: Reference, unit: Unit, lint: LintRules) -> bool:
     base = _strip(ref.base).lstrip("&")
     if not rules.base_for(base).generic:
         return True  # vcpu->arch.mmu / root_mmu / guest_mmu / walk_mmu / nested_mmu
-    return unit.layout == "old" or (not unit.typed and base in lint.settings.get("mmu_pointer_names", []))
+    return unit.layout == "old" or (not unit.typed and base in lint.settings.mmu_pointer_names)
 
 
 def _ref_matches(rule: LintRule, ref: Reference, unit: Unit, lint: LintRules) -> bool:
@@ -274,11 +279,11 @@ def _finding(rule: LintRule, unit: Unit, file: str, line: int, column: int, expr
 
 
 def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
-    rules = [r for r in lint.items if "pattern" not in r.match and r.applies(unit.layout)]
+    rules = [r for r in lint.items if not r.patterns and r.applies(unit.layout)]
     by_file: dict[str, list] = defaultdict(list)
     for e in unit.edits or []:
         by_file[e.file].append(e)
-    covered: set[int] = set()
+    covered = unit.covered_edits
     out = []
     for ref in unit.references:
         if ref.context != "code" or not unit.wanted(ref.file, ref.line):
@@ -296,16 +301,21 @@ def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
                 out.append(_finding(rule, unit, ref.file, ref.line, ref.column + 1, expr,
                                     ref.function, fix, {"symbol": ref.symbol}))
                 break
-    sites = [r for r in lint.with_pattern("rewrite-site") if r.applies(unit.layout)]
-    for e in unit.edits or [] if sites else []:
-        if id(e) in covered or not unit.wanted(e.file, e.line):
+    return out
+
+
+@handler("rewrite-site")
+def rewrite_sites(shapes, rules: list[LintRule]) -> None:
+    """Planned edits of an old-layout tree that no reference rule reported (run after them)."""
+    unit = shapes.unit
+    for e in unit.edits or []:
+        if id(e) in unit.covered_edits or not unit.wanted(e.file, e.line):
             continue
         src = unit.source(e.file) or b""
         line = src.count(b"\n", 0, e.start) + 1
         col = e.start - (src.rfind(b"\n", 0, e.start) + 1) + 1
-        out.append(_finding(sites[0], unit, e.file, line, col, " ".join(e.old.split())[:200], None,
-                            _edit_new(e), {"edit_rule": e.rule, "why": e.why}))
-    return out
+        shapes.out.append(_finding(rules[0], unit, e.file, line, col, " ".join(e.old.split())[:200], None,
+                                   _edit_new(e), {"edit_rule": e.rule, "why": e.why}))
 
 
 def _edit_new(edit) -> str:
@@ -319,12 +329,30 @@ def unit_findings(unit: Unit, lint: LintRules) -> list[Finding]:
 
     out = reference_findings(unit, lint)
     shapes = Shapes(unit, lint)
-    shapes.translations()
-    shapes.nested_faults()
-    shapes.narrowed_calls()
+    # Each pattern's handler, in the order lint.toml declares the rules (later ones see earlier findings).
+    patterns = list(dict.fromkeys(p for r in lint.items if r.applies(unit.layout) for p in r.patterns))
+    for pattern in patterns:
+        HANDLERS[pattern](shapes, [r for r in lint.with_pattern(pattern) if r.applies(unit.layout)])
     out += shapes.out
-    out.sort(key=lambda f: (f.patch or "", f.file, f.line, f.column, f.rule))
-    return fingerprint(out, unit)
+    seen: set[tuple] = set()
+    unique = []
+    for f in out:  # one finding per rule and site, whichever way it was found
+        key = (f.rule, f.file, f.line, f.column)
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    unique.sort(key=lambda f: (f.patch or "", f.file, f.line, f.column, f.rule))
+    return fingerprint(unique, unit)
+
+
+def function_walkers(references: list[Reference], names: WalkerNames) -> dict[str, frozenset[str]]:
+    """Function -> roles of the vcpu walkers its body names (code only)."""
+    roles = {names.gva: "gva", names.ngpa: "ngpa"}
+    found: dict[str, set[str]] = defaultdict(set)
+    for r in references:
+        if r.context == "code" and r.function and r.symbol in roles:
+            found[r.function].add(roles[r.symbol])
+    return {fn: frozenset(v) for fn, v in found.items()}
 
 
 def fingerprint(findings: list[Finding], unit: Unit) -> list[Finding]:
@@ -372,7 +400,8 @@ def lint_tree(root: str | Path, names: str | None = None, use_cache: bool = True
             return None
 
     unit = Unit(label=str(root), layout=index.layout, names=wn, references=index.references,
-                program=index.program, read=read, parsed=dict(index.files), edits=edits)
+                program=index.program, read=read, parsed=dict(index.files), edits=edits,
+                function_walkers=function_walkers(index.references, wn))
     if error and warnings is not None:
         warnings.append(error)
     return index, unit_findings(unit, lint)
@@ -401,10 +430,12 @@ def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str
     patches = parse_patches(text, name)
     state: dict[str, str | None] = {}  # patched files so far, so a series applies in order
     wn = names_for(lint, names, tree.walkers if tree else [], tree.references if tree else [], text)
+    walkers_of = function_walkers(tree.references, wn) if tree is not None else {}
     out: list[Finding] = []
     for patch in patches:
         files: dict[str, bytes] = {}
         added: dict[str, set[int]] = {}
+        sections: dict[str, list[tuple[int, int, str | None]]] = {}
         for fp in patch.files:
             content = _post_image(fp, state, tree_root)
             if fp.binary or fp.new_path is None or not fp.new_path.endswith((".c", ".h")):
@@ -413,23 +444,48 @@ def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str
             if not lines:
                 continue
             files[fp.new_path] = content if content is not None else fp.post_image_sparse()
-            added[fp.new_path] = set(lines)
+            # A hunk may apply a few lines off: its added lines are where they landed.
+            added[fp.new_path] = _landed(fp, content) if content is not None else set(lines)
+            if content is None:  # only hunks: a line's function may be known from git's heading only
+                sections[fp.new_path] = [(h.new_start, h.new_start + max(h.new_len, 1) - 1,
+                                          _heading_function(h.section)) for h in fp.hunks]
         if not files:
             continue
-        program = _copy_program(tree.program) if tree is not None else Program()
-        parsed = {rel: parse(rel, data) for rel, data in files.items()}
-        for rel, pf in parsed.items():
-            program.learn(pf.main.tree.root_node, rel)
-        tracker = Tracker(lint.rules, program)
-        refs = [r for pf in parsed.values() for r in _FileIndexer(pf, program, tracker, lint.rules).run()]
+        memory = index_sources(files, lint.rules, program=_copy_program(tree.program) if tree is not None else None)
+        program, parsed, refs = memory.program, memory.files, memory.references
         layout = tree.layout if tree is not None else _patch_layout(patch, lint)
         if tree is None and layout == "new":
             layout = "new" if detect_layout(program, lint.rules, refs) != "mixed" else "mixed"
         unit = Unit(label=patch.label, layout=layout, names=wn, references=refs, program=program,
-                    read=files.get, parsed=parsed, only_lines=added, typed=tree is not None,
+                    read=files.get, parsed=parsed, only_lines=added,
+                    typed=tree is not None and not sections,  # a file the tree could not give: hunks only
+                    sections=sections, function_walkers=walkers_of,
                     patch=patch.label if len(patches) > 1 or patch.subject else None)
         out += unit_findings(unit, lint)
     return out
+
+
+def _landed(fp: FilePatch, content: bytes) -> set[int]:
+    """Line numbers of the added lines in the patched file (hunks found as apply_to finds them)."""
+    lines = content.decode("utf-8", "replace").split("\n")
+    out: set[int] = set()
+    shift = 0
+    for h in fp.hunks:
+        want = [t for tag, t, _ in h.lines if tag != "-"]
+        start = (h.new_start - 1 if h.new_len else h.new_start) + shift
+        at = next((start + d for d in sorted(range(-50, 51), key=abs)
+                   if start + d >= 0 and lines[start + d:start + d + len(want)] == want), None)
+        if at is None:
+            return set(fp.added())
+        shift = at - (h.new_start - 1 if h.new_len else h.new_start)
+        out |= {at + i + 1 for i, (tag, _, _) in enumerate(t for t in h.lines if t[0] != "-") if tag == "+"}
+    return out
+
+
+def _heading_function(section: str) -> str | None:
+    """The function named in git's hunk heading (`static gpa_t f(struct kvm_vcpu *vcpu,` -> f)."""
+    m = re.search(r"\b([A-Za-z_]\w*(?:\(\w+\))?)\s*\(", section or "")
+    return m.group(1) if m else None
 
 
 def _post_image(fp: FilePatch, state: dict[str, str | None], tree_root) -> bytes | None:

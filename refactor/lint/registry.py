@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from refactor.rules import RULES_DIR, Rules, RulesError, WalkerNames, load_rules, read_rules_file
+from refactor.rules import (RULES_DIR, Rules, RulesError, WalkerNames, load_rules,
+                            read_rules_file, squash)
 
 SEVERITIES = ("error", "warning", "note")
 # How message placeholders read in rule descriptions (docs, SARIF rules).
@@ -19,7 +20,81 @@ PLACEHOLDERS = {"symbol": "NAME", "expr": "EXPR", "callee": "F", "arg": "ARG", "
                 "edit_rule": "EDIT", "why": "WHY"}
 LAYOUTS = ("old", "new", "mixed")
 _MATCH_KEYS = {"kind", "removed", "dest", "renamed", "base", "type", "pattern", "address", "walker",
-               "argument"}
+               "argument", "stage"}
+_DOC_KEYS = ("what", "why", "example", "use_instead")
+# match.pattern names a handler: a function registered with @handler(NAME) (shapes.py, engine.py).
+# Rules without a pattern select index references (engine.reference_findings).
+HANDLERS: dict[str, object] = {}
+
+
+def handler(pattern: str):
+    """Register the function that finds the shapes of rules with `match.pattern = PATTERN`."""
+    def register(fn):
+        HANDLERS[pattern] = fn
+        return fn
+    return register
+
+
+@dataclass(frozen=True)
+class LintSettings:
+    """[settings] of lint.toml, checked and typed."""
+
+    gva_address_types: tuple[str, ...]
+    ngpa_address_types: tuple[str, ...]
+    gva_address_words: tuple[str, ...]
+    ngpa_address_words: tuple[str, ...]
+    mmu_pointer_names: tuple[str, ...]
+    translate_field: str
+    translate_walker_arg: int
+    translate_address_arg: int
+    nested_fault_field: str
+    # Functions of the nGPA stage (fnmatch patterns): they work with the {ngpa} walker.
+    ngpa_stage_functions: tuple[str, ...] = ()
+    # The kvm_pagewalk layout's functions taking a struct kvm_pagewalk * (name -> argument
+    # indexes): known without --tree.
+    walker_parameters: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: dict) -> "LintSettings":
+        kinds = {"translate_field": str, "nested_fault_field": str, "translate_walker_arg": int,
+                 "translate_address_arg": int}
+        values: dict = {}
+        fields = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - fields
+        if unknown:
+            raise RulesError(f"lint.toml [settings]: unknown key {sorted(unknown)[0]!r}")
+        for name in fields:
+            if name not in data:
+                if name in ("ngpa_stage_functions", "walker_parameters"):
+                    continue
+                raise RulesError(f"lint.toml [settings]: missing key {name!r}")
+            value = data[name]
+            if name == "walker_parameters":
+                if not isinstance(value, dict) or not all(
+                        isinstance(v, list) and v and all(isinstance(i, int) and i >= 0 for i in v)
+                        for v in value.values()):
+                    raise RulesError("lint.toml [settings]: walker_parameters maps function names to "
+                                     "lists of argument indexes")
+                values[name] = {k: tuple(v) for k, v in value.items()}
+            elif name in kinds:
+                if not isinstance(value, kinds[name]) or isinstance(value, bool):
+                    raise RulesError(f"lint.toml [settings]: {name} must be a{'n integer' if kinds[name] is int else ' string'}")
+                values[name] = value
+            else:
+                if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                    raise RulesError(f"lint.toml [settings]: {name} must be a list of strings")
+                values[name] = tuple(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RuleDoc:
+    """What a rule checks, why that is wrong, an example and the fix (docs, --explain, SARIF)."""
+
+    what: str
+    why: str
+    example: str
+    use_instead: str
 _FIX_KEYS = {"by_use", "write", "compare", "builder_field", "field", "expr", "walker_of", "pointer", "rewrite"}
 
 
@@ -34,9 +109,16 @@ class LintRule:
     match: dict
     fix: dict
     old_message: str | None = None
+    doc: RuleDoc | None = None
 
     def applies(self, layout: str) -> bool:
         return layout in self.layouts
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """The handlers this rule is found by (none: an index-reference rule)."""
+        p = self.match.get("pattern")
+        return () if p is None else (p,) if isinstance(p, str) else tuple(p)
 
     def render(self, template: str, values: dict[str, str]) -> str:
         return template.format_map(_Blank(values))
@@ -51,7 +133,7 @@ class _Blank(dict):
 class LintRules:
     rules: Rules
     items: list[LintRule]
-    settings: dict = field(default_factory=dict)
+    settings: LintSettings
 
     def by_id(self, rule_id: str) -> LintRule:
         for r in self.items:
@@ -60,7 +142,7 @@ class LintRules:
         raise RulesError(f"lint.toml has no rule {rule_id!r}")
 
     def with_pattern(self, pattern: str) -> list[LintRule]:
-        return [r for r in self.items if r.match.get("pattern") == pattern]
+        return [r for r in self.items if pattern in r.patterns]
 
     # ---- fixes, all through refactor.rules ---------------------------------
     def field_fix(self, base: str, fname: str, names: WalkerNames, arrow: bool = True,
@@ -68,7 +150,7 @@ class LintRules:
         """New text of BASE->FIELD (BASE.FIELD) where FIELD moves or is renamed."""
         rb = self.rules.base_for(base)
         if (known_target and rb.known_guest_mmu and self.rules.mmu_fields[fname].moves_to_walker
-                and _squash(known_target) == "&" + _squash(self.rules.base_for("vcpu->arch.guest_mmu").old)):
+                and squash(known_target) == "&" + squash(self.rules.base_for("vcpu->arch.guest_mmu").old)):
             # mappings.toml: where vcpu->arch.mmu is known to be &guest_mmu, it walks {ngpa}.
             new_base = names.fill(rb.known_guest_mmu)
             return f"{new_base}.{self.rules.mmu_fields[fname].path}"
@@ -96,11 +178,11 @@ class LintRules:
 
     def compare_rule(self, rule: LintRule, line: str) -> str | None:
         """The mappings.toml comparison rule whose right-hand side the line contains."""
-        flat = _squash(line)
+        flat = squash(line)
         for expr_id in rule.fix.get("compare", []):
             old = self.rules.expr(expr_id).old
             m = re.search(r"(!=|==)(.*)$", old)
-            if m and _squash(m.group(1) + m.group(2)) in flat:
+            if m and squash(m.group(1) + m.group(2)) in flat:
                 return expr_id
         return None
 
@@ -115,10 +197,6 @@ class LintRules:
         f = self.rules.mmu_fields[fname]
         struct = self.rules.types["walker"] if f.moves_to_walker else self.rules.types["mmu"]
         return f"struct {struct}.{f.path}"
-
-
-def _squash(s: str) -> str:
-    return re.sub(r"\s+", "", s)
 
 
 def _check(item: dict, rules: Rules, where: str) -> LintRule:
@@ -140,9 +218,18 @@ def _check(item: dict, rules: Rules, where: str) -> LintRule:
         raise RulesError(f"{where}: walker_of names no base of mappings.toml")
     if item["match"].get("type") and item["match"]["type"] not in rules.types:
         raise RulesError(f"{where}: match.type must be a key of layout.toml [types]")
+    pattern = item["match"].get("pattern")
+    for p in [pattern] if isinstance(pattern, str) else pattern or []:
+        if p not in HANDLERS:
+            raise RulesError(f"{where}: match.pattern {p!r} names no handler "
+                             f"(known: {', '.join(sorted(HANDLERS))})")
+    doc = item.get("doc")
+    if not isinstance(doc, dict) or set(_DOC_KEYS) - set(doc) or set(doc) - set(_DOC_KEYS):
+        raise RulesError(f"{where}: doc must have exactly the keys {', '.join(_DOC_KEYS)}")
     return LintRule(id=item["id"], name=item["name"], severity=item["severity"],
                     layouts=tuple(item["layouts"]), message=item["message"], help=item["help"],
-                    match=dict(item["match"]), fix=dict(fix), old_message=item.get("old_message"))
+                    match=dict(item["match"]), fix=dict(fix), old_message=item.get("old_message"),
+                    doc=RuleDoc(**{k: str(doc[k]).strip("\n") for k in _DOC_KEYS}))
 
 
 @lru_cache(maxsize=4)
@@ -150,26 +237,21 @@ def load_lint_rules(directory: str | Path | None = None) -> LintRules:
     directory = Path(directory) if directory else RULES_DIR
     rules = load_rules(directory)
     data = read_rules_file(directory, "lint.toml")  # with the user's --rules overlay
+    import refactor.lint.shapes  # noqa: F401  (registers the pattern handlers checked below)
+
     items = [_check(item, rules, f"lint.toml rule {item.get('id', i)}")
              for i, item in enumerate(data.get("rule", []))]
     ids = [r.id for r in items]
     if len(ids) != len(set(ids)):
         raise RulesError("lint.toml: rule ids must be unique")
-    return LintRules(rules=rules, items=items, settings=data.get("settings", {}))
+    return LintRules(rules=rules, items=items, settings=LintSettings.parse(data.get("settings", {})))
 
 
 def markdown_table(lint: LintRules | None = None) -> str:
-    """The rules table of docs/lint.md (kept in sync by tests/test_lint_docs.py)."""
-    lint = lint or load_lint_rules()
-    names = lint.rules.presets["upstream"]
-    rows = ["| id | name | severity | layouts | what | fix from |", "|---|---|---|---|---|---|"]
-    for r in lint.items:
-        what = r.render(r.message, {**PLACEHOLDERS, **names.as_dict()})
-        fix = ", ".join(f"`{k}`" if v is True else f"`{k}={v}`" if isinstance(v, str)
-                        else f"`{k}={','.join(v)}`" for k, v in r.fix.items())
-        rows.append(f"| {r.id} | {r.name} | {r.severity} | {', '.join(r.layouts)} | "
-                    f"{what.replace('|', '&#124;')} | {fix} |")
-    return "\n".join(rows) + "\n"
+    """The rules table of docs/lint.md (generated by refactor.lint.docs)."""
+    from refactor.lint.docs import markdown_table as table
+
+    return table(lint)
 
 
 if __name__ == "__main__":  # python -m refactor.lint.registry > table (docs/lint.md)

@@ -4,28 +4,38 @@ GitHub code scanning needs: tool.driver.name and rules (id, short
 description, help, default level), and per result ruleId, level, message and
 one physicalLocation with a repository-relative artifact URI and a region.
 partialFingerprints lets the service track a finding across line shifts.
+
+Each rule carries its generated documentation (refactor.lint.docs): the
+message pattern as shortDescription, what it checks as fullDescription, the
+whole page (what, why, example, fix) as help markdown.  There is no helpUri
+and no informationUri: the project has no public home, and a path inside the
+repository is not a URI a code-scanning service can open (docs/lint.md).
 """
 from __future__ import annotations
 
-from refactor import __version__
-from refactor.lint.engine import Finding
-from refactor.lint.registry import PLACEHOLDERS, LintRules
-
-SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFO_URI = "https://example.invalid/kvm-refactor/docs/lint.md"  # replaced by the project's page when published
 from urllib.parse import quote
 
+from refactor import __version__
+from refactor.lint.engine import Finding
+from refactor.lint.docs import rule_page, short_description
+from refactor.lint.registry import LintRules
+
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "")
 
 
 def _rule(rule, lint: LintRules) -> dict:
-    help_text = rule.render(rule.help, {**lint.rules.presets["upstream"].as_dict(), "fix": "see each result"})
+    page = rule_page(rule, lint)
+    what = page.split("## What it does\n\n", 1)[1].split("\n\n", 1)[0]
     return {
         "id": rule.id,
         "name": rule.name,
-        "shortDescription": {"text": rule.name.replace("-", " ")},
-        "fullDescription": {"text": rule.render(rule.message, {**PLACEHOLDERS,
-                                                               **lint.rules.presets["upstream"].as_dict()})},
-        "help": {"text": help_text},
+        "shortDescription": {"text": short_description(rule, lint)},
+        "fullDescription": {"text": _plain(what), "markdown": what},
+        "help": {"text": _plain(page), "markdown": page},
         "defaultConfiguration": {"level": rule.severity},
         "properties": {"tags": ["kvm", "kvm_pagewalk"], "layouts": list(rule.layouts)},
     }
@@ -59,7 +69,7 @@ def to_sarif(findings: list[Finding], lint: LintRules, uri_base: str | None = No
         results.append(result)
     run = {
         "tool": {"driver": {"name": "kvm-refactor", "version": __version__, "semanticVersion": __version__,
-                            "informationUri": INFO_URI, "rules": rules}},
+                            "rules": rules}},
         "results": results,
         "columnKind": "utf16CodeUnits",
     }
