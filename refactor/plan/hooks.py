@@ -62,8 +62,22 @@ def plan_hook_helpers(plan, files, program, rules: Rules, names: WalkerNames) ->
                     edits.append(_edit(text, rel, m.start(), m.end(), "", step.id, why))
             if edits:
                 _commit(plan, rel, data, edits, apply)
+        for name in step.get("drop_unused", ()):
+            _drop_unused(plan, name, step.id, why, apply)
         if not have_helper:
             _define(plan, files, step, names, why, apply)
+
+
+def _drop_unused(plan, name: str, rule: str, why: str, apply) -> None:
+    """Remove `static ... name(...) {...}` from a rewritten file where nothing else names it."""
+    fn = re.compile(rf"\n?^static\b[^;{{}}]*?\b{re.escape(name)}\s*\([^;{{]*\)\s*\n?\{{.*?^\}}[ \t]*\n",
+                    re.M | re.S)
+    for rel, data in sorted(plan.results.items()):
+        text = data.decode("utf-8", "surrogateescape")
+        m = fn.search(text)
+        if m is None or re.search(rf"\b{re.escape(name)}\b", text[:m.start()] + text[m.end():]):
+            continue
+        _commit(plan, rel, data, [_edit(text, rel, m.start(), m.end(), "", rule, why)], apply)
 
 
 def _edit(text: str, rel: str, start: int, end: int, new: str, rule: str, why: str) -> Edit:
