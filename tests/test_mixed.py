@@ -95,3 +95,15 @@ def test_lint_reports_every_remaining_old_use(tmp_path, full, done):
     old = {(r.file, r.line) for r in build_index(tree).references
            if is_old(r, rules) and r.use != "member-declaration"}
     assert old and old <= found, sorted(old - found)
+
+
+def test_lint_reports_walker_mmu_mismatches_of_a_half_done_tree(tmp_path, full):
+    # mmu.h already passes walkers; paging_tmpl.h still hands them its struct kvm_mmu *.
+    tree = half(tmp_path, full, [HEADER, "arch/x86/kvm/mmu.h"])
+    res = run("lint", "--format", "json", "--no-cache", tree)
+    found = {(f["file"], f["line"], f["rule"]) for f in json.loads(res.stdout)["findings"]}
+    tmpl = "arch/x86/kvm/mmu/paging_tmpl.h"
+    src = (tree / tmpl).read_text().splitlines()
+    calls = [i + 1 for i, ln in enumerate(src) if "permission_fault(vcpu, mmu" in ln or "kvm_translate_gpa(vcpu, mmu" in ln]
+    assert len(calls) == 2
+    assert {(tmpl, n) for n in calls} <= {(f, n) for f, n, rule in found if rule == "KVM020"}
