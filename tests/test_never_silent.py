@@ -219,3 +219,15 @@ def test_an_unknown_mmu_member_of_vcpu_arch_is_reported(tmp_path):
     res = run("rewrite", tree)
     assert res.exit_code == 3
     assert "kvm_host.h" in res.stderr and "introspect_mmu (an MMU or walker) is not placed" in res.stderr
+
+
+def test_declaration_typed_token_rules(tmp_path):
+    # Lexer-only text: `mmu->pkru_mask` on a declared struct kvm_mmu * the function keeps,
+    # and the old format type, are rewritten from the declarations.
+    tree = tree_with(tmp_path, "typed_tokens.c")
+    plan = plan_rewrite(tree, "upstream", load_rules())
+    rel = "arch/x86/kvm/mmu/typed_tokens.c"
+    assert [h for h in plan.humans if h.file == rel] == []
+    new = plan.results[rel].decode()
+    assert "sizeof(struct kvm_page_format)" in new and "rsvd_bits_validate" not in new
+    assert "mmu->pkru_mask" not in new and ("mmu->w->fmt.pkru_mask" in new or "w->fmt.pkru_mask" in new)

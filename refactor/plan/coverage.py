@@ -137,8 +137,11 @@ _ARCH_ACCESS = re.compile(
     rb"[ \t]*(?P<op>->|\.)[ \t]*(?P<field>[A-Za-z_]\w*)")
 
 
-def token_edits(index, rules: Rules, names: WalkerNames, edits: list[Edit]) -> list[Edit]:
-    """Edits, by token rules, for `vcpu->arch.MEMBER->FIELD` in regions only the lexer read."""
+def token_edits(index, rules: Rules, names: WalkerNames, edits: list[Edit],
+                narrowed: list[str] = ()) -> list[Edit]:
+    """Edits, by token rules, in regions only the lexer read, where the base's type is known:
+    `vcpu->arch.MEMBER->FIELD` (from the member), `mmu->FIELD` where the function declares
+    `struct kvm_mmu *mmu` and keeps it, and the old format type."""
     out: list[Edit] = []
     done: set[tuple[str, int]] = set()
     moved = moved_names(rules)
@@ -151,6 +154,12 @@ def token_edits(index, rules: Rules, names: WalkerNames, edits: list[Edit]) -> l
         lo = pf.src.rfind(b"\n", 0, ref.start) + 1
         hi = pf.src.find(b"\n", ref.end)
         hi = len(pf.src) if hi < 0 else hi
+        typed = _declared_edit(pf.src, ref, rules, names, narrowed, lo, hi)
+        if typed is not None and (ref.file, typed.start) not in done and \
+                not any(e.file == ref.file and e.start < typed.end and typed.start < e.end for e in edits):
+            done.add((ref.file, typed.start))
+            out.append(typed)
+            continue
         for m in _ARCH_ACCESS.finditer(pf.src, lo, hi):
             start, end = m.start(), m.end()
             if not (start <= ref.start < end) or (ref.file, start) in done:
@@ -213,3 +222,46 @@ def blocked_walker_params(defs, blocked: dict, rules: Rules) -> dict[tuple[str, 
                         out[(name, v.index)] = blocked[(name, v.name)]
                         break
     return out
+
+
+_PTR_ACCESS = re.compile(rb"(?<![\w.>])(?P<var>[A-Za-z_]\w*)[ \t]*->[ \t]*(?P<field>[A-Za-z_]\w*)")
+_HEADER_NAME = re.compile(rb"([A-Za-z_]\w*)\s*\((?:[^()]|\([^()]*\))*\)\s*\Z")
+
+
+def _declared_edit(src: bytes, ref, rules: Rules, names: WalkerNames, narrowed, lo: int,
+                   hi: int) -> Edit | None:
+    """A token rule from a declaration: the old format type, or `var->FIELD` on a declared
+    struct kvm_mmu * the function keeps (a narrowed one is left to a human)."""
+    if ref.symbol == rules.types["old_format"]:
+        m = re.compile(rb"\bstruct\s+" + re.escape(ref.symbol.encode()) + rb"\b").search(src, lo, hi)
+        if m is None or not (m.start() <= ref.start < m.end()):
+            return None
+        rule = rules.expr("rsvd-bits-validate-type")
+        return Edit(ref.file, m.start(), m.end(), f"struct {rules.types['format']}", rule.id,
+                    f"token rule (the parser could not read this code): {rule.why}",
+                    m.group().decode(), src.count(b"\n", 0, m.start()) + 1)
+    f = rules.mmu_fields.get(ref.symbol)
+    if f is None or not f.moves_to_walker:
+        return None
+    for m in _PTR_ACCESS.finditer(src, lo, hi):
+        if m.start("field") != ref.start:
+            continue
+        var = m.group("var")
+        body = src.rfind(b"\n{", 0, ref.start)
+        if body < 0 or var == b"arch":
+            return None
+        header = src[max(0, body - 600):body]
+        decl = re.compile(rb"\bstruct\s+" + re.escape(rules.types["mmu"].encode()) + rb"\s*\*\s*"
+                          + re.escape(var) + rb"\b")
+        if not decl.search(src, max(0, body - 600), ref.start):
+            return None
+        fn = _HEADER_NAME.search(header.rstrip())
+        if fn is None or f"{fn.group(1).decode()}:{var.decode()}" in narrowed:
+            return None  # a walker now, perhaps renamed: a human's
+        base = rules.base_for("{base}")
+        sep = "->" if base.new_is == "ptr" else "."
+        new = f"{names.fill(base.new, base=var.decode())}{sep}{f.path}"
+        return Edit(ref.file, m.start(), m.end(), new, base.id,
+                    f"token rule (the parser could not read this code): {base.why}",
+                    m.group().decode(), src.count(b"\n", 0, m.start()) + 1)
+    return None

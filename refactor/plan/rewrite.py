@@ -196,7 +196,7 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     plan.humans.extend(ctx.humans)
     # Never silent: what only the lexer could read is rewritten by token rules where the
     # base's type is known; an old name no edit touched is a site for a human.
-    ctx.edits.extend(token_edits(index, rules, names, ctx.edits))
+    ctx.edits.extend(token_edits(index, rules, names, ctx.edits, plan.narrowed))
     plan.humans.extend(uncovered(index, ctx.edits, rules, plan.narrowed))
     plan.humans.extend(unplaced(index, rules))
     plan.comments = [{"file": r.file, "line": r.line, "symbol": r.symbol}
