@@ -47,8 +47,13 @@ def _attach_member(files, defs, rules, names, step) -> list[Edit]:
             m = re.search(r"(\w+(?:->|\.)arch)(?:\.|->)\w+", pf.text(last, fn.frag))
             arch = m.group(1) if m else "vcpu->arch"
             walker = getattr(names, info.walker)
+            stmt, lead = f"\t{arch}.{step['member']}.w = &{arch}.{walker};\n", ""
+            nxt = last.next_named_sibling
+            if nxt is not None and nxt.type == "if_statement":
+                # Not between `ret = create(...)` and its `if (ret)`: after the check, set apart.
+                last, lead = nxt, "\n"
             pos = pf.src.find(b"\n", last.end_byte + fn.frag.offset) + 1
-            out.append(Edit(pf.rel, pos, pos, f"\t{arch}.{step['member']}.w = &{arch}.{walker};\n",
+            out.append(Edit(pf.rel, pos, pos, lead + stmt,
                             step["id"], step["why"], "", pf.src.count(b"\n", 0, pos) + 1))
     return out
 
