@@ -89,3 +89,60 @@ def test_errors_map_to_the_nearest_rewrite_site_above():
     map_errors(errs, plan)
     assert errs[0].site == first
     assert errs[1].site is None
+
+
+def _unclean_farm(tmp_path: Path) -> Path:
+    """A tree configured in place: the full 6.1 tree's top level linked, plus a .config."""
+    tree = full_tree("6.1")
+    farm_dir = tmp_path / "unclean"
+    farm_dir.mkdir()
+    for entry in tree.iterdir():
+        if entry.name not in (".git", ".config"):
+            (farm_dir / entry.name).symlink_to(entry)
+    (farm_dir / ".config").write_text("CONFIG_64BIT=y\n")
+    return farm_dir
+
+
+def test_kbuild_refusing_an_unclean_tree_is_one_line_with_the_fix(tmp_path):
+    """Kbuild's own words (its check run for real), then our check before any work."""
+    from refactor.kernel.build import BuildError, build_kvm, configure
+
+    farm_dir = _unclean_farm(tmp_path)
+    with pytest.raises(BuildError) as exc:
+        configure(farm_dir, tmp_path / "out")  # Kbuild runs and refuses
+    assert "make mrproper" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (tmp_path / "out" / ".config").exists()  # not left half-configured
+    with pytest.raises(BuildError, match="please run make mrproper"):
+        build_kvm(farm_dir, tmp_path / "out2")
+
+
+def test_build_check_cli_on_an_unclean_tree(tmp_path):
+    import subprocess
+    import sys
+
+    farm_dir = _unclean_farm(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "refactor", "build-check", str(farm_dir)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "make mrproper" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_kbuild_reasons_name_the_missing_tool():
+    from refactor.kernel.build import kbuild_reason
+
+    # Lines as make and Kbuild print them when a tool is missing (Debian, dash).
+    assert "apt-get install flex" in kbuild_reason("/bin/sh: 1: flex: not found\nmake[2]: *** Error 127", Path("."))
+    assert "apt-get install bison" in kbuild_reason("/bin/sh: 1: bison: not found", Path("."))
+    assert "libelf-dev" in kbuild_reason("error: Cannot generate ORC metadata for CONFIG_UNWINDER_ORC=y, "
+                                         "please install libelf-dev, libelf-devel or elfutils-libelf-devel",
+                                         Path("."))
+
+
+@pytest.mark.slow
+def test_rewritten_61_builds_with_kvm_as_modules():
+    tree = full_tree("6.1")
+    plan = plan_rewrite(tree, "upstream", index=build_index(tree))
+    result = check_tree(tree, plan, config="modules")
+    assert result.ok, result.reason or result.log_tail
+    config = (Path(result.command.split("O=")[1].split()[0]) / ".config").read_text()
+    assert "CONFIG_KVM=m" in config and "CONFIG_KVM_INTEL=m" in config and "CONFIG_KVM_AMD=m" in config

@@ -18,12 +18,15 @@ from pathlib import Path
 from refactor.apply.splice import write_atomic
 
 KVM_OPTIONS = ("KVM", "KVM_INTEL", "KVM_AMD")
+# --config: how KVM is configured on top of defconfig (scripts/config switch).
+CONFIGS = {"builtin": "-e", "modules": "-m"}
+CONFIG_LABELS = {"builtin": "defconfig + KVM, KVM_INTEL, KVM_AMD built in",
+                 "modules": "defconfig + KVM, KVM_INTEL, KVM_AMD as modules"}
 _DIAG = re.compile(r"^(?P<file>[^\s:]+\.[ch]):(?P<line>\d+):(?P<col>\d+): (?P<kind>error|fatal error): (?P<msg>.*)$",
                    re.M)
 
 
-class BuildError(RuntimeError):
-    """The build could not be run at all (no Makefile, no compiler...)."""
+from refactor.errors import BuildError  # noqa: E402,F401  (defined there; re-exported here)
 
 
 @dataclass
@@ -42,6 +45,7 @@ class BuildResult:
     errors: list[Diagnostic] = field(default_factory=list)
     log_tail: str = ""
     command: str = ""
+    reason: str | None = None  # Kbuild's one-line reason when it failed without a compile error
 
 
 def work_dir() -> Path:
@@ -59,27 +63,66 @@ def _run(cmd: list[str], cwd: Path, log=None) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
 
 
-def configure(src: Path, out: Path) -> None:
-    """defconfig with KVM, KVM_INTEL and KVM_AMD on, when the output dir has no .config."""
+def kbuild_reason(text: str, src: Path) -> str | None:
+    """Kbuild's own reason for a failure that is not a compile error, with the fix, in one line."""
+    if "source tree is not clean" in text or "please run 'make mrproper'" in text:
+        return (f"{src}: the kernel source tree is not clean (configured or built in place, e.g. a .config "
+                f"or include/config/ there), so Kbuild refuses an O= build: please run make mrproper in it")
+    for tool, package in (("flex", "flex"), ("bison", "bison"), ("bc", "bc"), ("gcc", "gcc"),
+                          ("openssl", "libssl-dev")):
+        if re.search(rf"\b{tool}: (command )?not found", text):
+            return f"Kbuild needs {tool}, which is not installed: apt-get install {package}"
+    if "libelf" in text and ("please install" in text or "No such file" in text):
+        return "Kbuild needs libelf's headers (objtool): apt-get install libelf-dev"
+    m = re.search(r"^\*\*\* (.+)$", text, re.M)
+    if m:
+        return f"Kbuild: {m.group(1).strip()}"
+    m = re.search(r"^.*(?:error|Error)[: ].*$", text, re.M)
+    return m.group(0).strip() if m else None
+
+
+def unclean_reason(src: Path) -> str | None:
+    """Kbuild's check, made before running it: an in-place configuration breaks O= builds."""
+    if (src / ".config").exists() or (src / "include" / "config").is_dir():
+        return kbuild_reason("source tree is not clean", src)
+    return None
+
+
+def configure(src: Path, out: Path, config: str = "builtin") -> None:
+    """defconfig with KVM, KVM_INTEL and KVM_AMD on (or as modules), when out has no .config."""
     if (out / ".config").exists():
         return
+    if config not in CONFIGS:
+        raise BuildError(f"unknown --config {config!r} (known: {', '.join(CONFIGS)})")
     out.mkdir(parents=True, exist_ok=True)
+    switch = CONFIGS[config]
     steps = [["make", f"O={out}", "defconfig"],
-             ["scripts/config", "--file", str(out / ".config")] + [x for o in KVM_OPTIONS for x in ("-e", o)],
+             ["scripts/config", "--file", str(out / ".config")] + [x for o in KVM_OPTIONS for x in (switch, o)],
              ["make", f"O={out}", "olddefconfig"]]
     for cmd in steps:
         proc = _run(cmd, src)
         if proc.returncode != 0:
-            raise BuildError(f"{' '.join(cmd[:3])} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+            (out / ".config").unlink(missing_ok=True)  # not half-configured for the next run
+            text = proc.stdout + proc.stderr
+            raise BuildError(kbuild_reason(text, src) or f"{' '.join(cmd[:3])} failed: "
+                             + (text.strip().splitlines() or [""])[-1])
 
 
-def build_kvm(src: Path, out: Path, jobs: int = 2) -> BuildResult:
+def build_kvm(src: Path, out: Path, jobs: int = 2, config: str = "builtin") -> BuildResult:
     import time
 
     if not (src / "Makefile").exists() or not (src / "scripts").is_dir():
         raise BuildError(f"{src}: not a full kernel tree (no scripts/); get one with "
                          "`kvm-refactor fetch-tree VERSION --full`")
-    configure(src, out)
+    from refactor.kernel.preflight import check_build
+
+    problem = check_build()  # flex/bison/bc/libelf missing: say so, not make's Error 2
+    if problem:
+        raise BuildError(problem)
+    unclean = unclean_reason(src)
+    if unclean:
+        raise BuildError(unclean)
+    configure(src, out, config)
     cmd = ["make", f"O={out}", f"-j{jobs}", "arch/x86/kvm/"]
     start = time.monotonic()
     proc = _run(cmd, src)
@@ -91,7 +134,7 @@ def build_kvm(src: Path, out: Path, jobs: int = 2) -> BuildResult:
         rel = os.path.relpath(f, src) if os.path.isabs(f) else f
         errors.append(Diagnostic(rel, int(m.group("line")), int(m.group("col")), m.group("msg")))
     return BuildResult(proc.returncode == 0, seconds, errors, "\n".join(text.splitlines()[-15:]),
-                       " ".join(cmd))
+                       " ".join(cmd), None if proc.returncode == 0 or errors else kbuild_reason(text, src))
 
 
 def farm(tree: Path, dest: Path, files: dict[str, bytes], originals: set[str] | None = None) -> Path:
@@ -159,16 +202,19 @@ def new_line_sites(plan) -> dict[str, list[dict]]:
     return out
 
 
-def check_tree(tree: Path, plan=None, jobs: int = 2) -> BuildResult:
+def check_tree(tree: Path, plan=None, jobs: int = 2, config: str = "builtin") -> BuildResult:
     """Build KVM of `tree`, or of `plan`'s rewrite of it (in a farm), and map errors."""
     tree = Path(tree)
-    key = _key(tree)
+    unclean = unclean_reason(tree)  # named on the user's tree, not on the farm that links it
+    if unclean:
+        raise BuildError(unclean)
+    key = _key(tree) + ("" if config == "builtin" else f"-{config}")
     # Kbuild ties an output directory to one source tree: one per (tree, farm or not).
     out = work_dir() / f"{key}-{'rewrite' if plan is not None else 'plain'}-out"
     src = tree
     if plan is not None:
         src = farm(tree, work_dir() / f"{key}-src", plan.results)
-    result = build_kvm(src, out, jobs)
+    result = build_kvm(src, out, jobs, config)
     if plan is not None:
         map_errors(result.errors, plan)
     return result

@@ -182,6 +182,8 @@ def prepare_outdir(outdir: str | Path, force: bool) -> Path:
 def delete_branch(top: Path, branch: str, commit: str) -> None:
     """Undo the branch this run created (only if it still points where we put it)."""
     subprocess.run(["git", "update-ref", "-d", f"refs/heads/{branch}", commit], cwd=top, capture_output=True)
+    for key in ("kvm-refactor-change-id", "kvm-refactor-version", "kvm-refactor-base"):
+        subprocess.run(["git", "config", "--unset", f"branch.{branch}.{key}"], cwd=top, capture_output=True)
 
 
 def scratch_dir(prefix: str) -> Path:
