@@ -138,5 +138,6 @@ def build_check_cmd(tree: str, names: str | None, jobs: int, fmt: str) -> None:
             where = f" <- {e.site['rule']} at {e.site['file']}:{e.site['line']}" if e.site else ""
             click.echo(f"{e.file}:{e.line}:{e.column}: error: {e.message}{where}")
         if not result.ok and not result.errors:
-            click.echo(result.log_tail)
+            # Kbuild's own reason in one line (with the fix) when it names one.
+            click.echo(result.reason or result.log_tail)
     sys.exit(0 if result.ok else 1)
