@@ -82,7 +82,12 @@ def series_cmd(repo: str, names: str, branch: str, outdir: str | None, force: bo
         if s.build is not None and not s.build.ok:
             first = s.build.errors[0] if s.build.errors else None
             click.echo(f"  build FAILED after '{s.subject}'"
-                       + (f": {first.file}:{first.line}: {first.message}" if first else ""))
+                       + (f": {first.file}:{first.line}: {first.message}" if first else
+                          f": {s.build.reason}" if s.build.reason else ""))
+        if s.verify is not None and s.verify.divergences:
+            click.echo(f"  verify: {s.verify.divergences} divergences from the base after '{s.subject}'")
     for p in result.patches:
         click.echo(f"  {p}")
-    sys.exit(1 if any(s.build is not None and not s.build.ok for s in result.steps) else 0)
+    failed = any((s.build is not None and not s.build.ok) or (s.verify is not None and s.verify.divergences)
+                 for s in result.steps)
+    sys.exit(1 if failed else 0)
