@@ -6,6 +6,8 @@ running both layouts compares every event's result as it goes.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -92,6 +94,9 @@ def check_event(obj) -> dict:
     return out
 
 
+MAX_LINE_BYTES = 1024 * 1024
+
+
 def read_events(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, event) for each non-blank line; raises TraceError."""
     path = str(path)
@@ -100,8 +105,13 @@ def read_events(path: str | Path) -> Iterator[tuple[int, dict]]:
     except OSError as exc:
         raise TraceError(path, 0, f"cannot open: {exc.strerror}") from None
     with fh:
+        if stat.S_ISCHR(os.fstat(fh.fileno()).st_mode) or stat.S_ISBLK(os.fstat(fh.fileno()).st_mode):
+            raise TraceError(path, 0, "a device, not a trace file")
         first = True
-        for lineno, raw in enumerate(fh, 1):
+        # Lines are bounded: an event is a few hundred bytes, a gigabyte "line" is not a trace.
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
+            if len(raw) > MAX_LINE_BYTES:
+                raise TraceError(path, lineno, f"line longer than {MAX_LINE_BYTES} bytes")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -180,6 +180,11 @@ CASES = [
     ("lint-baseline-other-version", lambda t, m: ["lint", "--baseline", str(write(t, "b.json", json.dumps(
         {"tool": "kvm-refactor lint", "version": 1, "tool_version": "0.0.1", "findings": []}))), str(MINI)], 2,
      r"written by kvm-refactor '0\.0\.1'"),
+    ("lint-device", lambda t, m: ["lint", "/dev/zero"], 2, r"/dev/zero: not a regular file or a pipe"),
+    ("lint-huge-patch", lambda t, m: (os.truncate(write(t, "huge.patch", b""), 33 << 20),
+                                      ["lint", str(t / "huge.patch")])[1], 2, r"larger than the 32 MiB limit"),
+    ("lint-baseline-device", lambda t, m: ["lint", "--baseline", "/dev/zero", str(MINI)], 2,
+     r"/dev/zero: not a regular file"),
     ("lint-binary", lambda t, m: ["lint", str(write(t, "bin.patch", b"\0\1\2"))], 2, r"binary file, not a patch"),
     ("lint-missing", lambda t, m: ["lint", str(t / "none.patch")], 2, r"no such file"),
     # ---- emulate run
@@ -188,6 +193,10 @@ CASES = [
     ("emulate-nested-json", lambda t, m: ["emulate", "run", str(write(t, "n.jsonl", "[" * 100000 + "]" * 100000))],
      2, r"n\.jsonl:1: JSON nested too deeply"),
     ("emulate-missing", lambda t, m: ["emulate", "run", str(t / "none.jsonl")], 2, r"(cannot open|does not exist)"),
+    ("emulate-device", lambda t, m: ["emulate", "run", "/dev/zero"], 2, r"/dev/zero: a device"),
+    ("emulate-long-line", lambda t, m: ["emulate", "run", str(write(t, "l.jsonl", '{"ev":"reset"}\n'
+                                                                    + "x" * (2 << 20)))], 2,
+     r"l\.jsonl:2: line longer than 1048576 bytes"),
     ("emulate-empty", lambda t, m: ["emulate", "run", str(write(t, "e.jsonl", ""))], 2, r"empty trace"),
     # ---- series
     ("series-not-git", lambda t, m: ["series", str(mini(t)), "--branch", "x"], 2, r"."),

@@ -273,13 +273,17 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
 
 
 def _check_nesting(patches: list[Patch], name: str) -> None:
-    """The post-images are parsed and walked recursively: the tree's nesting limit holds for them too."""
-    from refactor.frontend.source import MAX_NESTING, nesting_depth
+    """The post-images are parsed and walked recursively: the tree's size and nesting limits hold for them."""
+    from refactor.frontend.source import MAX_BYTES, MAX_NESTING, nesting_depth
 
     for p in patches:
         for fp in p.files:
-            depth, _ = nesting_depth("\n".join(t for h in fp.hunks for tag, t, _ in h.lines
-                                               if tag != "-").encode("utf-8", "surrogateescape"))
+            post = "\n".join(t for h in fp.hunks for tag, t, _ in h.lines if tag != "-").encode("utf-8",
+                                                                                              "surrogateescape")
+            if len(post) > MAX_BYTES:
+                raise PatchError(f"{name}: {fp.path}: {len(post)} bytes of new code, larger than the "
+                                 f"{MAX_BYTES // (1024 * 1024)} MiB limit for one source file")
+            depth, _ = nesting_depth(post)
             if depth > MAX_NESTING:
                 raise PatchError(f"{name}: {fp.path}: added code nested {depth} levels deep (brackets, ?: and "
                                  f"#if), more than the limit of {MAX_NESTING}")

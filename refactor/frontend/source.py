@@ -163,6 +163,7 @@ def _walk(root: Path, real_root: Path, top: str, recursive: bool, pattern: re.Pa
     if not _inside(real_root, start):
         raise TreeError(f"{start}: symbolic link to {start.resolve()}, outside the tree")
     out, stack = [], [top]
+    visited = {start.resolve()}  # directory symlinks inside the tree are followed, once each
     while stack:
         rel_dir = stack.pop()
         try:
@@ -175,9 +176,15 @@ def _walk(root: Path, real_root: Path, top: str, recursive: bool, pattern: re.Pa
             if entry.is_symlink():
                 if not _inside(real_root, root / rel):
                     raise TreeError(f"{root / rel}: symbolic link to {os.path.realpath(root / rel)}, outside the tree")
-                if pattern.match(entry.name) or (recursive and entry.is_dir()):
-                    # Inside the tree: its target is read under its own name (or is not KVM code).
-                    continue
+                # Inside the tree: read through it, so the index has no silent gap (an in-place
+                # rewrite then refuses to write through it: refactor/apply/inplace.py).
+                if entry.is_dir():
+                    real = (root / rel).resolve()
+                    if recursive and real not in visited:
+                        visited.add(real)
+                        stack.append(rel)
+                elif pattern.match(entry.name):
+                    out.append(rel)
             elif entry.is_dir(follow_symlinks=False):
                 if recursive:
                     stack.append(rel)
