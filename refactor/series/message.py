@@ -14,7 +14,7 @@ WIDTH = 75  # checkpatch's COMMIT_LOG_LONG_LINE limit and maintainer-kvm-x86.rst
 
 
 def fill(text: str, names) -> str:
-    return text.replace("{gva}", names.gva).replace("{ngpa}", names.ngpa)
+    return names.fill(text)  # WalkerNames.fill: {gva}/{ngpa} replaced, other braces kept
 
 
 def wrap(text: str, width: int = WIDTH) -> str:
