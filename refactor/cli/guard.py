@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -45,19 +46,21 @@ def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
+# C0 and C1 controls, DEL, and the surrogates that stand for undecodable bytes (surrogateescape).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
+
+
+def _escape_one(m: re.Match) -> str:
+    c = ord(m.group())
+    if c == 9:
+        return " "
+    return f"\\x{c - 0xDC00 if c >= 0xDC80 else c:02x}"
+
+
 def escape_controls(text: str) -> str:
     """Control characters (newline, ESC, ...) and undecodable bytes as \\xNN: one line, no terminal codes."""
-    out = []
-    for ch in str(text):
-        if ch == "\t":
-            out.append(" ")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F or 0x80 <= ord(ch) < 0xA0:
-            out.append(f"\\x{ord(ch):02x}")
-        elif 0xDC80 <= ord(ch) <= 0xDCFF:  # a byte that was not UTF-8 (surrogateescape)
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    text = str(text)
+    return _CONTROLS.sub(_escape_one, text) if _CONTROLS.search(text) else text
 
 
 def _bad_input_classes() -> tuple[type, ...]:

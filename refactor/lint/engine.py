@@ -72,6 +72,7 @@ class Unit:
     function_walkers: dict[str, frozenset[str]] = field(default_factory=dict)
     covered_edits: set[int] = field(default_factory=set)  # planned edits already reported by a rule
     _src: dict[str, bytes | None] = field(default_factory=dict)
+    _lines: dict[str, list[bytes]] = field(default_factory=dict)
 
     def source(self, rel: str) -> bytes | None:
         if rel not in self._src:
@@ -87,8 +88,9 @@ class Unit:
         return self.parsed[rel]
 
     def line_text(self, rel: str, line: int) -> str:
-        src = self.source(rel) or b""
-        lines = src.split(b"\n")
+        lines = self._lines.get(rel)
+        if lines is None:  # split once per file: per finding it was quadratic in a patch's size
+            lines = self._lines[rel] = (self.source(rel) or b"").split(b"\n")
         return lines[line - 1].decode("utf-8", "replace") if 0 < line <= len(lines) else ""
 
     def wanted(self, rel: str, line: int) -> bool:
