@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,136 +46,14 @@ _C_KEYWORDS = frozenset(
 
 from refactor.errors import RulesError  # noqa: E402  (re-exported: its historic home)
 from refactor.rule_ids import RuleEntry, build_registry, cite, cited  # noqa: E402,F401  (re-exported)
+from refactor.rule_types import (  # noqa: E402,F401  (re-exported: the objects rules/ loads into)
+    Base, CallRule, ExprRule, MmuField, NewField, NewMember, RestructureRule, VcpuMember, WalkerNames,
+)
 
 
 def squash(text: str) -> str:
     """C text without whitespace: how rules compare expressions (`vcpu -> arch.mmu` == `vcpu->arch.mmu`)."""
     return re.sub(r"\s+", "", text)
-
-
-class _Keyed(Mapping):
-    """Read access by TOML key too (`rule["function"]`, `step.get("arg", 0)`), for code
-    written against the raw tables; the attributes are the typed interface."""
-
-    def _table(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
-        out.update(getattr(self, "params", {}) or {})
-        return out
-
-    def __getitem__(self, key):
-        return self._table()[key]
-
-    def __iter__(self):
-        return iter(self._table())
-
-    def __len__(self) -> int:
-        return len(self._table())
-
-
-@dataclass(frozen=True, eq=False)
-class CallRule(_Keyed):
-    """mappings.toml [[calls]]: a call whose function changes when its argument becomes a walker."""
-
-    id: str
-    function: str
-    arg: int
-    new: str
-    why: str
-
-
-@dataclass(frozen=True, eq=False)
-class RestructureRule(_Keyed):
-    """One entry of rules/restructure.toml: `kind` is its table ([[attach_walker]]...),
-    the keys other than id/why are in `params` (some, such as `from`, are Python keywords)."""
-
-    kind: str
-    id: str
-    why: str = ""
-    params: Mapping = field(default_factory=dict)
-
-
-@dataclass(frozen=True, eq=False)
-class NewMember(_Keyed):
-    """layout.toml [vcpu_arch.new.<role>]: a member the new layout adds to struct kvm_vcpu_arch."""
-
-    role: str
-    type: str
-    replaces: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, eq=False)
-class NewField(_Keyed):
-    """layout.toml [new_fields.<name>]: a field only the new layout has (so scans of 7.3+ find it)."""
-
-    name: str
-    struct: str  # the structs that have it, space-separated
-    type: str
-    why: str = ""
-
-
-@dataclass(frozen=True)
-class WalkerNames:
-    """The C identifiers bound to the walker roles ({gva}, {ngpa})."""
-
-    gva: str
-    ngpa: str
-    preset: str | None = None
-
-    def as_dict(self) -> dict[str, str]:
-        return {"gva": self.gva, "ngpa": self.ngpa}
-
-    def fill(self, template: str, **extra: str) -> str:
-        """`template` with {gva}/{ngpa} (and any `extra` key) replaced; other braces stay."""
-        for key, value in {**self.as_dict(), **extra}.items():
-            template = template.replace("{" + key + "}", value)
-        return template
-
-
-@dataclass(frozen=True)
-class MmuField:
-    name: str
-    dest: str  # "walker" or "mmu"
-    path: str
-    why: str = ""
-
-    @property
-    def moves_to_walker(self) -> bool:
-        return self.dest == "walker"
-
-
-@dataclass(frozen=True)
-class Base:
-    """What an old MMU-context expression becomes when used as a walker."""
-
-    id: str
-    old: str
-    new: str
-    new_is: str  # "ptr" or "obj"
-    why: str
-    known_guest_mmu: str | None = None
-
-    @property
-    def generic(self) -> bool:
-        return self.old == "{base}"
-
-
-@dataclass(frozen=True)
-class ExprRule:
-    id: str
-    old: str
-    new: str
-    why: str
-
-
-@dataclass(frozen=True)
-class VcpuMember:
-    name: str
-    kind: str
-    removed: bool = False
-    walker: str | None = None  # role of the walker it stands for, if any
-    targets: tuple[str, ...] = ()
-    compare_as_walker: bool = False
-    as_builder: str | None = None  # mappings.toml rule for it where a struct kvm_mmu * is required
 
 
 @dataclass
@@ -425,6 +303,7 @@ class Step:
     narrow: bool | tuple[str, ...] = False  # a list: only these functions (or #define-made ones)
     remove_members: bool | tuple[str, ...] = False  # a list: only these kvm_vcpu_arch members
     walker_init: bool = False
+    restructure: tuple[str, ...] = ()  # restructure.toml rule ids in force from this step on
 
 
 @dataclass(frozen=True)
@@ -439,6 +318,9 @@ class Stage:
     walker_init: bool = True
     complete: bool = True
     narrow_only: frozenset | None = None  # narrowing limited to these functions (None: all)
+    # restructure.toml rule ids a later step brings in: not in force yet (ids no step
+    # lists are in force whenever their pass runs).
+    restructure_off: frozenset = frozenset()
 
 
 def load_steps(rules: Rules) -> list[Step]:
@@ -450,7 +332,12 @@ def load_steps(rules: Rules) -> list[Step]:
                           introduce_walker=raw.get("introduce_walker", False),
                           move_fields=tuple(raw.get("move_fields", ())), narrow=_flag(raw, "narrow"),
                           remove_members=_flag(raw, "remove_members"),
-                          walker_init=raw.get("walker_init", False)))
+                          walker_init=raw.get("walker_init", False),
+                          restructure=tuple(raw.get("restructure", ()))))
+    known = {r.id for entries in rules.restructure.values() for r in entries}
+    unknown = sorted({r for s in steps for r in s.restructure} - known)
+    if unknown:
+        raise RulesError(f"steps.toml: restructure names ids restructure.toml lacks: {', '.join(unknown)}")
     moving = {n for n, f in rules.mmu_fields.items() if f.dest == "walker" or f.path != n}
     listed = {f for s in steps for f in s.move_fields}
     if moving - listed:
@@ -479,6 +366,7 @@ def staged(rules: Rules, steps: list[Step], upto: int) -> Rules:
                   narrow=narrow_all or bool(narrow_some), remove_members=bool(removed),
                   narrow_only=None if narrow_all or not narrow_some else narrow_some,
                   walker_init=any(s.walker_init for s in done),
+                  restructure_off=frozenset(r for s in steps[upto:] for r in s.restructure),
                   complete=upto >= len(steps))
     out = copy.copy(rules)
     out.stage = stage
