@@ -38,7 +38,7 @@ def compared(trees):
 
 def test_recall_and_precision_floors(compared):
     _, s = compared
-    assert s["recall"] >= 0.66, s
+    assert s["recall"] >= 0.67, s
     assert s["precision"] >= 0.94, s
 
 
@@ -54,6 +54,8 @@ def test_recall_and_precision_floors(compared):
     ("arch/x86/kvm/mmu/mmu.c", "kvm_mmu_after_set_cpuid"),
     ("arch/x86/kvm/mmu/mmu.c", "init_kvm_shadow_mmu"),
     ("arch/x86/kvm/mmu/mmu.c", "kvm_init_shadow_npt_mmu"),
+    # invalidate-addr-takes-walker: the caller passes the walker
+    ("arch/x86/kvm/mmu/mmu.c", "kvm_mmu_invlpg"),
     # format-pointer-name
     ("arch/x86/kvm/mmu/mmu.c", "__reset_rsvds_bits_mask"),
     ("arch/x86/kvm/mmu/spte.h", "is_rsvd_spte"),

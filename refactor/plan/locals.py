@@ -272,7 +272,10 @@ def _rename_typed(rel: str, data: bytes, fn: Node, rule, rules: Rules) -> list[E
 def apply_locals(rel: str, data: bytes, rules: Rules, names: WalkerNames, apply) -> tuple[bytes, list[Edit]]:
     """The file with every [[locals]] rule applied, and the edits made (rule by rule)."""
     done: list[Edit] = []
+    off = rules.stage.restructure_off if rules.stage is not None else frozenset()
     for rule in rules.restructure.get("locals", []):
+        if rule.id in off:
+            continue  # a later step of the series brings it in (steps.toml restructure)
         params = dict(rule.params, id=rule.id, why=rule.why)
         if params.get("member", "").encode() not in data and params["kind"] == "hoist":
             continue

@@ -214,6 +214,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
 def _locals_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
     """Maintainer-style locals on the rewritten code (rules/restructure.toml [[locals]])."""
     from refactor.plan.locals import apply_locals
+    from refactor.plan.walker_param import apply_walker_params
+
+    # Functions that pick their MMU by its walker take the walker ([[walker_param]]).
+    plan.post_edits.extend(apply_walker_params(plan.results, rules, names, apply))
 
     for rel in sorted(plan.results):
         new, edits = apply_locals(rel, plan.results[rel], rules, names, apply)

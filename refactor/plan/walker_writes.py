@@ -205,7 +205,14 @@ def plan_walker_writes(rel: str, data: bytes, fns: dict[str, Node], step, rules:
                 if len(args) != len(params):
                     continue
                 if owner in first_callers:
-                    edits += _walker_first(rel, data, fn, c, args, idxs, step, rules, names, rid, why)
+                    first = _walker_first(rel, data, fn, c, args, idxs, step, rules, names, rid, why)
+                    if first and to_fn.start_byte > fn.start_byte:
+                        # `to` is defined further down: declare it before its new caller.
+                        proto = _prototype(to_fn, step, rules)
+                        if proto:
+                            pos = data.rfind(b"\n", 0, fn.start_byte) + 1
+                            first.append(_edit(rel, data, pos, pos, proto + "\n\n", rid, why))
+                    edits += first
                 for i in idxs:
                     edits.append(_edit(rel, data, args[i - 1].end_byte if i else args[i].start_byte,
                                        args[i].end_byte if i else args[i + 1].start_byte, "", rid, why))
@@ -269,6 +276,28 @@ def _walker_first(rel, data, fn, call, args, idxs, step, rules, names, rid, why)
         return [_edit(rel, data, pos, pos, "\n" + line, rid, why)]
     pos = data.rfind(b"\n", 0, call.start_byte) + 1
     return [_edit(rel, data, pos, pos, line + "\n", rid, why)]
+
+
+def _prototype(to_fn: Node, step, rules: Rules) -> str | None:
+    """`static void to(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w, union kvm_cpu_role role);`"""
+    params = _params(to_fn)
+    body = to_fn.child_by_field_name("body")
+    walker = None
+    for d in body.named_children:
+        if d.type == "declaration" and text(d.child_by_field_name("type")) == f"struct {rules.types['walker']}":
+            walker = re.search(r"\*\s*(\w+)", text(d)).group(1)
+    if walker is None or len(params) != 2:
+        return None
+    decl = to_fn.child_by_field_name("declarator")
+    head = text(to_fn)[:decl.start_byte - to_fn.start_byte]
+    role = text(params[1])
+    if step.get("role_param"):
+        role = re.sub(r"\w+\s*$", step["role_param"], role)
+    first = f"{head}{step['to']}({text(params[0])}, struct {rules.types['walker']} *{walker},"
+    if len(first) + len(role) + 3 <= 100:
+        return f"{first} {role});"
+    col = len(head) + len(step["to"]) + 1  # continuation aligned under the parenthesis
+    return f"{first}\n{chr(9) * (col // 8)}{' ' * (col % 8)}{role});"
 
 
 def _role_selection(rel, data, to_fn, selection, rid, why) -> list[Edit]:

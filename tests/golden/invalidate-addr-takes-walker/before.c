@@ -1,0 +1,34 @@
+// SPDX-License-Identifier: GPL-2.0
+/* A function that tells its MMUs apart takes the walker; callers pass their MMU's walker. */
+#include <linux/kvm_host.h>
+
+void flush_tlb_gva(struct kvm_vcpu *vcpu, u64 addr);
+void invalidate_root(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, u64 addr, hpa_t root);
+
+void kvm_mmu_invalidate_addr(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu,
+			     u64 addr, unsigned long roots)
+{
+	int i;
+
+	/* It's actually a GPA for vcpu->arch.guest_mmu.  */
+	if (mmu != &vcpu->arch.guest_mmu) {
+		flush_tlb_gva(vcpu, addr);
+	}
+
+	if (!mmu->sync_spte)
+		return;
+
+	for (i = 0; i < 3; i++)
+		if (roots & (1ul << i))
+			invalidate_root(vcpu, mmu, addr, mmu->prev_roots[i].hpa);
+}
+
+void kvm_mmu_invlpg(struct kvm_vcpu *vcpu, gva_t gva)
+{
+	kvm_mmu_invalidate_addr(vcpu, vcpu->arch.walk_mmu, gva, 7);
+}
+
+void nested_ept_invalidate_addr(struct kvm_vcpu *vcpu, gpa_t addr)
+{
+	kvm_mmu_invalidate_addr(vcpu, vcpu->arch.mmu, addr, 7);
+}
