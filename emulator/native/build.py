@@ -29,16 +29,26 @@ HARNESS = Path(__file__).resolve().parent / "harness"
 UNITS = (("arch/x86/kvm/x86.c", "glue_x86.c"),
          ("arch/x86/kvm/mmu/mmu.c", "glue_mmu.c"),
          ("arch/x86/kvm/cpuid.c", "glue_cpuid.c"),
+         ("arch/x86/kvm/regs.c", "glue_regs.c"),     # 7.x: load_pdptrs() and the CR writes
          ("arch/x86/kvm/vmx/nested.c", "glue_vmx.c"),
          ("arch/x86/kvm/svm/nested.c", "glue_svm.c"))
 # Functions of a unit replaced by the glue appended to it: VM-exit emulation
 # switches vmcs/vmcb state the harness does not have; the glue records the
 # exit as the event's result instead (delivery is reported, not performed).
-REPLACED = {"arch/x86/kvm/vmx/nested.c": ("nested_vmx_vmexit",),
-            "arch/x86/kvm/svm/nested.c": ("nested_svm_vmexit",)}
+# Per unit: (macro the glue is compiled with, candidate names: the first with one
+# out-of-line definition in the unit is replaced; 7.x moved the body of
+# nested_vmx_vmexit() to __nested_vmx_vmexit()).
+REPLACED = {"arch/x86/kvm/vmx/nested.c": ("H_VMX_VMEXIT", ("__nested_vmx_vmexit",
+                                                           "nested_vmx_vmexit")),
+            "arch/x86/kvm/svm/nested.c": ("H_SVM_VMEXIT", ("nested_svm_vmexit",))}
 CFLAGS = ["-O2", "-fno-pie", "-mcmodel=small", "-fno-strict-aliasing", "-fno-common",
           "-std=gnu11", "-fno-stack-protector", "-mno-red-zone", "-w"]
 KVM_OPTIONS = ("KVM", "KVM_INTEL", "KVM_AMD")
+# Flags of the tree's own command line that change what the C means (not how it is
+# placed or hardened): taken from Kbuild's .cmd file of each unit.
+SEMANTIC_FLAGS = re.compile(r"^(-fms-extensions|-f(?:un)?signed-char|-fno-strict-overflow|-fwrapv"
+                            r"|-fno-delete-null-pointer-checks|-fshort-wchar|-fno-strict-aliasing"
+                            r"|-ftrivial-auto-var-init=\S+|-std=\S+|-fno-builtin-\S+)$")
 _DIAG = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:\d+:)? (?:fatal )?error: (?P<msg>.*)$", re.M)
 
 
@@ -117,6 +127,36 @@ def preprocess(tree: Path, out: Path, jobs: int = 2) -> dict[str, Path]:
     if proc.returncode != 0:
         raise EngineError(f"{tree}: cannot preprocess KVM: {_first_error(proc.stderr + proc.stdout)}")
     return {u: out / (u[:-2] + ".i") for u in units}
+
+
+def unit_flags(ipath: Path) -> list[str]:
+    """The semantic flags Kbuild used for a unit (its .NAME.i.cmd), in order."""
+    cmd = ipath.parent / f".{ipath.name}.cmd"
+    try:
+        words = cmd.read_text(errors="replace").split("\n", 1)[0].split()
+    except OSError:
+        return []
+    out: list[str] = []
+    for w in words:
+        if SEMANTIC_FLAGS.match(w) and w not in out:
+            out.append(w)
+    return out
+
+
+def replace_definition(unit: str, text: str, macro: str,
+                       candidates: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Rename the out-of-line definition of the first candidate defined once in the
+    unit; the glue defines the function instead (-DMACRO=name, -DMACRO_RET=type,
+    -DMACRO_PARAMS=(the tree's own parameter list))."""
+    for func in candidates:
+        pattern = re.compile(rf"^(\w+)(\s+){func}(\s*(\([^;{{]*\))\s*\{{)", re.M)
+        found = pattern.findall(text)
+        if len(found) == 1:
+            ret, params = found[0][0], " ".join(found[0][3].split())
+            text = pattern.sub(rf"\1\2h_replaced_{func}\3", text)
+            return text, [f"-D{macro}={func}", f"-D{macro}_RET={ret}",
+                          f"-D{macro}_PARAMS={params}"]
+    raise EngineError(f"{unit}: no single out-of-line definition of {' or '.join(candidates)}()")
 
 
 def _compiler_version() -> str:
@@ -222,6 +262,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         h.update(f.read_bytes())
     for unit, ipath in sorted(units.items()):
         h.update(unit.encode())
+        h.update(" ".join(unit_flags(ipath)).encode())
         h.update(ipath.read_bytes())
     key = h.hexdigest()[:16]
     dest = root / "engines" / key
@@ -242,13 +283,12 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         name = unit.replace("arch/x86/kvm/", "").replace("/", "_")[:-2]
         src = work / f"{name}_unit.c"
         text = units[unit].read_text(errors="replace")
-        for func in REPLACED.get(unit, ()):
-            text, n = re.subn(rf"\b{func}(\s*\([^;{{]*\)\s*\{{)", rf"h_replaced_{func}\1", text)
-            if n != 1:
-                raise EngineError(f"{unit}: expected one definition of {func}(), found {n}")
+        defines = []
+        if unit in REPLACED:
+            text, defines = replace_definition(unit, text, *REPLACED[unit])
         src.write_text(text + f'\n#include "{HARNESS / glue}"\n')
         obj = work / f"{name}.o"
-        jobs.append((["gcc", "-c", *CFLAGS, f"-I{HARNESS}", f"-I{work}", str(src), "-o", str(obj)],
+        jobs.append((["gcc", "-c", *CFLAGS, *unit_flags(units[unit]), *defines, f"-I{HARNESS}", f"-I{work}", str(src), "-o", str(obj)],
                      unit))
         objs.append(obj)
     harness_o = work / "harness.o"

@@ -44,8 +44,9 @@ void h_svm_exit(void *v)
 	to_svm((struct kvm_vcpu *)v)->vmcb = to_svm((struct kvm_vcpu *)v)->vmcb01.ptr;
 }
 
-/* Replaces the tree's nested_svm_vmexit(): the exit is the result. */
-int nested_svm_vmexit(struct vcpu_svm *svm)
+/* Replaces the tree's nested_svm_vmexit() (int in 6.1, void in 7.x): the exit is
+ * the result. */
+H_SVM_VMEXIT_RET H_SVM_VMEXIT H_SVM_VMEXIT_PARAMS
 {
 	struct h_fault *f = h_state.exit;
 	struct vmcb *vmcb = svm->vmcb;
@@ -59,5 +60,5 @@ int nested_svm_vmexit(struct vcpu_svm *svm)
 	f->exit_info_2 = vmcb->control.exit_info_2;
 	/* The next fault starts from a fresh VMCB exit code, as after a real VM-exit. */
 	vmcb->control.exit_code = 0;
-	return 0;
+	return (H_SVM_VMEXIT_RET)0;
 }

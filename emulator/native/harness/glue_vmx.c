@@ -38,6 +38,9 @@ int h_vmx_entry(void *v, struct h_nested *n)
 		vmcs12->cpu_based_vm_exec_control |= 1u << 31;     /* secondary controls */
 		vmcs12->secondary_vm_exec_control |= 1u << 1;      /* enable EPT */
 	}
+	/* No VMCS: 7.x's inline nested_vmx_vmexit() reads the exit instruction length
+	 * with VMREAD unless the entry failed; marked so, it passes 0 instead. */
+	vmx->fail = 1;
 	vmx->nested.msrs.ept_caps = H_EPT_WALK_4 | H_EPT_WALK_5 | H_EPT_2MB | H_EPT_1GB |
 				    (n->execonly ? H_EPT_EXECUTE_ONLY : 0) | (n->ad ? H_EPT_AD : 0);
 	return 0;
@@ -46,9 +49,9 @@ int h_vmx_entry(void *v, struct h_nested *n)
 void h_vmx_init_mmu(void *v) { nested_ept_init_mmu_context(v); }
 void h_vmx_exit(void *v) { nested_ept_uninit_mmu_context(v); }
 
-/* Replaces the tree's nested_vmx_vmexit(): the exit is the result. */
-void nested_vmx_vmexit(struct kvm_vcpu *vcpu, u32 vm_exit_reason, u32 exit_intr_info,
-		       unsigned long exit_qualification)
+/* Replaces the tree's nested_vmx_vmexit() (7.x: __nested_vmx_vmexit(), which the
+ * inline nested_vmx_vmexit() calls): the exit is the result. */
+H_VMX_VMEXIT_RET H_VMX_VMEXIT H_VMX_VMEXIT_PARAMS
 {
 	struct h_fault *f = h_state.exit;
 

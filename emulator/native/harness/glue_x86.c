@@ -52,6 +52,23 @@ static struct kvm_x86_ops h_x86_ops = {
 	.vcpu_after_set_cpuid = h_vcpu_after_set_cpuid,
 };
 
+static void *h_nested_ops_now;
+
+/* The vendor's nested_ops, through kvm_ops_update() as at module load (7.x
+ * also patches the kvm_x86_nested_* static calls from them). */
+static void h_use_vendor(void *nested_ops)
+{
+	static struct kvm_x86_init_ops init_ops = { .runtime_ops = &h_x86_ops };
+
+	if (nested_ops == h_nested_ops_now)
+		return;
+	h_nested_ops_now = nested_ops;
+	h_x86_ops.nested_ops = nested_ops;
+	h_state.quiet = 1;
+	kvm_ops_update(&init_ops);
+	h_state.quiet = 0;
+}
+
 void h_init(void)
 {
 	/* kvm_ops_update(): the kernel's own copy into kvm_x86_ops and static-call
@@ -62,6 +79,7 @@ void h_init(void)
 	boot_cpu_data.x86_capability[1] |= (1u << 20) | (1u << 26) | (1u << 29);
 	if (h_vmx_nested_ops)
 		h_x86_ops.nested_ops = h_vmx_nested_ops();
+	h_nested_ops_now = h_x86_ops.nested_ops;
 	kvm_ops_update(&init_ops);
 }
 
@@ -80,7 +98,7 @@ void *h_vcpu_new(int tdp, int maxphyaddr)
 		vsize = h_max(vsize, h_svm_vcpu_size()), ksize = h_max(ksize, h_svm_kvm_size());
 	vcpu = h_zalloc(vsize);
 	vcpu->kvm = h_zalloc(ksize);
-	vcpu->arch.regs_avail = ~0ul;
+	memset(&vcpu->arch.regs_avail, 0xff, sizeof(vcpu->arch.regs_avail));
 	vcpu->arch.last_vmentry_cpu = -1;
 	ctxt = h_zalloc(sizeof(*ctxt));
 	ctxt->vcpu = vcpu;
@@ -217,8 +235,8 @@ int h_translate(void *v, int access, h_u64 addr, h_u64 *gpa_out, struct h_fault 
 		break;
 	default:
 		/* As hyperv.c translates an (n)GPA of the running level. */
-		gpa = kvm_translate_gpa(vcpu, H_GVA_WALKER(vcpu), addr,
-					access == H_ACC_L2GPA_WRITE ? H_PFERR_WRITE : 0, &e);
+		gpa = H_TRANSLATE_GPA(vcpu, H_GVA_WALKER(vcpu), addr,
+				      access == H_ACC_L2GPA_WRITE ? H_PFERR_WRITE : 0, &e);
 		break;
 	}
 	if (gpa != H_INVALID_GPA) {
@@ -275,12 +293,12 @@ int h_nested_entry(void *v, struct h_nested *n)
 	if (n->svm) {
 		if (!h_svm_entry)
 			h_trap("nested SVM not built in this engine");
-		kvm_x86_ops.nested_ops = h_svm_nested_ops();
+		h_use_vendor(h_svm_nested_ops());
 		h_svm_entry(vcpu, n);
 	} else {
 		if (!h_vmx_entry)
 			h_trap("nested VMX not built in this engine");
-		kvm_x86_ops.nested_ops = h_vmx_nested_ops();
+		h_use_vendor(h_vmx_nested_ops());
 		h_vmx_entry(vcpu, n);
 	}
 	enter_guest_mode(vcpu);

@@ -33,6 +33,7 @@ struct h_state {
 	int cpl, ac;
 	int event;               /* H_EV_* of the event being applied */
 	int guest_mode;
+	int quiet;               /* set-up in progress: WARNs are not results */
 	struct h_fault *exit;    /* where a VM-exit replacement records itself */
 };
 extern struct h_state h_state;
