@@ -201,6 +201,8 @@ CASES = [
     # ---- series
     ("series-not-git", lambda t, m: ["series", str(mini(t)), "--branch", "x"], 2, r"."),
     ("series-no-commits", lambda t, m: ["series", str(git_tree(t, commit=False)), "--branch", "x"], 2, r"."),
+    ("series-outdir-is-a-file", lambda t, m: ["series", str(git_tree(t)), "--branch", "x", "--outdir",
+                                              str(write(t, "out", ""))], 2, r"out"),
     ("series-dubious-ownership", lambda t, m: ["series", str(foreign_owned(t)), "--branch", "x"], 2,
      r"dubious ownership|safe\.directory"),
     # ---- build-check

@@ -77,8 +77,8 @@ def test_killed_at_every_write_point(tmp_path, states):
         if journal:
             res = CliRunner().invoke(main, ["scan", str(tree)])
             assert res.exit_code == 2 and "interrupted" in res.stderr
-        rerun = run(tree, cache)
-        assert rerun.returncode == 0, rerun.stderr
+        rerun = CliRunner().invoke(main, ["rewrite", "--in-place", str(tree)], env={"KVM_REFACTOR_CACHE": str(cache)})
+        assert rerun.exit_code == 0, rerun.stderr
         assert snapshot(tree) == new, f"rerun after write {k} did not give the new tree"
         assert not list(tree.rglob(".*kvm-refactor*")), k
         k += 1

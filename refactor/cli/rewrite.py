@@ -19,9 +19,9 @@ def _user_error(msg: str):
 
 
 def _plan(tree: str, names: str):
-    from refactor.plan.rewrite import cached_plan
-    from refactor.rules import RulesError
-    from refactor.frontend.source import TreeError
+    from refactor import cached_plan
+    from refactor.errors import RulesError
+    from refactor.errors import TreeError
 
     try:
         return cached_plan(tree, names)
@@ -136,7 +136,7 @@ def build_check_cmd(tree: str, names: str | None, jobs: int, fmt: str) -> None:
         click.echo(f"{'ok' if result.ok else 'FAILED'}: {result.command} ({result.seconds:.1f} s)")
         for e in result.errors[:20]:
             where = f" <- {e.site['rule']} at {e.site['file']}:{e.site['line']}" if e.site else ""
-            click.echo(f"{e.file}:{e.line}:{e.column}: error: {e.message}{where}")
+            click.echo(escape_controls(f"{e.file}:{e.line}:{e.column}: error: {e.message}{where}"))
         if not result.ok and not result.errors:
             # Kbuild's own reason in one line (with the fix) when it names one.
             click.echo(result.reason or result.log_tail)
