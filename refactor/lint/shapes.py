@@ -37,6 +37,7 @@ class Shapes:
         self.scopes: dict[tuple[str, int, int], Scope] = {}
         self.fragments: dict[tuple[str, int], object] = {}
         self.out: list[Finding] = []
+        self._lines: dict[str, list[bytes]] = {}
 
     def files(self) -> list[str]:
         return sorted({r.file for r in self.unit.references} | set(self.unit.parsed))
@@ -309,7 +310,9 @@ class Shapes:
     # -- KVM013: a walker of the other stage, in a function that works with one walker
     def enclosing_function(self, rel: str, line: int) -> str | None:
         """The function a line is in, from the text (kernel style), else the hunk's heading."""
-        lines = (self.unit.source(rel) or b"").split(b"\n")
+        if rel not in self._lines:
+            self._lines[rel] = (self.unit.source(rel) or b"").split(b"\n")
+        lines = self._lines[rel]
         first, section = 1, None
         for lo, hi, name in self.unit.sections.get(rel, ()):
             if lo <= line <= hi:
@@ -341,15 +344,18 @@ class Shapes:
         # With --tree: helpers whose body walks with one walker and that take none as a parameter
         # (kvm_mmu_gva_to_gpa_read() and the like): calling one names that walker too.
         walker_type = f"struct {self.rules.types['walker']}"
+        bad = {role for r in rules for role in r.match["walker"]}
+        by_name = {name: role for name, role in by_name.items() if role in bad}
         helpers = {fn: next(iter(roles)) for fn, roles in self.unit.function_walkers.items()
-                   if len(roles) == 1 and re.fullmatch(r"\w+", fn)
+                   if len(roles) == 1 and next(iter(roles)) in bad and re.fullmatch(r"\w+", fn)
                    and not any(t.name == walker_type for _, t in getattr(self.unit.program.functions.get(fn),
                                                                          "params", [(None, None)]) if t)}
         for rel in self.files():
             src = self.unit.source(rel)
-            if not src:
+            wanted = [n for n in (*by_name, *helpers) if n.encode() in (src or b"")]
+            if not wanted:
                 continue
-            for tok in tokens(src, set(by_name) | set(helpers)):
+            for tok in tokens(src, set(wanted)):
                 if tok.context != "code":
                     continue
                 line = src.count(b"\n", 0, tok.start) + 1
