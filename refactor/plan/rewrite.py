@@ -131,9 +131,7 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     refuse_tree_names(index.files, names, done_walkers)
 
     files = {rel: pf for rel, pf in index.files.items()}
-    walker_word = rules.types["walker"].encode()
-    defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body
-                           or (new_headers and walker_word in body))
+    defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body)
     fnptrs = fnptr_params(files, rules.types["mmu"])
     if new_headers:
         fnptrs = {**walker_fnptrs_as_old(files, rules), **fnptrs}
@@ -155,8 +153,6 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     for key, why in result.forced.items():
         if key not in result.narrowed:
             fn = defs[key[0]][0]
-            if any(v.name == key[1] and v.ctype.name == f"struct {rules.types['walker']}" for v in fn.params):
-                continue  # a half-done tree's: it takes a walker already
             line = files[fn.file].src.count(b"\n", 0, fn.node.start_byte + fn.frag.offset) + 1
             plan.humans.append(Human(fn.file, line,
                                      f"{key[0]}() must take a walker ({why}) but {key[1]} "
@@ -172,9 +168,6 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                         walker_params.setdefault(name, set()).add(v.index)
                 elif v.index is not None and v.ctype.name == f"struct {rules.types['mmu']}" and v.ctype.depth:
                     mmu_params.setdefault(name, set()).add(v.index)
-                elif v.index is not None and v.ctype.name == f"struct {rules.types['walker']}" \
-                        and v.ctype.depth == 1:
-                    walker_params.setdefault(name, set()).add(v.index)  # a half-done tree's
                 # A variable named after a field that the layout renames takes the new name
                 # (`struct rsvd_bits_validate *shadow_zero_check` -> `*fmt`).
                 field_rule = rules.mmu_fields.get(v.name)
@@ -231,14 +224,6 @@ def _locals_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
 
     # Functions that pick their MMU by its walker take the walker ([[walker_param]]).
     plan.post_edits.extend(apply_walker_params(plan.results, rules, names, apply))
-    # Walker functions split over what they read of the walker ([[parameterize]]).
-    from refactor.plan.parameterize import plan_parameterize
-
-    for rel in sorted(plan.results):
-        edits = plan_parameterize(rel, plan.results[rel], rules)
-        if edits:
-            plan.post_edits.extend(edits)
-            plan.results[rel] = apply(plan.results[rel], edits)
 
     for rel in sorted(plan.results):
         new, edits = apply_locals(rel, plan.results[rel], rules, names, apply)
