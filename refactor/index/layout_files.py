@@ -38,7 +38,10 @@ def is_old(ref, rules: Rules) -> bool:
         f = rules.mmu_fields.get(ref.symbol)
         moves = f is not None and (f.dest == "walker" or f.path != ref.symbol)
         walker_base = ref.base_type is not None and rules.types["walker"] in ref.base_type
-        return moves and not walker_base and not already_new(ref, rules)
+        # `(mmu)->cpu_role` in a #define: the expansion sites say which layout it is.
+        macro_param = ref.region == "macro" and ref.base is not None \
+            and ref.base.strip().strip("()").strip().isidentifier()
+        return moves and not walker_base and not macro_param and not already_new(ref, rules)
     return False
 
 

@@ -256,6 +256,10 @@ class Narrower:
                     for p in f.params:
                         if p.index == idx and (target, p.name) in cands:
                             dep = (target, p.name)
+                if dep is None and any(p.index == idx and p.ctype.depth == 1
+                                       and p.ctype.name == f"struct {self.rules.types['walker']}"
+                                       for f in self.defs[target] for p in f.params):
+                    continue  # it takes a walker already (a half-done tree)
                 if dep is None:
                     return need, f"line {line}: passed to {target}() where no struct kvm_mmu * is taken"
                 need.append(dep)

@@ -131,7 +131,9 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     refuse_tree_names(index.files, names, done_walkers)
 
     files = {rel: pf for rel, pf in index.files.items()}
-    defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body)
+    walker_word = rules.types["walker"].encode()
+    defs, protos = collect(files, lambda body: b"kvm_mmu" in body or b"rsvd_bits_validate" in body
+                           or (new_headers and walker_word in body))
     fnptrs = fnptr_params(files, rules.types["mmu"])
     if new_headers:
         fnptrs = {**walker_fnptrs_as_old(files, rules), **fnptrs}
@@ -153,6 +155,8 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     for key, why in result.forced.items():
         if key not in result.narrowed:
             fn = defs[key[0]][0]
+            if any(v.name == key[1] and v.ctype.name == f"struct {rules.types['walker']}" for v in fn.params):
+                continue  # a half-done tree's: it takes a walker already
             line = files[fn.file].src.count(b"\n", 0, fn.node.start_byte + fn.frag.offset) + 1
             plan.humans.append(Human(fn.file, line,
                                      f"{key[0]}() must take a walker ({why}) but {key[1]} "
@@ -168,6 +172,9 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                         walker_params.setdefault(name, set()).add(v.index)
                 elif v.index is not None and v.ctype.name == f"struct {rules.types['mmu']}" and v.ctype.depth:
                     mmu_params.setdefault(name, set()).add(v.index)
+                elif v.index is not None and v.ctype.name == f"struct {rules.types['walker']}" \
+                        and v.ctype.depth == 1:
+                    walker_params.setdefault(name, set()).add(v.index)  # a half-done tree's
                 # A variable named after a field that the layout renames takes the new name
                 # (`struct rsvd_bits_validate *shadow_zero_check` -> `*fmt`).
                 field_rule = rules.mmu_fields.get(v.name)
