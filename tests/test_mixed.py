@@ -107,3 +107,19 @@ def test_lint_reports_walker_mmu_mismatches_of_a_half_done_tree(tmp_path, full):
     calls = [i + 1 for i, ln in enumerate(src) if "permission_fault(vcpu, mmu" in ln or "kvm_translate_gpa(vcpu, mmu" in ln]
     assert len(calls) == 2
     assert {(tmpl, n) for n in calls} <= {(f, n) for f, n, rule in found if rule == "KVM020"}
+
+
+@pytest.mark.slow
+def test_half_done_61_completes_to_the_one_shot_rewrite(tmp_path, trees):
+    # Headers, mmu.h, mmu.c and paging_tmpl.h already rewritten (an interrupted port).
+    full_tree = tmp_path / "full"
+    shutil.copytree(trees["6.1"], full_tree)
+    assert run("rewrite", full_tree, "--in-place").exit_code == 0
+    tree = tmp_path / "half"
+    shutil.copytree(trees["6.1"], tree)
+    for rel in (HEADER, "arch/x86/kvm/mmu.h", MMU_C, "arch/x86/kvm/mmu/paging_tmpl.h"):
+        shutil.copy(full_tree / rel, tree / rel)
+    assert "layout: mixed" in run("scan", "--no-cache", tree).stdout
+    res = run("rewrite", tree, "--in-place")
+    assert res.exit_code == 0, res.stderr
+    assert files_of(tree) == files_of(full_tree)
