@@ -221,6 +221,15 @@ CASES = [
     ("os-error-on-path", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index",
                                                 OSError(30, "Read-only file system", "/ro/x.c")),
                                        ["scan", "--no-cache", str(MINI)])[1], 2, r"/ro/x\.c: Read-only file system"),
+    ("library-error-escapes", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index",
+                                                     __import__("refactor.errors").errors.SeriesError("x: bad")),
+                                            ["scan", "--no-cache", str(MINI)])[1], 2, r"^kvm-refactor: error: x: bad$"),
+    ("git-error-escapes", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index",
+                                                 __import__("git").GitCommandError(
+                                                     ["git", "status"], 128, b"fatal: detected dubious ownership "
+                                                     b"in repository at '/r'\nTo add an exception...")),
+                                        ["scan", "--no-cache", str(MINI)])[1], 2,
+     r"git status: fatal: detected dubious ownership in repository at '/r'$"),
     ("interrupted", lambda t, m: (crash_in(m, "refactor.index.indexer.build_index", KeyboardInterrupt()),
                                   ["scan", "--no-cache", str(MINI)])[1], 130, r"interrupted"),
 ]

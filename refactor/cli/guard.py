@@ -8,9 +8,8 @@ later is covered without doing anything:
   4 internal error: one line, and the full traceback written to a file,
   130 interrupted (Ctrl-C).
 
-Bad input is recognised by class: the library's input errors (ValueError
-subclasses named in BAD_INPUT, or anything with a `bad_input = True` class
-attribute, which refactor/errors.py's classes may carry), git refusing a
+Bad input is recognised by class: the library's errors (BAD_INPUT, or
+anything with a `bad_input = True` class attribute), git refusing a
 repository, and OSErrors on a named path (permissions, read-only file
 systems, a full disk: the user's to fix, not ours).
 """
@@ -29,14 +28,10 @@ import click
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_HUMAN, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
-# module:Class of the library's "your input is wrong" exceptions.  Imported
-# lazily and tolerantly: a module that moved or does not exist is skipped.
-BAD_INPUT = (
-    "refactor.errors:RefactorError", "refactor.errors:UserInputError", "refactor.errors:InputError",
-    "refactor.frontend.source:TreeError", "refactor.frontend.patch:PatchError", "refactor.rules:RulesError",
-    "refactor.kernel.fetch:FetchError", "refactor.kernel.build:BuildError",
-    "refactor.series.generate:SeriesError", "emulator.trace:TraceError",
-)
+# module:Class of the library's "your input is wrong" exceptions: refactor.errors's base class
+# (every library error derives from it) and the emulator's trace errors.  Imported lazily and
+# tolerantly: a module that cannot be imported is skipped rather than hiding the real error.
+BAD_INPUT = ("refactor.errors:RefactorError", "emulator.trace:TraceError")
 _MAX_MESSAGE = 400
 
 
@@ -84,8 +79,12 @@ def _git_message(exc: BaseException) -> str | None:
         return None
     if isinstance(exc, git.GitCommandError):
         err = exc.stderr if isinstance(exc.stderr, str) else str(exc.stderr or "")
-        lines = [ln.strip().strip("'").strip() for ln in err.splitlines()]
-        lines = [ln for ln in lines if ln and not ln.startswith("stderr:")] or [str(exc.status)]
+        # GitPython formats it as "\n  stderr: 'fatal: ...'": drop that wrapping.
+        err = err.strip()
+        if err.startswith("stderr: '") and err.endswith("'"):
+            err = err[len("stderr: '"):-1]
+        lines = [ln.strip() for ln in err.splitlines()]
+        lines = [ln for ln in lines if ln] or [f"exit status {exc.status}"]
         fatal = [ln for ln in lines if ln.startswith(("fatal:", "error:"))]
         return f"git {exc.command[1] if len(exc.command) > 1 else ''}: {(fatal or lines)[0]}"
     if isinstance(exc, git.InvalidGitRepositoryError):
