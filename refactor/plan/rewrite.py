@@ -231,6 +231,14 @@ def _locals_pass(plan: Plan, rules: Rules, names: WalkerNames) -> None:
 
     # Functions that pick their MMU by its walker take the walker ([[walker_param]]).
     plan.post_edits.extend(apply_walker_params(plan.results, rules, names, apply))
+    # Walker functions split over what they read of the walker ([[parameterize]]).
+    from refactor.plan.parameterize import plan_parameterize
+
+    for rel in sorted(plan.results):
+        edits = plan_parameterize(rel, plan.results[rel], rules)
+        if edits:
+            plan.post_edits.extend(edits)
+            plan.results[rel] = apply(plan.results[rel], edits)
 
     for rel in sorted(plan.results):
         new, edits = apply_locals(rel, plan.results[rel], rules, names, apply)
