@@ -103,6 +103,11 @@ def classify(exc: BaseException) -> tuple[int, str]:
     git_msg = _git_message(exc)
     if git_msg is not None:
         return EXIT_BAD_INPUT, git_msg
+    if isinstance(exc, RecursionError):
+        # The syntax-tree walks recurse; source.MAX_NESTING bounds brackets, ?: and #if, but a
+        # chain of thousands of `if (x)`, casts or unary operators nests just as deep.
+        return EXIT_BAD_INPUT, ("input nested too deeply to analyse (thousands of chained if statements, "
+                                "casts or operators?): the Python recursion limit was reached")
     if isinstance(exc, UnicodeError):
         # Library code reads text as UTF-8 with replacement; one that did not is ours to fix.
         return EXIT_INTERNAL, f"{type(exc).__name__}: {exc}"
@@ -169,7 +174,10 @@ class GuardedGroup(click.Group):
             if os.environ.get("KVM_REFACTOR_DEBUG"):
                 raise
             code, message = classify(exc)
-            if code == EXIT_BAD_INPUT:
+            if code == EXIT_BAD_INPUT and isinstance(exc, RecursionError):
+                where = write_traceback(exc)  # in case it was a bug after all
+                click.echo(f"kvm-refactor: error: {one_line(message)} (traceback in {where})", err=True)
+            elif code == EXIT_BAD_INPUT:
                 click.echo(f"kvm-refactor: error: {one_line(message)}", err=True)
             else:
                 where = write_traceback(exc)
