@@ -40,8 +40,11 @@ def _slug(subject: str) -> str:
 @click.option("--format", "fmt", type=click.Choice(["mbox", "text", "json"]), default="mbox",
               show_default=True, help="mbox: the ported mails; text: the analysis; json: everything")
 @click.option("--subject-prefix", default=None, help='e.g. "PATCH 6.12.y"')
+@click.option("--build", is_flag=True,
+              help="build KVM of each target with the ported patches applied (in a symlink farm)")
+@click.option("-j", "--jobs", default=2, show_default=True, help="make -j for --build")
 def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | None, target_names: str | None,
-             outdir: str | None, fmt: str, subject_prefix: str | None) -> None:
+             outdir: str | None, fmt: str, subject_prefix: str | None, build: bool, jobs: int) -> None:
     """Port PATCHES (mails, an mbox, a git diff, or -) onto each --onto tree.
 
     A new-layout patch onto an old-layout tree is a backport, the reverse a
@@ -53,7 +56,8 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
     from refactor.cli.errors import UserError
     from refactor.errors import PatchError
     from refactor.errors import TreeError
-    from refactor.port.engine import port_patches, read_inputs
+    from refactor.kernel.build import BuildError
+    from refactor.port.engine import build_ported, port_patches, read_inputs
     from refactor.port.output import analysis_text
     from refactor.errors import RulesError
 
@@ -64,6 +68,24 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
                               porter=_porter(), subject_prefix=subject_prefix)
     except (PatchError, TreeError, RulesError) as exc:
         raise UserError(str(exc)) from None
+    failed_build = False
+    if build:
+        for tr in report.targets:
+            if not tr.changed:
+                continue
+            click.echo(f"port: building KVM of {tr.target.root} with {len(tr.changed)} patched file(s)",
+                       err=True)
+            try:
+                result = build_ported(tr, jobs)
+            except BuildError as exc:
+                raise UserError(str(exc)) from None
+            failed_build |= not result.ok
+            state = "ok" if result.ok else "FAILED"
+            click.echo(f"port: build of {tr.target.version}: {state} ({result.seconds:.0f} s)", err=True)
+            for e in result.errors[:10]:
+                click.echo(f"{e.file}:{e.line}:{e.column}: {e.message}", err=True)
+            if not result.ok and not result.errors:
+                click.echo(result.reason or result.log_tail, err=True)
 
     if outdir:
         base = Path(outdir)
@@ -85,5 +107,5 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
                 click.echo(pr.output, nl=False)
         if report.conflicts:
             click.echo(analysis_text(report), nl=False, err=True)
-    if report.conflicts:
+    if report.conflicts or failed_build:
         sys.exit(1)

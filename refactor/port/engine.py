@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refactor.port.diff import file_diff
+from refactor.port.diff import region_diff
 from refactor.port.hunks import HunkResult, file_context, port_hunk
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
@@ -28,6 +28,7 @@ class PatchResult:
     hunks: list[HunkResult] = field(default_factory=list)
     diff: str = ""
     output: str | None = None   # the ported mail (None when a hunk conflicts)
+    files: dict[str, str] = field(default_factory=dict, repr=False)  # patched target files
 
     @property
     def result(self) -> str:
@@ -43,11 +44,26 @@ class PatchResult:
 class TargetResult:
     target: Target
     patches: list[PatchResult] = field(default_factory=list)
+    build: object | None = None   # refactor.kernel.build.BuildResult with --build
+
+    @property
+    def changed(self) -> dict[str, bytes]:
+        """The target's files after every ported patch, in order."""
+        out: dict[str, bytes] = {}
+        for p in self.patches:
+            out.update({rel: text.encode() for rel, text in p.files.items()})
+        return out
 
     def to_json(self) -> dict:
         t = self.target
-        return {"tree": str(t.root), "version": t.version, "layout": t.layout,
-                "patches": [p.to_json() for p in self.patches]}
+        out = {"tree": str(t.root), "version": t.version, "layout": t.layout,
+               "patches": [p.to_json() for p in self.patches]}
+        if self.build is not None:
+            b = self.build
+            out["build"] = {"ok": b.ok, "seconds": round(b.seconds, 1), "reason": b.reason,
+                            "errors": [{"file": e.file, "line": e.line, "message": e.message}
+                                       for e in b.errors]}
+        return out
 
 
 @dataclass
@@ -102,7 +118,6 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
     direction = _direction(layout, target.layout, src_names, target.names)
     src, dst = Vocabulary(rules, src_names), Vocabulary(rules, dst_names)
     res = PatchResult(mail=mail, direction=direction)
-    changes: dict[str, tuple[str, str]] = {}
     edits: dict[str, list[HunkResult]] = {}
     for fp in mail.patch.files:
         if fp.binary or fp.old_path is None or fp.new_path is None or fp.old_path != fp.new_path:
@@ -116,19 +131,19 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             res.hunks.append(h)
             if h.status != "conflict":
                 edits.setdefault(h.target_file, []).append(h)
+    diffs = []
     for rel, hs in edits.items():
         original = target.text(rel)
-        lines = original.split("\n")
         hs = sorted(hs, key=lambda h: h.target_start)
         for a, b in zip(hs, hs[1:]):
             if a.target_start + a.target_len > b.target_start:
                 b.status, b.reason = "conflict", f"overlaps the hunk at {rel}:{a.target_start + 1} in the target"
-        for h in reversed([h for h in hs if h.status != "conflict"]):
-            lines[h.target_start:h.target_start + h.target_len] = h.new_lines
-        new = "\n".join(lines)
+        regions = [(h.target_start, h.target_len, h.new_lines) for h in hs if h.status != "conflict"]
+        new, diff = region_diff(rel, original, regions)
         if new != original:
-            changes[rel] = (original, new)
-    res.diff = "".join(file_diff(rel, old, new) for rel, (old, new) in changes.items())
+            res.files[rel] = new
+            diffs.append(diff)
+    res.diff = "".join(diffs)
     return res
 
 
@@ -168,10 +183,30 @@ def port_patches(mails: list[Mail], targets: list[str | Path], names_spec: str |
             raise RulesError(f"{tpath}: cannot tell the target's MMU layout (no kvm_vcpu_arch in "
                              "arch/x86/include/asm/kvm_host.h)")
         tr = TargetResult(target=target)
+        current = target
         for mail in mails:
-            pr = port_one(mail, target, rules, names_spec)
+            # A series: each patch goes onto the target as the ones before it left it.
+            pr = port_one(mail, current, rules, names_spec)
             if pr.result == "ported":
                 pr.output = mail_text(pr, target, porter, subject_prefix, rules)
+                current = current.patched(pr.files)
+            else:
+                pr.files = {}
             tr.patches.append(pr)
         report.targets.append(tr)
     return report
+
+
+def build_ported(tr: TargetResult, jobs: int = 2, progress=None):
+    """Build KVM of the target with every ported patch applied, in a farm (the tree is never
+    written).  Raises BuildError (one line) when the target cannot be built."""
+    import hashlib
+
+    from refactor.kernel.build import build_kvm, farm, work_dir
+
+    files = tr.changed
+    root = tr.target.root.resolve()
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    src = farm(root, work_dir() / f"port-{key}-src", files)
+    tr.build = build_kvm(src, work_dir() / f"port-{key}-out", jobs)
+    return tr.build

@@ -60,7 +60,8 @@ class Target:
     names: WalkerNames | None      # walker names of a new-layout tree
     files: dict[str, bytes] = field(repr=False, default_factory=dict)
     _idents: set[str] | None = field(default=None, repr=False)
-    _defs: dict[str, list[tuple[str, int, int | None]]] | None = field(default=None, repr=False)
+    # Definitions per file (name -> [(offset, has parameters)]), read on first use.
+    _defs: dict[str, dict[str, list[tuple[int, bool]]]] = field(default_factory=dict, repr=False)
     _lines: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -92,6 +93,20 @@ class Target:
             self._lines[key] = index
         return self._lines[key]
 
+    def patched(self, changes: dict[str, str]) -> "Target":
+        """This target with some files replaced (the patches of a series ported so far)."""
+        files = dict(self.files)
+        files.update({rel: text.encode() for rel, text in changes.items()})
+        new = Target(root=self.root, version=self.version, layout=self.layout, names=self.names,
+                     files=files)
+        # What was read of the other files still holds.
+        new._lines = {k: v for k, v in self._lines.items()
+                      if (k if isinstance(k, str) else k[-1]) not in changes}
+        if self._idents is not None:
+            new._idents = self._idents | {i for t in changes.values() for i in _IDENT.findall(t)}
+        new._defs = {rel: d for rel, d in self._defs.items() if rel not in changes}
+        return new
+
     def identifiers(self) -> set[str]:
         if self._idents is None:
             idents: set[str] = set()
@@ -101,10 +116,16 @@ class Target:
         return self._idents
 
     def definitions(self, name: str) -> list[tuple[str, int, int | None]]:
-        """(file, line, arity or None for a macro without parameters) of each definition of `name`."""
-        if self._defs is None:
-            self._defs = _definitions(self.files)
-        return self._defs.get(name, [])
+        """(file, line, arity or None) of each definition or prototype of `name` (a function, or a
+        macro: None for one without parameters or a variadic one)."""
+        out = []
+        for rel in self.files:
+            if rel not in self._defs:
+                self._defs[rel] = _definitions(self.text(rel))
+            for offset, params in self._defs[rel].get(name, ()):
+                text = self.text(rel)
+                out.append((rel, text.count("\n", 0, offset) + 1, arity(text, offset) if params else None))
+        return out
 
 
 def arity(text: str, open_at: int) -> int | None:
@@ -132,19 +153,14 @@ def arity(text: str, open_at: int) -> int | None:
     return commas + 1
 
 
-def _definitions(files: dict[str, bytes]) -> dict[str, list[tuple[str, int, int | None]]]:
-    out: dict[str, list[tuple[str, int, int | None]]] = {}
-    for rel, data in files.items():
-        text = data.decode("utf-8", "replace")
-        for m in _DEF.finditer(text):
-            if m.group(1) in ("if", "for", "while", "switch", "return", "sizeof"):
-                continue
-            line = text.count("\n", 0, m.start()) + 1
-            out.setdefault(m.group(1), []).append((rel, line, arity(text, m.end() - 1)))
-        for m in _MACRO.finditer(text):
-            line = text.count("\n", 0, m.start()) + 1
-            count = arity(text, m.end() - 1) if m.group(2) else None
-            out.setdefault(m.group(1), []).append((rel, line, count))
+def _definitions(text: str) -> dict[str, list[tuple[int, bool]]]:
+    """Name -> (offset of its opening parenthesis or name end, has parameters) per definition."""
+    out: dict[str, list[tuple[int, bool]]] = {}
+    for m in _DEF.finditer(text):
+        if m.group(1) not in ("if", "for", "while", "switch", "return", "sizeof"):
+            out.setdefault(m.group(1), []).append((m.end() - 1, True))
+    for m in _MACRO.finditer(text):
+        out.setdefault(m.group(1), []).append((m.end() - 1, bool(m.group(2))))
     return out
 
 
