@@ -8,6 +8,7 @@
     print(plan.diff()); refactor.write_plan(plan)       # the diff, or the tree rewritten in place
     findings = refactor.lint_tree("linux")              # list[Finding]
     findings = refactor.lint_patches(patch_text, "x.patch")
+    report = refactor.port_patches(refactor.read_mails(mbox_text), ["linux-6.1"])   # PortReport
 
 Everything else (refactor.plan.translate, refactor.index.program...) is the
 engine: importable, but not a promise.  Errors are in refactor.errors, all
@@ -52,7 +53,10 @@ _EXPORTS = {
     "Finding": "refactor.lint.engine",
     # series of commits
     "generate_series": "refactor.series.generate",
-    # port: added by the port helper (refactor/port) -- its entry point goes here.
+    # port: patches across the layout change
+    "read_mails": "refactor.port.mail",
+    "port_patches": "refactor.port.engine",
+    "PortReport": "refactor.port.engine",
     # verify: added by the verify helper (refactor/verify) -- its entry point goes here.
     # errors
     "RefactorError": "refactor.errors",

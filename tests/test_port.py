@@ -70,7 +70,7 @@ def test_backport_translates_walker_fields(trees, targets, rules):
     assert added(res.diff) == ["\tif (!mmu->pkru_mask && !mmu->cpu_role.base.level)", "\t\treturn 0;"]
     assert applies(trees["7.2"], res.diff)
     assert res.hunks[0].status == "translated"
-    assert "layout:pkru_mask" in res.hunks[0].rules
+    assert "field-pkru_mask" in res.hunks[0].rules
 
 
 def test_backport_conflict_names_the_differing_lines(trees, targets, rules):
@@ -244,3 +244,15 @@ def test_cli_exit_codes_and_json(trees, tmp_path):
     assert bad.exit_code == 2 and "not a patch" in bad.output
     bad = runner.invoke(main, ["port", str(patch), "--onto", str(tmp_path)])
     assert bad.exit_code == 2 and "not a kernel tree" in bad.output
+
+
+def test_every_rule_id_a_port_cites_is_in_the_registry(trees, targets, rules):
+    """Ports cite rule ids in JSON and below the mail's ---: each resolves in rules/."""
+    cited = set()
+    for fix in (make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW),):
+        for version in ("7.2", "6.1"):
+            res = port_one(read_mails(fix)[0], targets[version], rules)
+            cited |= {r for h in res.hunks for r in h.rules}
+    assert cited
+    for rule_id in cited:
+        assert rules.rule(rule_id).why

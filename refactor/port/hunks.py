@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.lexicon import Vocabulary, declared_types, translate
 from refactor.port.target import Target, arity
+from refactor.rules import cite
+
+LOCAL_NAMES = cite("port-local-names")
+INLINE_LOCAL = cite("port-inline-local")
+USE_LOCAL = cite("port-use-local")
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _C_WORDS = frozenset(
@@ -446,7 +451,7 @@ def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vo
     retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines),
                        fp, target, direction, src, dst, ctx)
     if retry.status != "conflict":
-        retry.rules.append("port-inline-local")
+        retry.rules.append(INLINE_LOCAL)
         return retry
     return res
 
@@ -529,7 +534,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         return res
     for var, init in filter(None, (_hoisted(tlines[j], dst) for j in allowed)):
         learner._add(init, var)
-        rules.append("port-use-local")
+        rules.append(USE_LOCAL)
     _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types)
 
     # Post-image: the target's own lines for context, translated added lines.
@@ -561,7 +566,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             continue
         new = learner.apply(t.text)
         if new != t.text:
-            rules.append("port-local-names")
+            rules.append(LOCAL_NAMES)
         new = _realign(new, this_prev, out[-1] if out else None)
         out.append(new)
         added.append(new)

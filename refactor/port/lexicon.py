@@ -21,7 +21,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from refactor.rules import Rules, WalkerNames
+from refactor.rules import Rules, WalkerNames, cite
+
+NARROW = cite("narrow-local")          # struct kvm_pagewalk * <-> struct kvm_mmu *
+WALKER_NAMES = cite("walker-names")    # the same layout under other walker names
 
 _IDENT = r"[A-Za-z_]\w*"
 # A C lvalue chain: a, a->b, a.b, a->b.c ... (no calls, no indexing).
@@ -62,13 +65,13 @@ class Vocabulary:
 
     def walker_paths(self) -> list[tuple[str, str, str]]:
         """(old field, new path, rule) for fields that moved to the walker; longest path first."""
-        out = [(f.name, f.path, f"layout:{f.name}") for f in self.rules.mmu_fields.values()
+        out = [(f.name, f.path, f"field-{f.name}") for f in self.rules.mmu_fields.values()
                if f.moves_to_walker]
         return sorted(out, key=lambda t: -len(t[1]))
 
     def mmu_renames(self) -> list[tuple[str, str, str]]:
         """(old field, new path, rule) for MMU fields that stayed but were renamed."""
-        return [(f.name, f.path, f"layout:{f.name}") for f in self.rules.mmu_fields.values()
+        return [(f.name, f.path, f"field-{f.name}") for f in self.rules.mmu_fields.values()
                 if not f.moves_to_walker and f.path != f.name]
 
     def member_bases(self) -> list:
@@ -117,7 +120,7 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         new = re.sub(pattern, repl, t.text)
         if new != t.text:
             t.text = new
-            used.append(rule)
+            used.extend(rule.split("+"))
 
     # 0. Whole expressions that mappings.toml restated (the nested tests): back to their
     #    old form.  In these templates `w` (new) and `mmu` (old) stand for any variable.
@@ -174,7 +177,7 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     # 4. Types.
     sub(_word(f"struct {rules.types['format']}"), f"struct {rules.types['old_format']}",
         "rsvd-bits-validate-type")
-    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", "layout:types")
+    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", NARROW)
 
     for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
         if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
@@ -196,7 +199,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         new = re.sub(pattern, repl, t.text)
         if new != t.text:
             t.text = new
-            used.append(rule)
+            used.extend(rule.split("+"))
 
     # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
     for expr in rules.exprs:
@@ -237,7 +240,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     # 4. Types.
     sub(_word(f"struct {rules.types['format']}"), f"struct {rules.types['old_format']}",
         "rsvd-bits-validate-type")
-    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", "layout:types")
+    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", NARROW)
 
     for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
         if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
@@ -259,7 +262,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         new = re.sub(pattern, repl, t.text)
         if new != t.text:
             t.text = new
-            used.append(rule)
+            used.extend(rule.split("+"))
 
     # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
     for expr in rules.exprs:
@@ -334,7 +337,7 @@ def rename(line: str, src: WalkerNames, dst: WalkerNames) -> Translation:
             new = re.sub(rf"(?<!\w){re.escape(a)}(?!\w)", b, t.text)
             if new != t.text:
                 t.text = new
-                t.rules.append("walker-names")
+                t.rules.append(WALKER_NAMES)
     return t
 
 
