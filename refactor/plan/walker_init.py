@@ -83,6 +83,15 @@ def plan_walker_init(rel: str, data: bytes, rules: Rules, names: WalkerNames,
         params = [p for p in decl.child_by_field_name("parameters").named_children
                   if p.type == "parameter_declaration"]
         add(params[0].end_byte, params[0].end_byte, f", {walker_t} *{var}")
+        # Parameter lines aligned to the open parenthesis follow the new name's length.
+        paren = decl.child_by_field_name("parameters").start_byte
+        old_col = len(data[data.rfind(b"\n", 0, paren) + 1:paren].decode().expandtabs(8)) + 1
+        new_col = old_col + len(step["to"]) - len(step["from"])
+        for p in params[1:]:
+            ls = data.rfind(b"\n", 0, p.start_byte) + 1
+            lead = data[ls:p.start_byte]
+            if new_col != old_col and not lead.strip() and len(lead.decode().expandtabs(8)) == old_col:
+                add(ls, p.start_byte, "\t" * (new_col // 8) + " " * (new_col % 8))
         s, e = _line_span(data, local)
         if data[e:e + 1] == b"\n":
             e += 1  # and the blank line after the declarations
