@@ -149,15 +149,24 @@ def layout_words(rules) -> re.Pattern:
     # not layout words: other series touch them too.
     moved = [f for f in rules.mmu_fields.values() if f.moves_to_walker or f.path != f.name]
     words = set(rules.vcpu_old) | set(rules.new_fields)
-    words |= {f.name for f in moved} | {f.path.split(".")[-1] for f in moved}
+    # A new path counts when it is one member (fmt), not a path into the role
+    # (5.x root_level -> cpu_role.base.level would make "level" a layout word).
+    words |= {f.name for f in moved} | {f.path for f in moved if re.fullmatch(r"\w+", f.path)}
     words |= set(rules.type_names())
     words |= {p.gva for p in rules.presets.values()} | {p.ngpa for p in rules.presets.values()}
+    # Functions the restructure rules name (not their other parameters: kind, type_key...).
+    fn_keys = {"function", "from", "to", "dispatcher", "inner", "then_mmu", "walker_first", "merge",
+               "rename", "after_call"}
     for entries in rules.restructure.values():
         for e in entries:
-            for v in e.params.values():
-                for s in (v if isinstance(v, (list, dict)) else [v]):
-                    if isinstance(s, str) and re.fullmatch(r"\w+", s):
-                        words.add(s)
+            for k, v in e.params.items():
+                if k not in fn_keys:
+                    continue
+                vals = list(v.items()) if isinstance(v, dict) else (v if isinstance(v, list) else [v])
+                for s in vals:
+                    for x in (s if isinstance(s, tuple) else (s,)):
+                        if isinstance(x, str) and re.fullmatch(r"\w+", x):
+                            words.add(x)
     words |= {c.function for c in rules.calls} | {c.new for c in rules.calls}
     words |= set(SERIES_WORDS) | {"w"}
     words.discard("")
