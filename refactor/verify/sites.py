@@ -58,13 +58,13 @@ def function_at(spans: list[Span], line: int) -> str | None:
     return None
 
 
-def _hunks(old: bytes, new: bytes) -> list[tuple[int, int, str, str]]:
-    """(old line, new line, old text, new text) of each changed block."""
+def _hunks(old: bytes, new: bytes) -> list[tuple[int, int, int, str, str]]:
+    """(old line, new line, new line count, old text, new text) of each changed block."""
     a, b = old.split(b"\n"), new.split(b"\n")
     out = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if tag != "equal":
-            out.append((i1 + 1, j1 + 1, b"\n".join(a[i1:i2]).decode(errors="replace")[:160],
+            out.append((i1 + 1, j1 + 1, j2 - j1, b"\n".join(a[i1:i2]).decode(errors="replace")[:160],
                         b"\n".join(b[j1:j2]).decode(errors="replace")[:160]))
     return out
 
@@ -76,19 +76,30 @@ class SiteMap:
         self.files = files
         self.spans = {rel: function_spans(data) for rel, data in files.items()}
         self.by_function: dict[str, list[dict]] = {}
-        if plan is not None and plan.edits:
+        if plan is not None and plan.edits and plan.results == files:
             for e in plan.edits + list(getattr(plan, "post_edits", [])):
                 spans = function_spans(plan.originals.get(e.file, b""))
                 fn = function_at(spans, e.line)
                 self._add(fn, {"file": e.file, "line": e.line, "function": fn, "rule": e.rule,
                                "old": e.old[:160], "new": e.new[:160]})
-        else:
-            for rel, data in files.items():
-                old_spans = function_spans(originals.get(rel, b""))
-                for oline, nline, old, new in _hunks(originals.get(rel, b""), data):
-                    fn = function_at(self.spans[rel], nline) or function_at(old_spans, oline)
-                    self._add(fn, {"file": rel, "line": nline, "function": fn, "rule": None,
-                                   "old": old, "new": new})
+            return
+        # A commit: its hunks, each with the rules of the plan edits that land in it when a
+        # plan of the same step is at hand (it may differ in detail from the commit).
+        landing: dict[str, list[tuple[int, str]]] = {}
+        if plan is not None and plan.edits:
+            from refactor.kernel.build import new_line_sites
+
+            for rel, sites in new_line_sites(plan).items():
+                landing[rel] = [(x["new_line"], x["rule"]) for x in sites]
+        for rel, data in files.items():
+            old_spans = function_spans(originals.get(rel, b""))
+            for oline, nline, count, old, new in _hunks(originals.get(rel, b""), data):
+                fn = function_at(self.spans[rel], nline) or function_at(old_spans, oline)
+                span = max(1, count)
+                rules = sorted({r for line, r in landing.get(rel, [])
+                                if nline <= line < nline + span and r})
+                self._add(fn, {"file": rel, "line": nline, "function": fn,
+                               "rule": ",".join(rules) or None, "old": old, "new": new})
 
     def _add(self, fn: str | None, site: dict) -> None:
         self.by_function.setdefault(fn or "", []).append(site)
