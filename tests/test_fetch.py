@@ -268,7 +268,7 @@ def test_machine_sources_give_a_debian_mirror():
 def test_private_sources_add_suites_on_the_same_mirror():
     mirror = Mirror(MIRROR, ("bookworm", "bookworm-updates"), KEYRING)
     suites = private_suites(mirror)
-    assert suites == ["bullseye", "bookworm", "trixie", "trixie-backports", "sid"]
+    assert suites == ["bookworm", "bullseye", "trixie", "trixie-backports", "sid"]
     text = render_private_sources(mirror, suites)
     assert text.splitlines() == [f"deb [signed-by={KEYRING}] {MIRROR} {s} main" for s in suites]
     assert private_suites(Mirror(MIRROR, ("trixie",), None), ["sid"]) == ["trixie", "sid"]
@@ -384,7 +384,8 @@ def test_fetch_falls_back_to_private_suites(env, apt):
     ]
     sources = (state / "sources.list").read_text().splitlines()
     assert sources == [
-        f"deb [signed-by={KEYRING}] {MIRROR} {s} main" for s in ("bookworm", "trixie", "trixie-backports", "sid")
+        f"deb [signed-by={KEYRING}] {MIRROR} {s} main"
+        for s in ("bookworm", "bullseye", "trixie", "trixie-backports", "sid")
     ]
     assert (state / "lists" / "partial").is_dir() and (state / "cache" / "archives" / "partial").is_dir()
 
@@ -486,14 +487,14 @@ def test_unknown_version(env, apt):
     with pytest.raises(FetchError) as info:
         fetch_tree("9.9")
     assert _one_line_without_mirror(info.value) == (
-        "no Debian package linux-source-9.9 in bookworm, trixie, trixie-backports, sid"
+        "no Debian package linux-source-9.9 in bookworm, bullseye, trixie, trixie-backports, sid"
     )
 
 
 def test_no_network(env, apt):
     apt.update_stderr = "".join(
         f"W: Failed to fetch {MIRROR}/dists/{s}/InRelease  Could not resolve 'mirror.invalid'\n"
-        for s in ("bookworm", "trixie", "trixie-backports", "sid")
+        for s in ("bookworm", "bullseye", "trixie", "trixie-backports", "sid")
     ) + "W: Some index files failed to download. They have been ignored, or old ones used instead.\n"
     with pytest.raises(FetchError) as info:
         fetch_tree("7.2")
