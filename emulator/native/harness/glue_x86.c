@@ -8,6 +8,7 @@
  */
 #include "harness.h"
 #include "layout.h"
+#include "ops.h"
 
 #define H_CR0_PG (1ull << 31)
 #define H_CR0_WP (1ull << 16)
@@ -80,6 +81,7 @@ void h_init(void)
 	if (h_vmx_nested_ops)
 		h_x86_ops.nested_ops = h_vmx_nested_ops();
 	h_nested_ops_now = h_x86_ops.nested_ops;
+	H_FILL_OPS(h_x86_ops);
 	kvm_ops_update(&init_ops);
 }
 

@@ -361,9 +361,19 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
 /* ---- static calls: patch the trampoline, as arch_static_call_transform() does */
 void __static_call_update(void *key, void *tramp, void *func)
 {
+	static unsigned long writable[64];
+	static int nwritable;
 	unsigned char *t = tramp;
 	unsigned long page = (unsigned long)t & ~4095ul;
-	mprotect((void *)page, 8192, PROT_READ | PROT_WRITE | PROT_EXEC);
+	int i;
+	for (i = 0; i < nwritable && writable[i] != page; i++)
+		;
+	if (i == nwritable) {
+		/* Trampolines are patched again at every vendor switch: once per page. */
+		mprotect((void *)page, 8192, PROT_READ | PROT_WRITE | PROT_EXEC);
+		if (nwritable < 64)
+			writable[nwritable++] = page;
+	}
 	if (!func) {
 		t[0] = 0x0f;        /* ud2: the SIGILL handler names the hook */
 		t[1] = 0x0b;
@@ -817,7 +827,9 @@ int main(int argc, char **argv)
 		is_error = 0;
 		h_state.event = H_EV_OTHER;
 		in_event = 1;
-		if (sigsetjmp(event_env, 1) == 0) {
+		/* No mask to save: handlers run with SA_NODEFER, so a siglongjmp out of one
+		 * leaves nothing blocked (saving it would be a syscall per event). */
+		if (sigsetjmp(event_env, 0) == 0) {
 			apply(tok, ntok);
 			in_event = 0;
 			if (warned) {
