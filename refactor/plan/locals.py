@@ -216,6 +216,68 @@ class _FunctionLocals:
             return self.locals[root][2] == want and "*" in text(self.locals[root][0])
         return root in self.params and self.params[root].startswith(want) and "*" in self.params[root]
 
+    def walker_only(self, rule) -> None:
+        """A local MMU pointer used only to reach its walker becomes the walker."""
+        from refactor.plan.narrow import walker_name
+
+        mmu_t = f"struct {self.rules.types['mmu']}"
+        for name, (decl, value, ctype) in self.locals.items():
+            if ctype != mmu_t or len(_declared_names(decl)) != 1 or not re.search(rf"\*\s*{name}\b", text(decl)):
+                continue
+            reads, rhs, ok = [], [value] if value is not None else [], True
+            lefts = []
+            for n in _walk(self.body):
+                if n.type != "identifier" or text(n) != name or decl.start_byte <= n.start_byte < decl.end_byte:
+                    continue
+                par = n.parent
+                if par.type == "field_expression" and text(par.child_by_field_name("field")) == "w" \
+                        and text(par.child_by_field_name("operator") or par.children[1]) == "->" \
+                        and not _written(par):
+                    reads.append(par)
+                elif par.type == "assignment_expression" and par.child_by_field_name("left") == n \
+                        and text(par.child_by_field_name("operator") or par.children[1]) == "=" \
+                        and par.parent.type == "expression_statement":
+                    lefts.append(n)
+                    rhs.append(par.child_by_field_name("right"))
+                else:
+                    ok = False
+                    break
+            if not ok or not reads or not rhs:
+                continue
+            leaves = []
+            for r in rhs:
+                parts = [r.child_by_field_name("consequence"), r.child_by_field_name("alternative")] \
+                    if r.type == "conditional_expression" else [r]
+                for leaf in parts:
+                    m = re.fullmatch(r"&(\w+(?:->|\.)arch)\.(\w+)", re.sub(r"\s+", "", text(leaf)))
+                    info = self.rules.vcpu_old.get(m.group(2)) if m else None
+                    if m and info is not None and info.kind == "mmu" and info.walker:
+                        leaves.append((leaf, f"&{m.group(1)}.{getattr(self.names, info.walker)}"))
+                    elif not m and re.fullmatch(r"[\w>.\-]+", text(leaf)):
+                        leaves.append((leaf, f"{text(leaf)}->w"))
+                    else:
+                        ok = False
+            new = walker_name(name, self.taken)
+            if not ok or new == name:
+                continue
+            tnode = decl.child_by_field_name("type")
+            self.add(tnode.start_byte, tnode.end_byte, f"struct {self.rules.types['walker']}", rule)
+            ident = next(n for n in _walk(decl) if n.type == "identifier" and text(n) == name)
+            self.add(ident.start_byte, ident.end_byte, new, rule)
+            for r in reads:
+                self.add(r.start_byte, r.end_byte, new, rule)
+            for n in lefts:
+                self.add(n.start_byte, n.end_byte, new, rule)
+            delta = len(new) - len(name)
+            for leaf, repl in leaves:
+                line = self.data.rfind(b"\n", 0, leaf.start_byte) + 1
+                lead = self.data[line:leaf.start_byte]
+                if delta and lead.strip() == b"" and any(leaf.start_byte > n.start_byte for n in lefts):
+                    # A continuation aligned under the right-hand side moves with it.
+                    col = len(lead.decode().expandtabs(8)) + delta
+                    self.add(line, leaf.start_byte, "\t" * (col // 8) + " " * (col % 8), rule)
+                self.add(leaf.start_byte, leaf.end_byte, repl, rule)
+
     def own_name(self, rule) -> None:
         """A walker local set to a named walker takes its name; other reaches go through it."""
         for name, (decl, value, ctype) in self.locals.items():
@@ -296,6 +358,8 @@ def apply_locals(rel: str, data: bytes, rules: Rules, names: WalkerNames, apply)
                 f.hoist(params)
             elif params["kind"] == "own_name":
                 f.own_name(params)
+            elif params["kind"] == "walker_only":
+                f.walker_only(params)
             edits += f.edits
         if edits:
             data = apply(data, edits)
