@@ -61,8 +61,7 @@ def sync_rate(build, events: list[dict]) -> tuple[int, float]:
 
 def stream_rate(build, events: list[dict]) -> tuple[int, float, float, int]:
     """(translations, wall seconds, engine CPU seconds, bug results) of a raw stream."""
-    model = build.model()
-    model.close()
+    model = build.model()      # stream() runs its own batch process
     cpu0 = children_cpu()
     t0 = time.perf_counter()
     bugs = sum(1 for r in model.stream(iter(events), raw=True) if r.startswith('{"bug"'))

@@ -64,7 +64,17 @@ class NativeModel:
         self.build = build
         self.translations = 0
         self.translate_time = 0.0
-        self._proc = self._spawn()
+        self._own = None      # the interactive process, started by the first apply()
+
+    @property
+    def _proc(self) -> subprocess.Popen:
+        if self._own is None:
+            self._own = self._spawn()
+        return self._own
+
+    @_proc.setter
+    def _proc(self, proc: subprocess.Popen) -> None:
+        self._own = proc
 
     def _spawn(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([str(self.build.path), *args], stdin=subprocess.PIPE,
@@ -121,7 +131,9 @@ class NativeModel:
                 raise self._died(proc)
 
     def close(self) -> None:
-        proc = self._proc
+        proc = self._own
+        if proc is None:
+            return
         if proc.poll() is None:
             try:
                 proc.stdin.write("quit\n")
