@@ -118,9 +118,11 @@ def run_cmd(trace: Path, mutant: str | None, engine: str, trees: tuple[Path, ...
         if trees:
             raise EmulateError("--tree needs --engine native")
         old, new = old_model(rules), new_model(new_rules, names, module)
+    from .native.build import EngineError
+
     try:
         report = run_pair(read_events(trace), old, new, str(trace))
-    except TraceError as exc:
+    except (TraceError, EngineError) as exc:
         raise EmulateError(str(exc)) from None
     if report.divergence is not None and labels:
         _check_stub(report.divergence.old, report.divergence.new)
@@ -167,7 +169,12 @@ def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, en
         make_old, make_new, labels = _native_pair(trees, rules)
     elif trees:
         raise EmulateError("--tree needs --engine native")
-    report = fuzz(seed, count, make_old, make_new, out_dir)
+    from .native.build import EngineError
+
+    try:
+        report = fuzz(seed, count, make_old, make_new, out_dir)
+    except EngineError as exc:
+        raise EmulateError(str(exc)) from None
     if labels and report.first:
         _check_stub(report.first["old"], report.first["new"])
     summary = report.summary()
