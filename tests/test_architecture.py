@@ -26,6 +26,8 @@ ALLOWED_CYCLE_EDGES = {
         "to their own module)",
     ("refactor.lint.registry", "refactor.lint.shapes"):
         "lint patterns are validated against the shape handlers that exist",
+    ("refactor.lint.registry", "refactor.lint.docs"):
+        "LintRules.markdown_table() delegates to docs.markdown_table (PKG: callers can import docs)",
 }
 
 # (importing module, imported module, name): private names imported across modules, and why.
@@ -65,6 +67,8 @@ MAX_LINES = 500
 # Modules over MAX_LINES, and why they are not split (yet).
 LONG_MODULES = {
     "refactor.port.hunks": "PORT's, written this session",
+    "refactor.lint.engine": "PKG's, 517 lines after this session's lint work: Finding/Unit and the "
+                            "reference rules are the natural split (with shapes' private imports)",
 }
 
 
@@ -209,6 +213,9 @@ def test_modules_are_short():
     long = {name: n for name, path in MODULES.items()
             if (n := len(path.read_text().splitlines())) > MAX_LINES and name not in LONG_MODULES}
     assert long == {}, f"modules over {MAX_LINES} lines (split, or list in LONG_MODULES with why)"
+    stale = [name for name in LONG_MODULES
+             if name not in MODULES or len(MODULES[name].read_text().splitlines()) <= MAX_LINES]
+    assert stale == [], "LONG_MODULES entries no longer needed: remove them"
 
 
 def test_public_api():
