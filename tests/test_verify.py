@@ -287,3 +287,23 @@ def test_a_reused_farm_never_relinks_a_file_older_than_the_last_build(tmp_path, 
     assert not (farm / "d/a.c").is_symlink()
     assert (farm / "d/a.c").read_text() == "base\n"
     assert (farm / "d/a.c").stat().st_mtime >= first
+
+
+def test_an_event_that_never_returns_is_a_hang_bug():
+    import threading
+
+    from refactor.verify.run import _apply_watched
+
+    class Stuck:
+        def __init__(self):
+            self.closed = threading.Event()
+
+        def apply(self, ev):
+            if not self.closed.wait(10):
+                return {"ok": True}
+            raise RuntimeError("engine exited")
+
+        def close(self):
+            self.closed.set()
+
+    assert _apply_watched(Stuck(), {"ev": "translate"}, timeout=0.2)["bug"].startswith("hang:")

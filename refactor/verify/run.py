@@ -62,6 +62,34 @@ def fuzz_stream(seed: int, count: int) -> Stream:
     return Stream(f"fuzz seed {seed}", gen())
 
 
+HANG_SECONDS = 20.0   # one event of a walk takes microseconds; this long is a hang
+
+
+def _apply_watched(model, ev: dict, timeout: float = HANG_SECONDS) -> dict:
+    """model.apply(ev), but an event that never returns (a loop in rewritten C) is a bug:
+    the engine is closed from a timer, which makes apply() fail."""
+    import threading
+
+    hung = threading.Event()
+
+    def stop():
+        hung.set()
+        closer = getattr(model, "close", None)
+        if closer is not None:
+            closer()
+    timer = threading.Timer(timeout, stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        return model.apply(ev)
+    except Exception:   # EngineError, or ValueError from a pipe closed under readline()
+        if hung.is_set():
+            return {"bug": f"hang: no result within {timeout:.0f} s (the host would hang)"}
+        raise
+    finally:
+        timer.cancel()
+
+
 class RefBug(RuntimeError):
     """The pristine engine itself failed on an event: an engine or harness defect."""
 
@@ -108,9 +136,10 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
                     continue
                 t0 = time.perf_counter()
                 try:
-                    r = model.apply(ev)
+                    r = _apply_watched(model, ev)
                 except RuntimeError as exc:   # the engine process died: a crash is a result
                     r = {"bug": f"engine died: {str(exc).splitlines()[0] if str(exc) else exc}"}
+                if "bug" in r and r["bug"].startswith(("hang:", "engine died:")):
                     revive = getattr(model, "build", None)
                     if revive is not None:
                         cands[name] = revive.model()
