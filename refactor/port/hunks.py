@@ -176,17 +176,27 @@ class _Learner:
     locals (`w` for `mmu`), and bases reached differently.
     """
 
-    def __init__(self, layout_words: set[str]):
+    def __init__(self, layout_words: set[str], target_vars: set[str] = frozenset(),
+                 target_idents: set[str] = frozenset()):
         self.words = layout_words
+        self.target_vars = target_vars      # layout-typed variables of the target function
+        self.target_idents = target_idents  # every identifier of the target function
         self.subs: dict[str, str] = {}
         self.bad: set[str] = set()
 
     def explained(self, a: str, b: str) -> bool:
-        """Names that differ are all layout names (pointer and object forms may differ too)."""
+        """Names that differ are all layout names (pointer and object forms may differ too),
+        or a local the target names differently: the target's name is one of its walker,
+        MMU or page-format variables and the patch's name does not occur in the function."""
         ia, ib = set(_IDENT.findall(a)), set(_IDENT.findall(b))
         if not (ia or ib):
             return False
-        return (ia ^ ib) <= self.words
+        odd = (ia ^ ib) - self.words
+        if not odd:
+            return True
+        mine, theirs = odd & ia - ib, odd & ib - ia
+        return (len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars
+                and not mine & self.target_idents)
 
     def _add(self, a: str, b: str) -> None:
         if a in self.subs and self.subs[a] != b:
@@ -268,7 +278,7 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
         words |= {f.name for f in v.rules.mmu_fields.values()}
         words |= {p for f in v.rules.mmu_fields.values() for p in f.path.split(".")}
         words |= {"struct", v.rules.types["mmu"], v.rules.types["walker"]}
-        words |= {c["function"] for c in v.rules.calls} | {c["new"] for c in v.rules.calls}
+        words |= {c.function for c in v.rules.calls} | {c.new for c in v.rules.calls}
     words |= set(types)
     defined = set()
     for _h in fp.hunks:
@@ -410,7 +420,7 @@ def _inline(line: str, var: str, init: str) -> str:
 
 
 def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
-                         learner: _Learner, tr, types: dict[str, str]) -> None:
+                         learner: _Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
     """A layout-typed local the added lines use but the target function lacks, where the
     hunk's context does not show its declaration: when the target function has exactly one
     layout-typed variable the hunk never names, that one is its counterpart (`w` for the
@@ -421,7 +431,8 @@ def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[st
     hunk_text = "\n".join(t for _tag, t, _ in hunk.lines)
     hunk_idents = set(_IDENT.findall(hunk_text))
     added = "\n".join(learner.apply(tr(t, types).text) for tag, t, _ in hunk.lines if tag == "+")
-    unseen = [v for v in set(_IDENT.findall(added)) - in_target
+    # Only names the target file never uses: a function or macro of the file is no local.
+    unseen = [v for v in set(_IDENT.findall(added)) - in_target - file_idents
               if re.search(rf"(?<![\w>.]){re.escape(v)}\s*(->|!=|==|,|\))", added)
               and not re.search(rf"\b\w+\s*\*?\s*{re.escape(v)}\s*[=;]", added)]
     spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
@@ -482,7 +493,9 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     res.target_file = frel
 
     ttypes = _target_types(tlines, at, dst if direction == "forward" else src)
-    learner = _Learner(ctx.words | set(ttypes))
+    lo, hi = _function_span(tlines, at)
+    learner = _Learner(ctx.words | set(ttypes), set(ttypes),
+                       set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))))
     if direction == "backport":
         # Variables the hunk does not declare take the type the target gives them.
         for var, kind in ttypes.items():
@@ -535,7 +548,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     for var, init in filter(None, (_hoisted(tlines[j], dst) for j in allowed)):
         learner._add(init, var)
         rules.append(USE_LOCAL)
-    _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types)
+    _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 
     # Post-image: the target's own lines for context, translated added lines.
     out: list[str] = []

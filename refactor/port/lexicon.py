@@ -44,7 +44,6 @@ class Translation:
     text: str
     rules: list[str] = field(default_factory=list)
     dropped: bool = False   # the whole statement disappears in the target layout
-    unsure: list[str] = field(default_factory=list)  # why a part could not be decided
 
 
 @dataclass(frozen=True)
@@ -179,18 +178,33 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         "rsvd-bits-validate-type")
     sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", NARROW)
 
-    for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
-        if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
-            t.unsure.append(f"`->{path}` through a base of unknown type")
     t.rules = list(dict.fromkeys(used))
     return t
 
 
 # ---- old layout -> new layout (forward port) ---------------------------------------
 
+def _dropped(line: str, rules: Rules) -> str | None:
+    """The rule under which an old statement has no counterpart (walk-mmu-assign; a builder
+    field written on the walk-only MMU), or None."""
+    for expr in rules.exprs:
+        if expr.new or "= EXPR;" not in expr.old:
+            continue
+        lhs = expr.old.split("=", 1)[0].strip()
+        m = re.match(r"\s*" + re.escape(lhs).replace("FIELD", r"(\w+)") + r"\s*=[^=]", line)
+        if not m:
+            continue
+        if "FIELD" in lhs:
+            f = rules.mmu_fields.get(m.group(1))
+            if f is None or f.moves_to_walker:   # only fields the builder keeps had no reader
+                continue
+        return expr.id
+    return None
+
+
 def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     """An old-layout line in new-layout terms.  `types`: old variables known to be walkers
-    in the target ('walker') or MMUs that stay ('mmu')."""
+    in the target ('walker'), MMUs that stay ('mmu') or page formats ('format')."""
     rules, names = vocab.rules, vocab.names
     t = Translation(line)
     used: list[str] = []
@@ -201,21 +215,12 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
             t.text = new
             used.extend(rule.split("+"))
 
-    # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
-    for expr in rules.exprs:
-        if not expr.new and "= EXPR;" in expr.old:
-            lhs = expr.old.split("=", 1)[0].strip()
-            pat = re.escape(lhs).replace("FIELD", r"\w+")
-            if re.match(rf"\s*{pat}\s*=[^=]", t.text):
-                field_m = re.match(rf"\s*{re.escape(lhs.split('FIELD')[0])}(\w+)", t.text) \
-                    if "FIELD" in lhs else None
-                if field_m and rules.mmu_fields.get(field_m.group(1)) and \
-                        rules.mmu_fields[field_m.group(1)].moves_to_walker:
-                    continue
-                t.dropped = True
-                t.rules = [expr.id]
-                return t
+    gone = _dropped(line, rules)
+    if gone:
+        t.dropped, t.rules = True, [gone]
+        return t
 
+    # 1. Fields reached through a kvm_vcpu_arch member, and the removed members themselves.
     for base in vocab.member_bases():
         member = base.old.rsplit(".", 1)[-1].rsplit(">", 1)[-1]
         vm = rules.vcpu_old.get(member)
@@ -234,80 +239,10 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
                     base.id)
                 sub(_word(base.old), names.fill(base.new), base.id)
     for old_f, path, frule in vocab.mmu_renames():
-        sub(rf"(vcpu->arch\.(?:{'|'.join(n for n, m in rules.vcpu_old.items() if not m.removed)})"
-            rf"(?:->|\.)){re.escape(path)}(?![\w.])", rf"\1{old_f}", frule)
-
-    # 4. Types.
-    sub(_word(f"struct {rules.types['format']}"), f"struct {rules.types['old_format']}",
-        "rsvd-bits-validate-type")
-    sub(_word(f"struct {rules.types['walker']}"), f"struct {rules.types['mmu']}", NARROW)
-
-    for path in {p for _, p, _ in vocab.walker_paths()} | {p for _, p, _ in vocab.mmu_renames()}:
-        if re.search(rf"->{re.escape(path)}(?![\w.])", t.text) and path not in rules.mmu_fields:
-            t.unsure.append(f"`->{path}` through a base of unknown type")
-    t.rules = list(dict.fromkeys(used))
-    return t
-
-
-# ---- old layout -> new layout (forward port) ---------------------------------------
-
-def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
-    """An old-layout line in new-layout terms.  `types`: old variables known to be walkers
-    in the target ('walker') or MMUs that stay ('mmu')."""
-    rules, names = vocab.rules, vocab.names
-    t = Translation(line)
-    used: list[str] = []
-
-    def sub(pattern: str, repl, rule: str) -> None:
-        new = re.sub(pattern, repl, t.text)
-        if new != t.text:
-            t.text = new
-            used.extend(rule.split("+"))
-
-    # Statements that have no counterpart (walk-mmu-assign, builder fields of nested_mmu).
-    for expr in rules.exprs:
-        if not expr.new and "= EXPR;" in expr.old:
-            lhs = expr.old.split("=", 1)[0].strip()
-            pat = re.escape(lhs).replace("FIELD", r"\w+")
-            if re.match(rf"\s*{pat}\s*=[^=]", t.text):
-                field_m = re.match(rf"\s*{re.escape(lhs.split('FIELD')[0])}(\w+)", t.text) \
-                    if "FIELD" in lhs else None
-                if field_m and rules.mmu_fields.get(field_m.group(1)) and \
-                        rules.mmu_fields[field_m.group(1)].moves_to_walker:
-                    continue
-                t.dropped = True
-                t.rules = [expr.id]
-                return t
-
-    for base in vocab.member_bases():
-        member = base.old.rsplit(".", 1)[-1]
-        vm = rules.vcpu_old.get(member)
-        if vm is None:
-            continue
-        ptr = vm.kind in ("walker_pointer", "mmu_pointer")
-        acc = "->" if ptr else r"\."
-        for old_f, path, frule in vocab.walker_paths():
-            new_base = names.fill(base.new, base=base.old)
-            sep = "->" if base.new_is == "ptr" else "."
-            if vm.removed or base.new_is == "obj":
-                if not vm.removed and base.id.endswith("-walker") and not ptr:
-                    # root_mmu.cpu_role: the MMU stays, its walker is reached through ->w... 
-                    new_base, sep = f"{base.old}.w", "->"
-                sub(rf"{re.escape(base.old)}{acc}{re.escape(old_f)}(?!\w)", f"{new_base}{sep}{path}",
-                    f"{base.id}+{frule}")
-            elif ptr:
-                sub(rf"{re.escape(base.old)}->{re.escape(old_f)}(?!\w)", f"{base.old}->w->{path}",
-                    f"{base.id}+{frule}")
-        if vm.removed:
-            new_obj = names.fill(base.new)
-            if ptr:
-                sub(_word(base.old), f"&{new_obj}", base.id)
-            else:
-                sub(r"&\s*" + re.escape(base.old) + r"(?!\w)", f"&{new_obj}", base.id)
-                sub(_word(base.old), new_obj, base.id)
-    for old_f, path, frule in vocab.mmu_renames():
         sub(rf"(vcpu->arch\.\w+(?:->|\.)){re.escape(old_f)}(?!\w)", rf"\1{path}", frule)
 
+    # 2. Fields through variables: a walker in the target reaches them directly, an MMU
+    #    that stays through its walker.
     for var, kind in types.items():
         if kind == "format":
             continue
@@ -318,10 +253,12 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
             sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(old_f)}(?!\w)", f"{var}->{path}", frule)
         if kind == "walker":
             sub(rf"\bstruct\s+{rules.types['mmu']}\s*\*(\s*){re.escape(var)}\b",
-                rf"struct {rules.types['walker']} *\1{var}", "narrow-local")
+                rf"struct {rules.types['walker']} *\1{var}", NARROW)
             for call in rules.calls:
-                sub(rf"\b{re.escape(call['function'])}\(\s*{re.escape(var)}\s*\)",
-                    f"{call['new']}({var})", call["id"])
+                sub(rf"\b{re.escape(call.function)}\(\s*{re.escape(var)}\s*\)", f"{call.new}({var})",
+                    call.id)
+
+    # 3. Types.
     sub(_word(f"struct {rules.types['old_format']}"), f"struct {rules.types['format']}",
         "rsvd-bits-validate-type")
     t.rules = list(dict.fromkeys(used))

@@ -107,6 +107,12 @@ class Target:
         new._defs = {rel: d for rel, d in self._defs.items() if rel not in changes}
         return new
 
+    def file_identifiers(self, rel: str) -> set[str]:
+        key = ("idents", rel)
+        if key not in self._lines:
+            self._lines[key] = set(_IDENT.findall(self.text(rel) or ""))
+        return self._lines[key]
+
     def identifiers(self) -> set[str]:
         if self._idents is None:
             idents: set[str] = set()
