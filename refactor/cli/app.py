@@ -33,10 +33,10 @@ def main() -> None:
 @click.option("--no-cache", is_flag=True, help="ignore the content-hash cache")
 def scan(tree: str, fmt: str, include_text: bool, no_cache: bool) -> None:
     """Index every reference the kvm_pagewalk move touches in TREE."""
-    from refactor.index.indexer import scan_tree
+    from refactor import scan_tree
     from refactor.progress import bar
     from refactor.index.report import scan_json, scan_text
-    from refactor.frontend.source import TreeError
+    from refactor.errors import TreeError
 
     try:
         with bar(None, "scan") as step:
@@ -65,12 +65,14 @@ def _register_commands() -> None:
     from refactor.cli.rewrite import build_check_cmd, rewrite_cmd
     from refactor.cli.lint import lint_cmd
     from refactor.cli.series import series_cmd
+    from refactor.cli.port import port_cmd
     from refactor.cli.verify import verify_cmd
 
     main.add_command(fetch_tree_cmd)
     main.add_command(rewrite_cmd)
     main.add_command(build_check_cmd)
     main.add_command(series_cmd)
+    main.add_command(port_cmd)
     main.add_command(lint_cmd)
     main.add_command(verify_cmd)
     try:

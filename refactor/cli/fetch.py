@@ -47,7 +47,7 @@ def fetch_tree_cmd(version: str, dest: Path | None, full: bool) -> None:
     try:
         result = fetch_tree(version, dest=dest, full=full, progress=progress)
     except FetchError as exc:
-        from refactor.cli.app import UserError
+        from refactor.cli.errors import UserError
 
         raise UserError(str(exc)) from None
     finally:
