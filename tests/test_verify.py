@@ -307,3 +307,22 @@ def test_an_event_that_never_returns_is_a_hang_bug():
             self.closed.set()
 
     assert _apply_watched(Stuck(), {"ev": "translate"}, timeout=0.2)["bug"].startswith("hang:")
+
+
+def test_an_episode_stops_being_compared_after_a_failed_vm_entry():
+    from refactor.verify.run import Stream, run_streams
+
+    class M:
+        def __init__(self, after):
+            self.after, self.translations = after, 0
+
+        def apply(self, ev):
+            if ev["ev"] == "nested_entry":
+                return {"ok": True, "pdptrs": False}
+            return self.after if ev["ev"] == "translate" else {"ok": True}
+
+    events = [("t:1", {"ev": "reset"}), ("t:2", {"ev": "nested_entry"}),
+              ("t:3", {"ev": "translate"}), ("t:4", {"ev": "reset"}),
+              ("t:5", {"ev": "translate"})]
+    _, tallies, _ = run_streams([Stream("t", iter(events))], M({"gpa": 1}), {"c": M({"gpa": 2})})
+    assert tallies["c"].divergences == 1 and tallies["c"].found[0].source == "t:5"
