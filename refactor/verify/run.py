@@ -164,8 +164,21 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
     return total, tallies, ref_bugs
 
 
+class _Watched:
+    """A candidate model whose events run under the hang timer (for the shrinker)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, ev: dict) -> dict:
+        return _apply_watched(self.model, ev)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
 def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 30.0) -> tuple[Path, int]:
     """ddmin the episode of a divergence (emulator/fuzz.py's shrinker) and write it."""
-    trace = shrink(found.episode, make_ref, make_cand, budget)
+    trace = shrink(found.episode, make_ref, lambda: _Watched(make_cand()), budget)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out, write_events(out, trace)
