@@ -79,12 +79,19 @@ def main() -> None:
     cache = Path(os.environ.get("KVM_REFACTOR_TREE_CACHE", Path.home() / ".cache" / "kvm-refactor" /
                                 "tarball-trees"))
     trees = bundled_tarball_trees(Path(args.trees), cache)
+    if "5.10" not in trees:
+        # A 5.10 tree fetched with `kvm-refactor fetch-tree 5.10 [--full]`, when there is one.
+        fetched = Path.home() / ".cache" / "kvm-refactor" / "trees"
+        for name in ("linux-source-5.10", "linux-source-5.10-full"):
+            if (fetched / name / "arch" / "x86" / "kvm").is_dir():
+                trees["5.10"] = fetched / name
+                break
     mbox = make_mbox(trees["7.3"])
     mails = read_mails(mbox, "bench.mbox")
     targets = [trees[v] for v in ("7.2", "6.1", "5.10") if v in trees]
     print(f"mbox: {len(mails)} patches made from 7.3; targets: "
           + ", ".join(v for v in ("7.2", "6.1", "5.10") if v in trees)
-          + ("" if "5.10" in trees else " (no linux-kvm-5.10.tar.xz: 5.10 left out)"))
+          + ("" if "5.10" in trees else " (no 5.10 tree: `kvm-refactor fetch-tree 5.10` adds it)"))
     rules = load_rules()
     start = time.perf_counter()
     report = port_patches(mails, targets, rules=rules, porter=("Bench", "bench@example.org"))

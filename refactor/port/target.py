@@ -125,7 +125,10 @@ class Target:
         """(file, line, arity or None) of each definition or prototype of `name` (a function, or a
         macro: None for one without parameters or a variadic one)."""
         out = []
-        for rel in self.files:
+        key = name.encode()
+        for rel, data in self.files.items():
+            if key not in data:        # most files never mention it: no need to read them
+                continue
             if rel not in self._defs:
                 self._defs[rel] = _definitions(self.text(rel))
             for offset, params in self._defs[rel].get(name, ()):
