@@ -221,10 +221,6 @@ def _persistent_cache(monkeypatch):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
 
 
-@pytest.mark.xfail(strict=True, reason="open finding (verify, 2026-11-30): after a nested VMX/EPT "
-                   "entry and exit, a nested SVM/NPT entry on the same vCPU: pristine 6.1 reports "
-                   "#NPF with RSVD on an L2 table read, the rewrite a #PF to L2 (fuzz seed 1, "
-                   "event 42628; 8-event reproducer in docs/verify.md); strict: passes once fixed")
 def test_native_verify_of_the_61_rewrite(_persistent_cache, tmp_path):
     """CI's one native run: the 6.1 rewrite against 6.1 on the corpus + 100,000 fuzz events."""
     report = verify_tree(_full_tree("6.1"), "upstream", seed=1, events=100_000,
