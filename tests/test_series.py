@@ -75,8 +75,8 @@ def test_one_commit_per_step_in_upstream_order(repo72, series72):
     assert [c.splitlines()[0] for c in commits] == [s.subject for s in made]
     assert [s.step.id for s in result.steps] == [s.id for s in steps]
     order = [s.step.id for s in made]
-    for a, b in [("introduce-pagewalk", "move-get-guest-pgd"), ("move-get-guest-pgd", "move-gva-to-gpa"),
-                 ("move-gva-to-gpa", "move-get-pdptr"), ("move-get-pdptr", "move-inject-page-fault"),
+    for a, b in [("introduce-pagewalk", "move-get-guest-pgd"), ("move-get-guest-pgd", "move-get-pdptr"),
+                 ("move-get-pdptr", "move-inject-page-fault"),
                  ("move-inject-page-fault", "move-cpu-role"), ("move-cpu-role", "role-accessors"),
                  ("role-accessors", "move-permissions"), ("move-permissions", "walk-mmu"),
                  ("walk-mmu", "nested-mmu"), ("nested-mmu", "walker-init"), ("walker-init", "shadow-format")]:
