@@ -139,3 +139,22 @@ class FunctionSig:
     params: list[tuple[str, CType]]
     file: str
     line: int
+
+
+def walk_nodes(node: Node):
+    """Every node below `node` (itself first), in source order, without recursion."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(n.children))
+
+
+def function_params(fn: Node) -> list[Node]:
+    """The parameter declarations of a function definition or declaration."""
+    decl = fn.child_by_field_name("declarator")
+    while decl is not None and decl.type != "function_declarator":
+        decl = decl.child_by_field_name("declarator")
+    if decl is None:
+        return []
+    return [p for p in decl.child_by_field_name("parameters").named_children if p.type == "parameter_declaration"]

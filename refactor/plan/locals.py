@@ -20,23 +20,11 @@ import re
 
 from tree_sitter import Node
 
-from refactor.frontend.ctype import text
+from refactor.frontend.ctype import text, walk_nodes as _walk
 from refactor.frontend.parse import parse
 from refactor.index.functions import top_level
 from refactor.plan.edits import Edit
-from refactor.rules import Rules, WalkerNames
-
-
-def _squash(s: str) -> str:
-    return re.sub(r"\s+", "", s)
-
-
-def _walk(node: Node):
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(reversed(n.children))
+from refactor.rules import Rules, WalkerNames, squash as _squash
 
 
 def _identifiers(body: Node) -> set[str]:

@@ -16,20 +16,12 @@ import re
 
 from tree_sitter import Node
 
-from refactor.frontend.ctype import text
+from refactor.frontend.ctype import text, walk_nodes as _walk
 from refactor.frontend.parse import parse
 from refactor.index.functions import top_level
 from refactor.index.program import function_name
 from refactor.plan.edits import Edit
 from refactor.rules import Rules
-
-
-def _walk(node: Node):
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(reversed(n.children))
 
 
 def _fill(head: str, items: list[str], tail: str, width: int = 80) -> str:

@@ -18,29 +18,12 @@ import re
 
 from tree_sitter import Node
 
-from refactor.frontend.ctype import text
+from refactor.frontend.ctype import text, walk_nodes as _walk, function_params as _params
 from refactor.frontend.parse import parse
 from refactor.index.functions import top_level
 from refactor.index.program import function_name
 from refactor.plan.edits import Edit
 from refactor.rules import Rules, WalkerNames
-
-
-def _walk(node: Node):
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(reversed(n.children))
-
-
-def _params(node: Node) -> list[Node]:
-    decl = node.child_by_field_name("declarator")
-    while decl is not None and decl.type != "function_declarator":
-        decl = decl.child_by_field_name("declarator")
-    if decl is None:
-        return []
-    return [p for p in decl.child_by_field_name("parameters").named_children if p.type == "parameter_declaration"]
 
 
 def _edit(rel, data, start, end, new, rule) -> Edit:

@@ -21,26 +21,9 @@ import re
 
 from tree_sitter import Node
 
-from refactor.frontend.ctype import text
+from refactor.frontend.ctype import text, walk_nodes as _walk, function_params as _params
 from refactor.plan.edits import Edit, Human
 from refactor.rules import Rules, WalkerNames
-
-
-def _walk(node: Node):
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(reversed(n.children))
-
-
-def _params(fn: Node) -> list[Node]:
-    decl = fn.child_by_field_name("declarator")
-    while decl is not None and decl.type != "function_declarator":
-        decl = decl.child_by_field_name("declarator")
-    if decl is None:
-        return []
-    return [p for p in decl.child_by_field_name("parameters").named_children if p.type == "parameter_declaration"]
 
 
 def _pname(p: Node) -> str:

@@ -102,6 +102,16 @@ def declared_types(lines: list[str], vocab: Vocabulary) -> dict[str, str]:
     return out
 
 
+def _substituter(t: Translation, used: list[str]):
+    """sub(pattern, repl, rule): rewrite t.text, recording the rule ids ("a+b": both) it used."""
+    def sub(pattern: str, repl, rule: str) -> None:
+        new = re.sub(pattern, repl, t.text)
+        if new != t.text:
+            t.text = new
+            used.extend(rule.split("+"))
+    return sub
+
+
 def _ptr_form(member_kind: str, expr: str) -> str:
     # Pointer members (walk_mmu, mmu) are values already; MMU objects need '&'.
     return expr if member_kind in ("walker_pointer", "mmu_pointer") else f"&{expr}"
@@ -114,12 +124,7 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     rules, names = vocab.rules, vocab.names
     t = Translation(line)
     used: list[str] = []
-
-    def sub(pattern: str, repl, rule: str) -> None:
-        new = re.sub(pattern, repl, t.text)
-        if new != t.text:
-            t.text = new
-            used.extend(rule.split("+"))
+    sub = _substituter(t, used)
 
     # 0. Whole expressions that mappings.toml restated (the nested tests): back to their
     #    old form.  In these templates `w` (new) and `mmu` (old) stand for any variable.
@@ -208,12 +213,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     rules, names = vocab.rules, vocab.names
     t = Translation(line)
     used: list[str] = []
-
-    def sub(pattern: str, repl, rule: str) -> None:
-        new = re.sub(pattern, repl, t.text)
-        if new != t.text:
-            t.text = new
-            used.extend(rule.split("+"))
+    sub = _substituter(t, used)
 
     gone = _dropped(line, rules)
     if gone:
