@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
+from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.lexicon import Vocabulary, declared_types, translate
 from refactor.port.target import Target, arity
 from refactor.rules import cite
@@ -32,7 +33,6 @@ _C_WORDS = frozenset(
     "int long register restrict return short signed sizeof static struct switch typedef union unsigned "
     "void volatile while bool true false NULL typeof __always_inline".split())
 _FUNC_HEAD = re.compile(r"([A-Za-z_]\w*)\s*\(")
-_SEARCH = 60  # how far from its line number a hunk is looked for first (lines)
 
 
 @dataclass
@@ -54,200 +54,6 @@ class HunkResult:
         if self.differing:
             out["differing"] = [{"patch": a, "target": b} for a, b in self.differing]
         return out
-
-
-def _norm(line: str) -> str:
-    return " ".join(line.split())
-
-
-def _find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True) -> int | None:
-    """Start of `pre` in the target file, nearest to `near` first (whitespace-insensitive if
-    not exact)."""
-    lines = target.lines(rel) if exact else target.norm_lines(rel)
-    if not pre:
-        return min(max(near, 0), len(lines))
-    key = pre if exact else [_norm(x) for x in pre]
-    n = len(key)
-    starts = target.positions(rel, exact).get(key[0], ())
-    for i in sorted(starts, key=lambda i: abs(i - near)):
-        if lines[i:i + n] == key:
-            return i
-    return None
-
-
-def _best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[int, float] | None:
-    """The window of the target file most like `pre` (same length), and the share of equal lines."""
-    n = len(pre)
-    view = target.norm_lines(rel)
-    if n == 0 or len(view) < n:
-        return None
-    key = [_norm(x) for x in pre]
-    index = target.positions(rel, False)
-    best, best_score = None, 0.0
-    cand: set[int] = set()
-    for i, k in enumerate(key):
-        if len(k) > 3:
-            cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n)
-    for start in cand:
-        same = sum(1 for a, b in zip(key, view[start:start + n]) if a == b)
-        score = same / n
-        if score > best_score or (score == best_score and best is not None
-                                  and abs(start - near) < abs(best - near)):
-            best, best_score = start, score
-    return (best, best_score) if best is not None else None
-
-
-# Expression chains are compared whole: `&vcpu->arch.root_mmu`, `w->fmt.permissions`.
-_CHAIN_TOKEN = re.compile(r"&?[A-Za-z_]\w*(?:\s*(?:->|\.)\s*[A-Za-z_]\w*)*|\d\w*|\S")
-_SEP = re.compile(r"(->|\.)")
-
-
-def _chains(line: str) -> list[str]:
-    return [re.sub(r"\s+", "", t) for t in _CHAIN_TOKEN.findall(line)]
-
-
-def _base_pair(a: str, b: str) -> tuple[str, str] | None:
-    """The differing bases of two chains with the same trailing members:
-    (`vcpu->arch.guest_mmu.`, `vcpu->arch.mmu->`) from `...guest_mmu.get_pdptr` and
-    `...mmu->get_pdptr`, so that other members reached through that base follow."""
-    pa, pb = _SEP.split(a), _SEP.split(b)
-    k = 0
-    while k < min(len(pa), len(pb)) - 1 and pa[-1 - k] == pb[-1 - k] and _SEP.fullmatch(pa[-1 - k]) is None:
-        k += 2 if k + 2 < min(len(pa), len(pb)) else 1
-        if k >= min(len(pa), len(pb)):
-            return None
-    if k == 0:
-        return None
-    ka, kb = "".join(pa[:len(pa) - k + 1]), "".join(pb[:len(pb) - k + 1])
-    return (ka, kb) if ka != kb and ka and kb else None
-
-
-def _skip(text: str, n: int) -> str:
-    """`text` after its first `n` non-blank characters (keeps the rest's own spacing)."""
-    seen = 0
-    for i, c in enumerate(text):
-        if seen == n:
-            return text[i:]
-        if not c.isspace():
-            seen += 1
-    return ""
-
-
-def _open_paren(line: str) -> int | None:
-    """Display column (tabs of 8) just after the last unclosed '(' of `line`."""
-    depth, col, stack = 0, 0, []
-    for c in line:
-        if c == "(":
-            stack.append(col + 1)
-        elif c == ")" and stack:
-            stack.pop()
-        col = (col // 8 + 1) * 8 if c == "\t" else col + 1
-    return stack[-1] if stack else None
-
-
-def _indent_col(line: str) -> int:
-    col = 0
-    for c in line:
-        if c == "\t":
-            col = (col // 8 + 1) * 8
-        elif c == " ":
-            col += 1
-        else:
-            break
-    return col
-
-
-def _realign(line: str, patch_prev: str | None, out_prev: str | None) -> str:
-    """A continuation line aligned under its opening parenthesis, as the kernel does:
-    where the translated line above opens the parenthesis at another column."""
-    if patch_prev is None or out_prev is None:
-        return line
-    was, now = _open_paren(patch_prev), _open_paren(out_prev)
-    if was is None or now is None or was == now or _indent_col(line) != was:
-        return line
-    return "\t" * (now // 8) + " " * (now % 8) + line.lstrip(" \t")
-
-
-class _Learner:
-    """Differences between translated patch lines and the target's that the layout explains.
-
-    Learned per hunk (locals are named per function): whole expression chains
-    that differ (`&vcpu->arch.root_mmu` for `vcpu->arch.walk_mmu`), renamed
-    locals (`w` for `mmu`), and bases reached differently.
-    """
-
-    def __init__(self, layout_words: set[str], target_vars: set[str] = frozenset(),
-                 target_idents: set[str] = frozenset()):
-        self.words = layout_words
-        self.target_vars = target_vars      # layout-typed variables of the target function
-        self.target_idents = target_idents  # every identifier of the target function
-        self.subs: dict[str, str] = {}
-        self.bad: set[str] = set()
-
-    def explained(self, a: str, b: str) -> bool:
-        """Names that differ are all layout names (pointer and object forms may differ too),
-        or a local the target names differently: the target's name is one of its walker,
-        MMU or page-format variables and the patch's name does not occur in the function."""
-        ia, ib = set(_IDENT.findall(a)), set(_IDENT.findall(b))
-        if not (ia or ib):
-            return False
-        odd = (ia ^ ib) - self.words
-        if not odd:
-            return True
-        mine, theirs = odd & ia - ib, odd & ib - ia
-        return (len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars
-                and not mine & self.target_idents)
-
-    def _add(self, a: str, b: str) -> None:
-        if a in self.subs and self.subs[a] != b:
-            self.bad.add(a)
-        self.subs.setdefault(a, b)
-
-    def learn(self, a: str, b: str) -> bool:
-        ta, tb = _chains(a), _chains(b)
-        segs = []
-        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
-            if op != "equal":
-                segs.append((ta[i1:i2], tb[j1:j2]))
-        if not segs:
-            return True
-        for xs, ys in segs:
-            if len(xs) != len(ys) or not all(self.explained(x, y) for x, y in zip(xs, ys)):
-                return False
-        for xs, ys in segs:
-            for x, y in zip(xs, ys):
-                self._add(x, y)
-                bp = _base_pair(x, y)
-                if bp:
-                    self._add(bp[0], bp[1])
-                    # A renamed local: the bare name follows too (`w` for `context`).
-                    na, nb = bp[0].rstrip(">-."), bp[1].rstrip(">-.")
-                    if _IDENT.fullmatch(na) and _IDENT.fullmatch(nb):
-                        self._add(na, nb)
-        return True
-
-    def apply(self, line: str) -> str:
-        subs = {k: v for k, v in self.subs.items() if k not in self.bad}
-        if not subs:
-            return line
-
-        def one(m: re.Match) -> str:
-            tok = re.sub(r"\s+", "", m.group(0))
-            if tok in subs and tok == m.group(0):
-                return subs[tok]
-            amp = "&" if tok.startswith("&") else ""
-            body = tok[len(amp):]
-            # The longest learned base that this chain starts with (a local, or a member path).
-            for base in sorted(subs, key=len, reverse=True):
-                b = base[len(amp):] if base.startswith("&") == bool(amp) and amp else base
-                if base.startswith("&") and not amp:
-                    continue
-                if body.startswith(b) and (b.endswith(("->", ".")) or body[len(b):].startswith(("->", "."))):
-                    new_base = subs[base][1:] if amp and subs[base].startswith("&") else subs[base]
-                    return amp + new_base + _skip(m.group(0)[len(amp):], len(b))
-            return subs.get(tok, m.group(0))
-
-        return _CHAIN_TOKEN.sub(one, line)
 
 
 def _function_of(hunk: Hunk) -> str | None:
@@ -324,41 +130,6 @@ def _target_types(tlines: list[str], at: int, vocab: Vocabulary) -> dict[str, st
     return types
 
 
-def _align(kept: list[str], tlines: list[str], start: int) -> tuple[int, int, list[tuple[int, int]],
-                                                                   list[int], list[int]]:
-    """Pair the hunk's lines with the target's around `start`, allowing lines on either side
-    to be missing: (first, end) of the target region, 1:1 pairs (i, j), patch lines the target
-    lacks, target lines the patch lacks."""
-    lo, hi = max(start - 2, 0), min(start + len(kept) + 3, len(tlines))
-    a, b = [_norm(x) for x in kept], [_norm(x) for x in tlines[lo:hi]]
-    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
-    while ops and ops[0][0] == "insert":
-        ops.pop(0)
-    while ops and ops[-1][0] == "insert":
-        ops.pop()
-    if not ops:
-        return start, start, [], list(range(len(kept))), []
-    pairs, missing, extra = [], [], []
-    for op, i1, i2, j1, j2 in ops:
-        if op in ("equal", "replace") and i2 - i1 == j2 - j1:
-            pairs += [(i1 + k, lo + j1 + k) for k in range(i2 - i1)]
-            continue
-        # Unequal blocks: pair each line with the most similar one still ahead of it.
-        j = j1
-        for i in range(i1, i2):
-            scores = [(difflib.SequenceMatcher(None, a[i], b[k], autojunk=False).ratio(), k)
-                      for k in range(j, j2)]
-            score, k = max(scores, default=(0.0, None))
-            if k is not None and score >= 0.6:
-                extra += [lo + x for x in range(j, k)]
-                pairs.append((i, lo + k))
-                j = k + 1
-            else:
-                missing.append(i)
-        extra += [lo + x for x in range(j, j2)]
-    return lo + ops[0][3], lo + ops[-1][4], pairs, missing, extra
-
-
 def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
             kept: list[str]) -> tuple[str, int, str] | None:
     """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
@@ -370,31 +141,17 @@ def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: lis
     for frel in candidates:
         at_near = near if frel == rel else 0
         for lines, how in ((pre_raw, "clean"), (kept, "translated")):
-            at = _find(lines, target, frel, at_near)
+            at = find(lines, target, frel, at_near)
             if at is None:
-                at = _find(lines, target, frel, at_near, exact=False)
+                at = find(lines, target, frel, at_near, exact=False)
             if at is not None:
                 return frel, at, how
     best = None
     for frel in candidates:
-        win = _best_window(kept, target, frel, near if frel == rel else 0)
+        win = best_window(kept, target, frel, near if frel == rel else 0)
         if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
             best = (frel, win[0], "fuzzy", win[1])
     return best[:3] if best else None
-
-
-def _pairings(kept: list[str], tlines: list[str], at: int, how: str):
-    """Line pairs of the hunk and the target: 1:1 from `at`, or aligned when lines are missing
-    on either side (target lines before the first or after the last pair are outside)."""
-    if how != "fuzzy":
-        n = min(len(kept), len(tlines) - at)
-        return at, at + n, [(k, at + k) for k in range(n)], list(range(n, len(kept))), []
-    first, end, pairs, missing, extra = _align(kept, tlines, at)
-    if pairs:
-        lo, hi = pairs[0][1], pairs[-1][1]
-        extra = [j for j in extra if lo < j < hi]
-        first = min(lo, first) if missing and missing[0] < pairs[0][0] else lo
-    return first, end, pairs, missing, extra
 
 
 _HOISTED = re.compile(r"^\s*struct\s+(\w+)\s*\*\s*(\w+)\s*=\s*(.+?);\s*$")
@@ -420,7 +177,7 @@ def _inline(line: str, var: str, init: str) -> str:
 
 
 def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
-                         learner: _Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
+                         learner: Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
     """A layout-typed local the added lines use but the target function lacks, where the
     hunk's context does not show its declaration: when the target function has exactly one
     layout-typed variable the hunk never names, that one is its counterpart (`w` for the
@@ -437,7 +194,7 @@ def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[st
               and not re.search(rf"\b\w+\s*\*?\s*{re.escape(v)}\s*[=;]", added)]
     spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
     if len(unseen) == 1 and len(spare) == 1 and unseen[0] not in learner.subs:
-        learner._add(unseen[0], spare[0])
+        learner.add(unseen[0], spare[0])
 
 
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
@@ -494,7 +251,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
 
     ttypes = _target_types(tlines, at, dst if direction == "forward" else src)
     lo, hi = _function_span(tlines, at)
-    learner = _Learner(ctx.words | set(ttypes), set(ttypes),
+    learner = Learner(ctx.words | set(ttypes), set(ttypes),
                        set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))))
     if direction == "backport":
         # Variables the hunk does not declare take the type the target gives them.
@@ -503,8 +260,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         pre_t = [tr(x, types) for x in pre_raw]
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
     kept = [pre_t[i].text for i in kept_idx]
-    for k, j in _pairings(kept, tlines, at, how)[2]:
-        if kept[k] != tlines[j] and _norm(kept[k]) != _norm(tlines[j]):
+    for k, j in pairings(kept, tlines, at, how)[2]:
+        if kept[k] != tlines[j] and norm(kept[k]) != norm(tlines[j]):
             learner.learn(kept[k], tlines[j])
     if direction == "forward":
         # Old MMU pointers that the target has narrowed to walkers: translate them as walkers.
@@ -515,12 +272,12 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
         kept = [pre_t[i].text for i in kept_idx]
     best = None
-    for cand in (_pairings(kept, tlines, at, "window"), _pairings(kept, tlines, at, "fuzzy")):
+    for cand in (pairings(kept, tlines, at, "window"), pairings(kept, tlines, at, "fuzzy")):
         first, _end, pairs, missing, extra = cand
         differing = []
         for k, j in pairs:
             mine = learner.apply(kept[k])
-            if mine != tlines[j] and _norm(mine) != _norm(tlines[j]) and not learner.learn(kept[k], tlines[j]):
+            if mine != tlines[j] and norm(mine) != norm(tlines[j]) and not learner.learn(kept[k], tlines[j]):
                 differing.append((pre_raw[kept_idx[k]], tlines[j]))
         differing += [(pre_raw[kept_idx[k]], "(not in the target)") for k in missing]
         # A target line the patch lacks is fine when it only names a walker or a format
@@ -529,7 +286,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]
         # A pair of unlike lines says less than a line missing on one side: weigh it more.
         cost = sum(1 if a.startswith("(not in") or b.startswith("(not in") or
-                   difflib.SequenceMatcher(None, _norm(a), _norm(b)).ratio() >= 0.5 else 2.5
+                   difflib.SequenceMatcher(None, norm(a), norm(b)).ratio() >= 0.5 else 2.5
                    for a, b in differing)
         if best is None or cost < best[4]:
             best = (first, differing, dict(pairs), allowed, cost)
@@ -546,7 +303,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         res.rules = list(dict.fromkeys(rules))
         return res
     for var, init in filter(None, (_hoisted(tlines[j], dst) for j in allowed)):
-        learner._add(init, var)
+        learner.add(init, var)
         rules.append(USE_LOCAL)
     _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 
@@ -580,7 +337,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         new = learner.apply(t.text)
         if new != t.text:
             rules.append(LOCAL_NAMES)
-        new = _realign(new, this_prev, out[-1] if out else None)
+        new = realign(new, this_prev, out[-1] if out else None)
         out.append(new)
         added.append(new)
     res.target_len = ti - first

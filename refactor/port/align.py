@@ -1,0 +1,260 @@
+"""Pairing a hunk's lines with a target's, and what the pairs teach.
+
+Where a hunk's pre-image stands in a target file (exactly, whitespace aside,
+or as the most similar window), which of its lines pair with which of the
+target's when lines are missing on either side, and the Learner that turns
+differences made only of layout names (a renamed local, a walker reached
+another way) into substitutions for the hunk's added lines.  Continuation
+lines are re-aligned under their parenthesis as the kernel writes them.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+
+from refactor.port.target import Target
+
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def norm(line: str) -> str:
+    return " ".join(line.split())
+
+
+def find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True) -> int | None:
+    """Start of `pre` in the target file, nearest to `near` first (whitespace-insensitive if
+    not exact)."""
+    lines = target.lines(rel) if exact else target.norm_lines(rel)
+    if not pre:
+        return min(max(near, 0), len(lines))
+    key = pre if exact else [norm(x) for x in pre]
+    n = len(key)
+    starts = target.positions(rel, exact).get(key[0], ())
+    for i in sorted(starts, key=lambda i: abs(i - near)):
+        if lines[i:i + n] == key:
+            return i
+    return None
+
+
+def best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[int, float] | None:
+    """The window of the target file most like `pre` (same length), and the share of equal lines."""
+    n = len(pre)
+    view = target.norm_lines(rel)
+    if n == 0 or len(view) < n:
+        return None
+    key = [norm(x) for x in pre]
+    index = target.positions(rel, False)
+    best, best_score = None, 0.0
+    cand: set[int] = set()
+    for i, k in enumerate(key):
+        if len(k) > 3:
+            cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n)
+    for start in cand:
+        same = sum(1 for a, b in zip(key, view[start:start + n]) if a == b)
+        score = same / n
+        if score > best_score or (score == best_score and best is not None
+                                  and abs(start - near) < abs(best - near)):
+            best, best_score = start, score
+    return (best, best_score) if best is not None else None
+
+
+# Expression chains are compared whole: `&vcpu->arch.root_mmu`, `w->fmt.permissions`.
+_CHAIN_TOKEN = re.compile(r"&?[A-Za-z_]\w*(?:\s*(?:->|\.)\s*[A-Za-z_]\w*)*|\d\w*|\S")
+_SEP = re.compile(r"(->|\.)")
+
+
+def chains(line: str) -> list[str]:
+    return [re.sub(r"\s+", "", t) for t in _CHAIN_TOKEN.findall(line)]
+
+
+def base_pair(a: str, b: str) -> tuple[str, str] | None:
+    """The differing bases of two chains with the same trailing members:
+    (`vcpu->arch.guest_mmu.`, `vcpu->arch.mmu->`) from `...guest_mmu.get_pdptr` and
+    `...mmu->get_pdptr`, so that other members reached through that base follow."""
+    pa, pb = _SEP.split(a), _SEP.split(b)
+    k = 0
+    while k < min(len(pa), len(pb)) - 1 and pa[-1 - k] == pb[-1 - k] and _SEP.fullmatch(pa[-1 - k]) is None:
+        k += 2 if k + 2 < min(len(pa), len(pb)) else 1
+        if k >= min(len(pa), len(pb)):
+            return None
+    if k == 0:
+        return None
+    ka, kb = "".join(pa[:len(pa) - k + 1]), "".join(pb[:len(pb) - k + 1])
+    return (ka, kb) if ka != kb and ka and kb else None
+
+
+def skip(text: str, n: int) -> str:
+    """`text` after its first `n` non-blank characters (keeps the rest's own spacing)."""
+    seen = 0
+    for i, c in enumerate(text):
+        if seen == n:
+            return text[i:]
+        if not c.isspace():
+            seen += 1
+    return ""
+
+
+def open_paren(line: str) -> int | None:
+    """Display column (tabs of 8) just after the last unclosed '(' of `line`."""
+    depth, col, stack = 0, 0, []
+    for c in line:
+        if c == "(":
+            stack.append(col + 1)
+        elif c == ")" and stack:
+            stack.pop()
+        col = (col // 8 + 1) * 8 if c == "\t" else col + 1
+    return stack[-1] if stack else None
+
+
+def indent_col(line: str) -> int:
+    col = 0
+    for c in line:
+        if c == "\t":
+            col = (col // 8 + 1) * 8
+        elif c == " ":
+            col += 1
+        else:
+            break
+    return col
+
+
+def realign(line: str, patch_prev: str | None, out_prev: str | None) -> str:
+    """A continuation line aligned under its opening parenthesis, as the kernel does:
+    where the translated line above opens the parenthesis at another column."""
+    if patch_prev is None or out_prev is None:
+        return line
+    was, now = open_paren(patch_prev), open_paren(out_prev)
+    if was is None or now is None or was == now or indent_col(line) != was:
+        return line
+    return "\t" * (now // 8) + " " * (now % 8) + line.lstrip(" \t")
+
+
+class Learner:
+    """Differences between translated patch lines and the target's that the layout explains.
+
+    Learned per hunk (locals are named per function): whole expression chains
+    that differ (`&vcpu->arch.root_mmu` for `vcpu->arch.walk_mmu`), renamed
+    locals (`w` for `mmu`), and bases reached differently.
+    """
+
+    def __init__(self, layout_words: set[str], target_vars: set[str] = frozenset(),
+                 target_idents: set[str] = frozenset()):
+        self.words = layout_words
+        self.target_vars = target_vars      # layout-typed variables of the target function
+        self.target_idents = target_idents  # every identifier of the target function
+        self.subs: dict[str, str] = {}
+        self.bad: set[str] = set()
+
+    def explained(self, a: str, b: str) -> bool:
+        """Names that differ are all layout names (pointer and object forms may differ too),
+        or a local the target names differently: the target's name is one of its walker,
+        MMU or page-format variables and the patch's name does not occur in the function."""
+        ia, ib = set(_IDENT.findall(a)), set(_IDENT.findall(b))
+        if not (ia or ib):
+            return False
+        odd = (ia ^ ib) - self.words
+        if not odd:
+            return True
+        mine, theirs = odd & ia - ib, odd & ib - ia
+        return (len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars
+                and not mine & self.target_idents)
+
+    def add(self, a: str, b: str) -> None:
+        if a in self.subs and self.subs[a] != b:
+            self.bad.add(a)
+        self.subs.setdefault(a, b)
+
+    def learn(self, a: str, b: str) -> bool:
+        ta, tb = chains(a), chains(b)
+        segs = []
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb, autojunk=False).get_opcodes():
+            if op != "equal":
+                segs.append((ta[i1:i2], tb[j1:j2]))
+        if not segs:
+            return True
+        for xs, ys in segs:
+            if len(xs) != len(ys) or not all(self.explained(x, y) for x, y in zip(xs, ys)):
+                return False
+        for xs, ys in segs:
+            for x, y in zip(xs, ys):
+                self.add(x, y)
+                bp = base_pair(x, y)
+                if bp:
+                    self.add(bp[0], bp[1])
+                    # A renamed local: the bare name follows too (`w` for `context`).
+                    na, nb = bp[0].rstrip(">-."), bp[1].rstrip(">-.")
+                    if _IDENT.fullmatch(na) and _IDENT.fullmatch(nb):
+                        self.add(na, nb)
+        return True
+
+    def apply(self, line: str) -> str:
+        subs = {k: v for k, v in self.subs.items() if k not in self.bad}
+        if not subs:
+            return line
+
+        def one(m: re.Match) -> str:
+            tok = re.sub(r"\s+", "", m.group(0))
+            if tok in subs and tok == m.group(0):
+                return subs[tok]
+            amp = "&" if tok.startswith("&") else ""
+            body = tok[len(amp):]
+            # The longest learned base that this chain starts with (a local, or a member path).
+            for base in sorted(subs, key=len, reverse=True):
+                b = base[len(amp):] if base.startswith("&") == bool(amp) and amp else base
+                if base.startswith("&") and not amp:
+                    continue
+                if body.startswith(b) and (b.endswith(("->", ".")) or body[len(b):].startswith(("->", "."))):
+                    new_base = subs[base][1:] if amp and subs[base].startswith("&") else subs[base]
+                    return amp + new_base + skip(m.group(0)[len(amp):], len(b))
+            return subs.get(tok, m.group(0))
+
+        return _CHAIN_TOKEN.sub(one, line)
+
+
+def align(kept: list[str], tlines: list[str], start: int) -> tuple[int, int, list[tuple[int, int]],
+                                                                   list[int], list[int]]:
+    """Pair the hunk's lines with the target's around `start`, allowing lines on either side
+    to be missing: (first, end) of the target region, 1:1 pairs (i, j), patch lines the target
+    lacks, target lines the patch lacks."""
+    lo, hi = max(start - 2, 0), min(start + len(kept) + 3, len(tlines))
+    a, b = [norm(x) for x in kept], [norm(x) for x in tlines[lo:hi]]
+    ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    while ops and ops[0][0] == "insert":
+        ops.pop(0)
+    while ops and ops[-1][0] == "insert":
+        ops.pop()
+    if not ops:
+        return start, start, [], list(range(len(kept))), []
+    pairs, missing, extra = [], [], []
+    for op, i1, i2, j1, j2 in ops:
+        if op in ("equal", "replace") and i2 - i1 == j2 - j1:
+            pairs += [(i1 + k, lo + j1 + k) for k in range(i2 - i1)]
+            continue
+        # Unequal blocks: pair each line with the most similar one still ahead of it.
+        j = j1
+        for i in range(i1, i2):
+            scores = [(difflib.SequenceMatcher(None, a[i], b[k], autojunk=False).ratio(), k)
+                      for k in range(j, j2)]
+            score, k = max(scores, default=(0.0, None))
+            if k is not None and score >= 0.6:
+                extra += [lo + x for x in range(j, k)]
+                pairs.append((i, lo + k))
+                j = k + 1
+            else:
+                missing.append(i)
+        extra += [lo + x for x in range(j, j2)]
+    return lo + ops[0][3], lo + ops[-1][4], pairs, missing, extra
+
+
+def pairings(kept: list[str], tlines: list[str], at: int, how: str):
+    """Line pairs of the hunk and the target: 1:1 from `at`, or aligned when lines are missing
+    on either side (target lines before the first or after the last pair are outside)."""
+    if how != "fuzzy":
+        n = min(len(kept), len(tlines) - at)
+        return at, at + n, [(k, at + k) for k in range(n)], list(range(n, len(kept))), []
+    first, end, pairs, missing, extra = align(kept, tlines, at)
+    if pairs:
+        lo, hi = pairs[0][1], pairs[-1][1]
+        extra = [j for j in extra if lo < j < hi]
+        first = min(lo, first) if missing and missing[0] < pairs[0][0] else lo
+    return first, end, pairs, missing, extra
