@@ -68,6 +68,7 @@ def rewrite_case(case: str, work: Path):
     tree = work / "tree"
     shutil.copytree(COMMON, tree)
     target = tree / TARGET
+    target.parent.mkdir(parents=True, exist_ok=True)  # git keeps no empty folder in _tree
     target.write_bytes((GOLDEN / case / "before.c").read_bytes())
     rules = load_rules()
     stage = GOLDEN / case / "stage"
@@ -119,6 +120,7 @@ def test_every_rule_has_a_golden_pair():
 def test_walker_to_a_declared_only_function(tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(COMMON, tree)
+    (tree / TARGET).parent.mkdir(parents=True, exist_ok=True)
     (tree / TARGET).write_text(
         "#include <linux/kvm_host.h>\n\n"
         "void kvm_mmu_free_roots(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, unsigned long roots);\n\n"
@@ -137,6 +139,7 @@ def test_attach_member_after_a_returned_call(tmp_path):
     shutil.copytree(COMMON, tree)
     before = (GOLDEN / "attach-walker" / "before.c").read_text()
     assert "\treturn __kvm_mmu_create(vcpu, &vcpu->arch.root_mmu);\n}" in before
+    (tree / TARGET).parent.mkdir(parents=True, exist_ok=True)
     (tree / TARGET).write_text(before)
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
