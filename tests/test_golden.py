@@ -22,6 +22,18 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 COMMON = GOLDEN / "_tree"
+MINI = Path(__file__).resolve().parent.parent / "fixtures" / "mini-kvm"
+# The golden pairs compile against the mini tree's own headers (not a copy of them).
+HEADERS = ("arch/x86/include/asm/kvm_host.h", "include/linux/kvm_host.h")
+
+
+def scratch_tree(tree: Path) -> Path:
+    """The golden tree: its Makefile, the mini tree's headers, an arch/x86/kvm to write into."""
+    shutil.copytree(COMMON, tree)
+    for rel in HEADERS:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(MINI / rel, tree / rel)
+    return tree
 TARGET = "arch/x86/kvm/golden.c"
 
 # Ids that name a mapping the rewrite applies through another rule's edit, so its
@@ -66,9 +78,8 @@ def rewrite_case(case: str, work: Path):
     from refactor.rules import load_rules, load_steps, staged
 
     tree = work / "tree"
-    shutil.copytree(COMMON, tree)
+    scratch_tree(tree)
     target = tree / TARGET
-    target.parent.mkdir(parents=True, exist_ok=True)  # git keeps no empty folder in _tree
     target.write_bytes((GOLDEN / case / "before.c").read_bytes())
     rules = load_rules()
     stage = GOLDEN / case / "stage"
@@ -119,8 +130,7 @@ def test_every_rule_has_a_golden_pair():
                    "(translate.on_call_expression resolves callees from definitions only)")
 def test_walker_to_a_declared_only_function(tmp_path):
     tree = tmp_path / "tree"
-    shutil.copytree(COMMON, tree)
-    (tree / TARGET).parent.mkdir(parents=True, exist_ok=True)
+    scratch_tree(tree)
     (tree / TARGET).write_text(
         "#include <linux/kvm_host.h>\n\n"
         "void kvm_mmu_free_roots(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, unsigned long roots);\n\n"
@@ -136,10 +146,9 @@ def test_walker_to_a_declared_only_function(tmp_path):
                    "statement is one (plan/restructure.py _attach_member)")
 def test_attach_member_after_a_returned_call(tmp_path):
     tree = tmp_path / "tree"
-    shutil.copytree(COMMON, tree)
+    scratch_tree(tree)
     before = (GOLDEN / "attach-walker" / "before.c").read_text()
     assert "\treturn __kvm_mmu_create(vcpu, &vcpu->arch.root_mmu);\n}" in before
-    (tree / TARGET).parent.mkdir(parents=True, exist_ok=True)
     (tree / TARGET).write_text(before)
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
