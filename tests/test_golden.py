@@ -33,7 +33,10 @@ def scratch_tree(tree: Path) -> Path:
     for rel in HEADERS:
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(MINI / rel, tree / rel)
+    (tree / TARGET).parent.mkdir(parents=True, exist_ok=True)
     return tree
+
+
 TARGET = "arch/x86/kvm/golden.c"
 
 # Ids that name a mapping the rewrite applies through another rule's edit, so its
