@@ -93,7 +93,8 @@ def patch_layout(mail: Mail, rules: Rules, spec: str | None) -> tuple[str, Walke
     old = bool(words & vocab.old_markers())
     # Paths that only the new layout has (w->fmt.permissions, mmu->w->cpu_role).
     paths = [re.escape(f.path) for f in rules.mmu_fields.values() if f.moves_to_walker and "." in f.path]
-    new = (bool(words & vocab.new_markers()) or bool(re.search(r"(?:->|\.)w->", text))
+    new = (bool(words & vocab.new_markers())
+           or bool(re.search(rf"(?:->|\.){re.escape(vocab.walker_member)}->", text))
            or bool(paths and re.search(rf"->(?:{'|'.join(paths)})(?!\w)", text)))
     if old and not new:
         return "old", names

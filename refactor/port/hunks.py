@@ -80,7 +80,7 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
     words = set()
     for v in (src, dst):
         words |= v.old_markers() | v.new_markers()
-        words |= {n for n in v.rules.vcpu_old} | {"vcpu", "arch", "w", "fmt"}
+        words |= set(v.rules.vcpu_old) | set(v.rules.new_fields) | {"vcpu", "arch"}
         words |= {f.name for f in v.rules.mmu_fields.values()}
         words |= {p for f in v.rules.mmu_fields.values() for p in f.path.split(".")}
         words |= {"struct", v.rules.types["mmu"], v.rules.types["walker"]}

@@ -77,6 +77,13 @@ class Vocabulary:
         """mappings.toml bases that name a kvm_vcpu_arch member (not the generic {base})."""
         return [b for b in self.rules.bases if not b.generic]
 
+    @property
+    def walker_member(self) -> str:
+        """struct kvm_mmu's pointer to its walker, as mappings.toml's generic base names it
+        (`{base}->w`)."""
+        generic = next(b for b in self.rules.bases if b.generic)
+        return generic.new.rsplit("->", 1)[-1]
+
     def old_markers(self) -> set[str]:
         gone = {n for n, m in self.rules.vcpu_old.items() if m.removed}
         fields = {f.name for f in self.rules.mmu_fields.values()
@@ -158,12 +165,13 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
 
     # 2. X->w->path / X.w->path / X->w: the MMU's walker is the old MMU itself.
     generic = next(b for b in rules.bases if b.generic)
+    w = re.escape(vocab.walker_member)
     for old_f, path, frule in vocab.walker_paths():
-        sub(rf"({_CHAIN})->w->{re.escape(path)}(?!\w)", rf"\1->{old_f}", f"{generic.id}+{frule}")
-        sub(rf"({_CHAIN})\.w->{re.escape(path)}(?!\w)", rf"\1.{old_f}", f"{generic.id}+{frule}")
-    sub(rf"&\s*({_CHAIN})\.w(?![\w.]|->)", r"&\1", generic.id)
-    sub(rf"({_CHAIN})\.w(?![\w.]|->)", r"&\1", generic.id)
-    sub(rf"({_CHAIN})->w(?![\w.]|->)", r"\1", generic.id)
+        sub(rf"({_CHAIN})->{w}->{re.escape(path)}(?!\w)", rf"\1->{old_f}", f"{generic.id}+{frule}")
+        sub(rf"({_CHAIN})\.{w}->{re.escape(path)}(?!\w)", rf"\1.{old_f}", f"{generic.id}+{frule}")
+    sub(rf"&\s*({_CHAIN})\.{w}(?![\w.]|->)", r"&\1", generic.id)
+    sub(rf"({_CHAIN})\.{w}(?![\w.]|->)", r"&\1", generic.id)
+    sub(rf"({_CHAIN})->{w}(?![\w.]|->)", r"\1", generic.id)
 
     # 3. Fields through variables whose type the declarations tell.
     for var, kind in types.items():
@@ -247,7 +255,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         if kind == "format":
             continue
         for old_f, path, frule in vocab.walker_paths():
-            repl = f"{var}->{path}" if kind == "walker" else f"{var}->w->{path}"
+            repl = f"{var}->{path}" if kind == "walker" else f"{var}->{vocab.walker_member}->{path}"
             sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(old_f)}(?!\w)", repl, frule)
         for old_f, path, frule in vocab.mmu_renames():
             sub(rf"(?<![\w>.]){re.escape(var)}->{re.escape(old_f)}(?!\w)", f"{var}->{path}", frule)
