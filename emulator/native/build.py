@@ -282,6 +282,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
     ops_text = ops_header(tree, units["arch/x86/kvm/x86.c"])
     for part in (_compiler_version(), " ".join(CFLAGS), layout_text, ops_text):
         h.update(part.encode())
+    h.update(Path(__file__).with_name("stubs.py").read_bytes())    # the stub layer's library helpers
     for f in sorted(HARNESS.iterdir()):
         h.update(f.name.encode())
         h.update(f.read_bytes())
