@@ -33,8 +33,8 @@ class _Episode:
         self.rng = rng
         self.events: list[dict] = []
         self.tdp = rng.random() < 0.8
-        self.events.append({"ev": "reset", "tdp": self.tdp,
-                            "maxphyaddr": rng.choice((36, 39, 46, 52))})
+        self.maxphyaddr = rng.choice((36, 39, 46, 52))
+        self.events.append({"ev": "reset", "tdp": self.tdp, "maxphyaddr": self.maxphyaddr})
         self.alloc = PageAllocator(0x100000, 0x300000)
         self.l1: Tables | None = None
         self.l2: Tables | None = None
@@ -45,6 +45,7 @@ class _Episode:
         self.cr0 = 0
         self.cr4 = 0
         self.fmt = "none"
+        self.ended = False      # no event may follow (KVM would not run on from here)
 
     def ev(self, kind: str, **f) -> None:
         self.events.append({"ev": kind, **f})
@@ -118,7 +119,9 @@ class _Episode:
         tdp = self.tdp and rng.random() < 0.8 and self.fmt in ("64", "la57")
         root, ad = 0, False
         if tdp:
-            tfmt = "ept" if vendor == "vmx" else "64"
+            # NPT has L1's paging depth (KVM walks it with vmcb01's CR4: LA57 means 5 levels);
+            # EPT's depth is the EPTP's (4 here).
+            tfmt = "ept" if vendor == "vmx" else ("la57" if self.fmt == "la57" else "64")
             t = Tables(tfmt, PageAllocator(0x300000, 0x380000), self.events.append)
             full = None if tfmt == "ept" else PT_P | PT_RW | PT_US
             t.map(0, L2_OFFSET, size=1 << 30, flags=full)
@@ -142,6 +145,31 @@ class _Episode:
                 cr0=PG | (CR0_WP if rng.random() < 0.7 else 0), cr3=self.l2.cr3(), cr4=cr4,
                 efer=efer)
         self.nested = True
+        # A PAE L2 whose PDPTEs cannot be loaded fails VM-entry in KVM: L2 never runs from
+        # there, so neither does the episode (its tables may hold stale entries: pages of an
+        # earlier L2 are reused).
+        self.ended = fmt == "pae" and not self.pdptes_load(to_l1(self.l2.cr3() & ~0xFFF)
+                                                           + (self.l2.cr3() & 0xFE0))
+
+    def memory(self) -> dict[int, int]:
+        """The guest memory the episode's writes made so far, byte by byte (unwritten: 0)."""
+        mem: dict[int, int] = {}
+        for ev in self.events:
+            if ev["ev"] == "write":
+                for i in range(ev.get("size", 8)):
+                    mem[ev["addr"] + i] = (ev["val"] >> (8 * i)) & 0xFF
+        return mem
+
+    def pdptes_load(self, addr: int) -> bool:
+        """Whether load_pdptrs() accepts the 4 PDPTEs at L1 GPA `addr`: a present entry
+        has none of pdptr_rsvd_bits() (bits 1-2, 5-8, MAXPHYADDR-63)."""
+        mem = self.memory()
+        rsvd = ((1 << 64) - (1 << self.maxphyaddr)) | 0x1E0 | 0x6
+        for k in range(4):
+            e = sum(mem.get(addr + 8 * k + i, 0) << (8 * i) for i in range(8))
+            if e & 1 and e & rsvd:
+                return False
+        return True
 
     def step(self) -> None:
         rng = self.rng
@@ -214,6 +242,8 @@ def random_events(seed: int, count: int, episode: tuple[int, int] = (150, 600)) 
         emitted = 0
         while emitted < length and produced < count:
             if emitted == len(ep.events):
+                if ep.ended:
+                    break
                 ep.step()
                 continue
             # Hand out what is built so far; the list is dropped with the episode.
@@ -221,6 +251,22 @@ def random_events(seed: int, count: int, episode: tuple[int, int] = (150, 600)) 
             emitted += 1
             produced += 1
             yield ev
+
+
+def episode_events(rng: random.Random, limit: int,
+                   episode: tuple[int, int] = (150, 600)) -> list[dict]:
+    """The next episode random_events() would draw from `rng` (at most `limit` events).
+
+    refactor/execute cuts a campaign into episode ranges by the rng state at an
+    episode's start; tests/test_execute.py checks these episodes back to back
+    are random_events().
+    """
+    ep = _Episode(rng)
+    ep.setup_l1()
+    length = min(rng.randrange(*episode), limit)
+    while len(ep.events) < length and not ep.ended:
+        ep.step()
+    return ep.events[:length]
 
 
 @dataclass

@@ -322,3 +322,22 @@ def test_an_episode_stops_being_compared_after_a_failed_vm_entry():
               ("t:5", {"ev": "translate"})]
     _, tallies, _ = run_streams([Stream("t", iter(events))], M({"gpa": 1}), {"c": M({"gpa": 2})})
     assert tallies["c"].divergences == 1 and tallies["c"].found[0].source == "t:5"
+
+
+def test_the_fuzz_stream_ends_an_episode_at_a_failed_pdpte_load():
+    """KVM fails a VM-entry whose PAE PDPTEs cannot be loaded: L2 never runs from there, so
+    the generator starts a new episode (it predicts the load from its own writes)."""
+    from emulator.fuzz import random_events
+
+    rules = load_rules()
+    model, prev, failed, entries = None, None, 0, 0
+    for ev in random_events(1, 60_000):
+        if ev["ev"] == "reset":
+            model = old_model(rules)
+        else:
+            assert prev is None, f"{ev} follows a failed PDPTE load at {prev}"
+        r = model.apply(ev)
+        prev = ev if ev["ev"] == "nested_entry" and r.get("pdptrs") is False else None
+        failed += prev is not None
+        entries += ev["ev"] == "nested_entry"
+    assert failed >= 1 and entries > 500
