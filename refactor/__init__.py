@@ -57,7 +57,12 @@ _EXPORTS = {
     "read_mails": "refactor.port.mail",
     "port_patches": "refactor.port.engine",
     "PortReport": "refactor.port.engine",
-    # verify: added by the verify helper (refactor/verify) -- its entry point goes here.
+    # verify: the product executed natively (emulator/native)
+    "verify_tree": "refactor.verify.check",
+    "verify_branch": "refactor.verify.check",
+    "VerifyReport": "refactor.verify.check",
+    "run_mutants": "refactor.verify.mutants",
+    "model_fidelity": "refactor.verify.fidelity",
     # errors
     "RefactorError": "refactor.errors",
     "RulesError": "refactor.errors",
@@ -67,6 +72,7 @@ _EXPORTS = {
     "BuildError": "refactor.errors",
     "SeriesError": "refactor.errors",
     "FetchError": "refactor.errors",
+    "VerifyError": "refactor.errors",
 }
 # Public names whose definition has another name in its module.
 _RENAMED = {"apply_edits": "apply", "generate_series": "generate"}

@@ -38,6 +38,10 @@ class SeriesError(RefactorError, ValueError):
     """Something the user must fix first (dirty tree, no identity, branch exists...)."""
 
 
+class VerifyError(RefactorError, ValueError):
+    """verify cannot run: no engine for the tree, a stub reached, bad arguments."""
+
+
 class FetchError(RefactorError):
     """Fetching a tree failed; str(error) is a one-line reason for the user."""
 

@@ -12,11 +12,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from refactor.errors import VerifyError  # noqa: F401  (re-exported: bad input, exit 2)
 from refactor.kernel.build import farm, work_dir
-
-
-class VerifyError(ValueError):
-    """Bad input for verify: one line, exit 2."""
 
 
 @dataclass
