@@ -38,6 +38,28 @@ def test_mutants_that_change_the_c_are_killed_natively(version, monkeypatch, tmp
     assert survivors == []
     for r in report.results:
         if r.by == "equivalent":
-            assert "same C output" in r.detail
+            assert r.changed_c is False and "same C output" in r.detail
         else:
-            assert r.changed_files > 0
+            # A mutant that changes the C is executed natively (or fails to compile): never
+            # counted as killed without its C having been built.
+            assert r.changed_c and r.changed_files > 0 and (r.executed or r.by == "build"), r
+    d = report.as_dict()
+    assert d["executed"] + d["killed_by"].get("build", 0) == d["changed_c"]
+    assert d["changed_c"] >= 12 if version == "7.2" else d["changed_c"] >= 10
+    assert f"{d['executed']} executed natively" in report.text()
+
+
+def test_the_mutants_report_is_the_table_the_issue_asks_for():
+    from refactor.verify.mutants import MutantResult, MutantsReport
+
+    rep = MutantsReport("linux-6.1", [
+        MutantResult("a", "w", "linux-6.1", True, "bug", "corpus/x.jsonl:3: BUG", 2),
+        MutantResult("b", "w", "linux-6.1", False, "equivalent", "same C output as the correct "
+                     "rewrite: no edit of this tree's rewrite cites x"),
+        MutantResult("c", "w", "linux-6.1", True, "build", "farm: x.c:1: error", 1)])
+    d = rep.as_dict()
+    assert (d["changed_c"], d["executed"], d["killed"], d["equivalent"], d["survived"]) == (2, 1, 2, 1, 0)
+    assert d["killed_by"] == {"bug": 1, "build": 1}
+    text = rep.text()
+    assert "changed C" in text.splitlines()[0]
+    assert "3 mutants, 2 change the C, 1 executed natively; 2 killed (1 by bug, 1 by build)" in text

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,9 +125,21 @@ class MutantResult:
     detail: str = ""
     changed_files: int = 0
     sites: list[dict] = field(default_factory=list)
+    rule: str = ""
+
+    @property
+    def changed_c(self) -> bool | None:
+        """Whether the mutant's C output differs from the correct rewrite (None: no output)."""
+        return None if self.by == "rules" else self.by != "equivalent"
+
+    @property
+    def executed(self) -> bool:
+        """Whether the mutant's C ran in the native engine (a build failure did not run)."""
+        return self.by in ("divergence", "bug", "survived")
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "what": self.what, "tree": self.tree, "killed": self.killed,
+        return {"name": self.name, "rule": self.rule, "what": self.what, "tree": self.tree,
+                "changed_c": self.changed_c, "executed": self.executed, "killed": self.killed,
                 "by": self.by, "detail": self.detail, "changed_files": self.changed_files,
                 "sites": self.sites[:10]}
 
@@ -142,18 +155,26 @@ class MutantsReport:
 
     def as_dict(self) -> dict:
         return {"engine": "native", "tree": self.tree, "mutants": len(self.results),
+                "changed_c": sum(bool(r.changed_c) for r in self.results),
+                "executed": sum(r.executed for r in self.results),
                 "killed": sum(r.killed for r in self.results),
+                "killed_by": dict(sorted(Counter(r.by for r in self.results if r.killed).items())),
                 "equivalent": sum(r.by == "equivalent" for r in self.results),
                 "survived": self.survivors, "results": [r.as_dict() for r in self.results]}
 
     def text(self) -> str:
-        lines = []
+        """The table: mutant, tree, changed C?, verdict, killed by / equivalent because."""
+        lines = [f"{'mutant':<32} {'changed C':<9} {'verdict':<10} killed by / equivalent because"]
         for r in self.results:
             state = "killed" if r.killed else ("equivalent" if r.by == "equivalent" else "SURVIVED")
-            lines.append(f"{r.name:<32} {state:<10} {r.by if r.killed else ''} {r.detail}".rstrip())
+            changed = {True: "yes", False: "no", None: "-"}[r.changed_c]
+            how = f"{r.by}: {r.detail}" if r.killed else r.detail
+            lines.append(f"{r.name:<32} {changed:<9} {state:<10} {how}".rstrip())
         d = self.as_dict()
-        lines.append(f"{self.tree}: {d['killed']}/{d['mutants']} killed, {d['equivalent']} "
-                     f"equivalent, {d['survived']} survived")
+        by = ", ".join(f"{n} by {k}" for k, n in d["killed_by"].items())
+        lines.append(f"{self.tree}: {d['mutants']} mutants, {d['changed_c']} change the C, "
+                     f"{d['executed']} executed natively; {d['killed']} killed ({by or 'none'}), "
+                     f"{d['equivalent']} equivalent, {d['survived']} survived")
         return "\n".join(lines)
 
 
@@ -202,10 +223,15 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
                               out_dir=work or Path(tempfile.gettempdir()) / "kvm-refactor-mutants",
                               corpus=corpus, cache_dir=cache_dir, keep=1, shrink_budget=5.0,
                               progress=progress)
-    except VerifyError as exc:   # the pristine engine was built before: this is the mutant's
+    except VerifyError as exc:
+        if not str(exc).startswith(str(variant.src)):
+            raise       # not the mutant's build (the pristine engine died...): bad input
+        # The pristine engine was built before: the mutant's C does not compile.
         return MutantResult(m.name, m.what, str(tree), True, "build", str(exc)[:300],
                             len(plan.results), sites)
     step = report.steps[0]
+    if report.incomplete and not step.divergences:
+        raise VerifyError(f"mutant {m.name}: {report.incomplete}")
     if step.divergences:
         d = step.found[0]
         return MutantResult(m.name, m.what, str(tree), True, "bug" if d.bug else "divergence",
@@ -243,10 +269,11 @@ def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, eve
             if progress:
                 progress(f"mutant {m.name}")
             try:
-                report.results.append(run_mutant(m, tree, correct, names, seed=seed,
-                                                 events=events, corpus=corpus,
-                                                 cache_dir=cache_dir, progress=progress,
-                                                 rules_dir=snapshot))
+                result = run_mutant(m, tree, correct, names, seed=seed, events=events,
+                                    corpus=corpus, cache_dir=cache_dir, progress=progress,
+                                    rules_dir=snapshot)
+                result.rule = m.rule
+                report.results.append(result)
             except MutantError as exc:
                 raise VerifyError(str(exc)) from None
     return report
