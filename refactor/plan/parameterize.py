@@ -24,7 +24,7 @@ from refactor.plan.edits import Edit
 from refactor.rules import Rules
 
 
-def _fill(head: str, items: list[str], tail: str, width: int = 80) -> str:
+def fill_args(head: str, items: list[str], tail: str, width: int = 80) -> str:
     """`head` + comma-separated items + `tail`, wrapped kernel style under the parenthesis."""
     col = len(head.expandtabs(8).splitlines()[-1])
     indent = "\t" * (col // 8) + " " * (col % 8)
@@ -112,7 +112,7 @@ def plan_parameterize(rel: str, data: bytes, rules: Rules) -> list[Edit]:
         head = text(fn)[:decl.start_byte - fn.start_byte]
         rest = [text(x) for i, x in enumerate(params) if i != idx]
         new_params = [f"{format_t} *{member}"] + rest + [f"{t} {n}" for t, n, _ in accessors]
-        inner = _fill(f"{head}{p['inner']}(", new_params, ")") + "\n" + inner_body
+        inner = fill_args(f"{head}{p['inner']}(", new_params, ")") + "\n" + inner_body
         # The outer function: same signature, passes the member and the role bits.
         wparam = p.get("name", "w")
         outer_params = [text(x) if i != idx else f"{walker_t} *{wparam}" for i, x in enumerate(params)]
