@@ -221,6 +221,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
         _walker_init_pass(plan, rules, names)
     if stage.introduce_walker:
         _locals_pass(plan, rules, names)
+        # SPTE permission checks through the MMU's format ([[spte_permissions]]).
+        from refactor.plan.restructure_spte import plan_spte_permissions
+
+        plan_spte_permissions(plan, files, rules, apply)
     return plan
 
 
