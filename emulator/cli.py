@@ -58,6 +58,11 @@ FORMAT_OPT = click.option("--format", "fmt", type=click.Choice(["text", "json"])
 ENGINE_OPT = click.option("--engine", type=click.Choice(["python", "native"]), default="python",
                           show_default=True,
                           help="native: execute kernel trees' own C (docs/native-engine.md)")
+JOBS_OPT = click.option("--jobs", "-j", "jobs", type=click.IntRange(1), default=None,
+                        help="local worker processes (default: the number of cores)")
+CLUSTER_OPT = click.option("--cluster", default=None, metavar="ADDRESS",
+                           help="run the units on a Dask scheduler (tcp://HOST:PORT; needs "
+                                "kvm-refactor[cluster]; docs/cluster.md)")
 TREE_OPT = click.option("--tree", "trees", multiple=True,
                         type=click.Path(file_okay=False, exists=True, path_type=Path),
                         help="full kernel tree for --engine native; one: the Python model "
@@ -155,10 +160,15 @@ def run_cmd(trace: Path, mutant: str | None, engine: str, trees: tuple[Path, ...
 @TREE_OPT
 @NAMES_OPT
 @FORMAT_OPT
+@JOBS_OPT
+@CLUSTER_OPT
 def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, engine: str,
-             trees: tuple[Path, ...], names_spec: str, fmt: str) -> None:
+             trees: tuple[Path, ...], names_spec: str, fmt: str, jobs: int | None,
+             cluster: str | None) -> None:
     """Random valid page tables, mutated and probed; both layouts compared."""
-    from .fuzz import fuzz
+    from refactor.execute import ExecuteError
+    from refactor.execute.fuzz_campaign import run_fuzz
+    from refactor.progress import bar
     from .machine import new_model, old_model
 
     rules, names = _names(names_spec)
@@ -171,9 +181,13 @@ def fuzz_cmd(seed: int, count: int, out_dir: Path | None, mutant: str | None, en
         raise EmulateError("--tree needs --engine native")
     from .native.build import EngineError
 
+    models = {"engine": engine, "names": names_spec, "mutant": mutant,
+              "trees": [str(t.resolve()) for t in trees]}
     try:
-        report = fuzz(seed, count, make_old, make_new, out_dir)
-    except EngineError as exc:
+        with bar(count, "fuzz", unit="event") as step:
+            report = run_fuzz(seed, count, models, make_old, make_new, out_dir, jobs=jobs,
+                              cluster=cluster, progress=step)
+    except (EngineError, ExecuteError) as exc:
         raise EmulateError(str(exc)) from None
     if labels and report.first:
         _check_stub(report.first["old"], report.first["new"])

@@ -13,14 +13,14 @@ def interactive() -> bool:
 
 
 @contextlib.contextmanager
-def bar(total: int | None, desc: str):
-    """Yield a callable(label) that advances the bar by one step."""
+def bar(total: int | None, desc: str, unit: str = "file"):
+    """Yield a callable(label, n=1) that advances the bar by n steps."""
     if not interactive():
-        yield lambda label=None: None
+        yield lambda label=None, n=1: None
         return
-    with tqdm(total=total, desc=desc, unit="file", leave=False, file=sys.stderr) as t:
-        def step(label=None):
+    with tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr) as t:
+        def step(label=None, n=1):
             if label:
                 t.set_postfix_str(str(label)[-40:], refresh=False)
-            t.update(1)
+            t.update(n)
         yield step

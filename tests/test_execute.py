@@ -1,0 +1,127 @@
+"""The execution layer on this machine: units, the local worker pool, the merge.
+
+Every parallel result is compared with the single-process run it replaces
+(emulator.fuzz.fuzz, the serial port/verify/lint code): same JSON but for
+timing figures, same first divergence, the same shrunk trace byte for byte.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from emulator.fuzz import episode_events, fuzz, random_events
+from refactor import __version__
+from refactor.execute import Context, ExecuteError, Unit, execute, run_units
+from refactor.execute.fuzz_campaign import factories, plan, run_fuzz
+
+MUTANT = {"engine": "python", "names": "upstream", "mutant": "rule-nested-fault-test-ngpa",
+          "trees": []}
+TIMING = ("seconds", "translations_per_second", "translations_per_second_by_layout")
+
+
+def comparable(summary: dict) -> dict:
+    """A fuzz summary without its timing figures, with the shrunk trace's bytes."""
+    out = {k: v for k, v in summary.items() if k not in TIMING}
+    if out.get("shrunk_trace"):
+        out["shrunk_trace"] = Path(out["shrunk_trace"]).read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("seed,count", [(1, 30_000), (3, 12_345), (5, 150), (9, 1)])
+def test_episodes_back_to_back_are_the_stream(seed, count):
+    rng = random.Random(seed)
+    events: list[dict] = []
+    while len(events) < count:
+        events += episode_events(rng, count - len(events))
+    assert events == list(random_events(seed, count))
+
+
+def test_units_cover_the_campaign_in_whole_episodes():
+    units = list(plan(2, 50_000, MUTANT, unit_events=7_000))
+    assert len(units) > 5
+    assert [u.args["first"] for u in units] == sorted(u.args["first"] for u in units)
+    assert units[0].args["first"] == 0 and len({u.id for u in units}) == len(units)
+    # Each unit's own episodes regenerate exactly its slice of the stream.
+    stream = list(random_events(2, 50_000))
+    for u, nxt in zip(units, units[1:] + [None]):
+        rng = random.Random()
+        rng.setstate(u.args["state"])
+        got, limit = [], u.args["limit"]
+        for _ in range(u.args["episodes"]):
+            got += episode_events(rng, limit - len(got))
+        end = nxt.args["first"] if nxt else 50_000
+        assert got == stream[u.args["first"]:end]
+
+
+@pytest.fixture(scope="module")
+def serial_mutant_run(tmp_path_factory):
+    """Today's single-process run (emulator.fuzz.fuzz) of a campaign that diverges."""
+    out = tmp_path_factory.mktemp("serial")
+    make_old, make_new = factories(MUTANT)
+    return comparable(fuzz(5, 20_000, make_old, make_new, out).summary())
+
+
+@pytest.mark.parametrize("jobs,unit_events", [(1, 3_000), (2, 3_000), (2, 50_000)])
+def test_fuzz_units_merge_into_the_single_process_report(serial_mutant_run, tmp_path, jobs,
+                                                          unit_events):
+    make_old, make_new = factories(MUTANT)
+    report = run_fuzz(5, 20_000, MUTANT, make_old, make_new, tmp_path, jobs=jobs,
+                      unit_events=unit_events)
+    got = comparable(report.summary())
+    assert got == serial_mutant_run
+    assert got["divergences"] > 1 and got["first_divergence"]["event"] > 1
+
+
+def test_fuzz_cli_jobs_two_prints_what_jobs_one_prints(tmp_path):
+    from refactor.cli import main
+
+    runner = CliRunner()
+    outs = []
+    for jobs in ("1", "2"):
+        r = runner.invoke(main, ["emulate", "fuzz", "--seed", "5", "--events", "60000",
+                                 "--mutant", "rule-nested-fault-test-ngpa", "--jobs", jobs,
+                                 "--out", str(tmp_path / jobs), "--format", "json"])
+        assert r.exit_code == 1, r.output
+        outs.append(comparable(json.loads(r.output)))
+    assert outs[0] == outs[1]
+    assert outs[0]["events"] == 60_000 and outs[0]["divergences"] > 1
+
+
+def test_a_unit_refuses_another_version():
+    unit = Unit("u", "refactor.execute.local:default_jobs", {}, Context(version="0.0.0-other"))
+    with pytest.raises(ExecuteError, match="install the same version"):
+        execute(unit)
+
+
+def test_an_unknown_task_is_one_error():
+    with pytest.raises(ExecuteError, match="no task"):
+        execute(Unit("u", "refactor.execute.local:nothing_here"))
+
+
+def test_rules_overlay_travels_with_the_unit(tmp_path):
+    """A worker process without the user's --rules file applies the overlay the unit carries."""
+    overlay = b'[presets.travel]\ngva = "gw"\nngpa = "nw"\n'
+    ctx = Context(__version__, (("names.toml", overlay),), False)
+    units = [Unit(f"u{k}", f"{__name__}:preset_names", {"preset": "travel"}, ctx)
+             for k in range(2)] + [Unit("plain", f"{__name__}:preset_names",
+                                        {"preset": "upstream"}, Context())]
+    results = run_units(units, jobs=2)
+    assert results["u0"] == results["u1"] == {"gva": "gw", "ngpa": "nw"}
+    assert results["plain"]["gva"] != "gw"
+
+
+def preset_names(preset: str) -> dict:
+    from refactor.rules import load_rules
+
+    return {k: v for k, v in load_rules().names(preset).as_dict().items() if k in ("gva", "ngpa")}
+
+
+def test_results_are_kept_once_by_unit_id():
+    seen = []
+    units = [Unit("same", "refactor.execute.local:default_jobs")] * 2
+    out = run_units(units, jobs=1, on_result=lambda uid, r: seen.append(uid))
+    assert list(out) == ["same"] and seen == ["same"]
