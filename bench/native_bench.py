@@ -1,23 +1,30 @@
 """Native engine benchmark: translations per second per tree against the Python model,
-and the engine's build time, cold and cached.
+and the engine's build time: cold, cached, and a tree with one unit changed.
 
     python bench/native_bench.py --tree ~/.cache/kvm-refactor/trees/linux-source-6.1-full
     python bench/native_bench.py --tree A --tree B --events 100000 --cold
 
-For each tree the same seeded fuzz stream (emulator.fuzz.random_events) is
-run through the Python old-layout model and through the tree's engine, three
-ways for the engine:
-- `sync`: one pipe round trip per event (what run_pair/fuzz do), translations
-  per second of wall time spent in translate events;
-- `stream`: the whole stream pipelined (NativeModel.stream), all events'
-  wall time, translations counted;
-- the Python model's translate time (Model.translate_time) for the same events.
-`--cold` builds each engine in an empty cache directory first (the Kbuild
-configure + prepare, preprocessing, compile and link), then again (cached).
+The same seeded fuzz stream (emulator.fuzz.random_events) runs through the
+Python old-layout model and through each tree's engine.  The machine is
+shared, so the headline figures are CPU seconds (what a run costs, whatever
+else runs); wall-clock figures and the load average are printed beside them.
+
+- python: Model.apply() over the whole stream, CPU seconds of this process.
+- pack: encoding the stream for the engines (once, shared by every tree).
+- batch (per tree): run_packed() of the packed stream; CPU seconds of the
+  engine process plus this process's (reading and splitting the answers).
+  `with pack` adds the encoding, as if only this tree ran.
+- decoded: apply_many(), answers decoded into result dicts, wall clock.
+- sync: apply(), one pipe round trip per event (what run_pair does).
+`--cold` builds each engine in an empty cache directory (Kbuild configure and
+prepare, preprocessing, compiling, linking), again (cached), and for a symlink
+farm of the tree with one line added to mmu.c (prepared directory and the
+other units' objects reused).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from emulator.fuzz import random_events  # noqa: E402
 from emulator.machine import old_model  # noqa: E402
 from emulator.native import build_engine  # noqa: E402
+from emulator.native.model import BATCH_EVENTS, pack  # noqa: E402
 from refactor.rules import load_rules  # noqa: E402
 
 
@@ -37,37 +45,51 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def python_rate(events: list[dict]) -> tuple[int, float, float]:
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def python_cpu(events: list[dict]) -> float:
     rules = load_rules()
-    model, n, t = None, 0, 0.0
+    model = None
     cpu0 = time.process_time()
     for ev in events:
         if ev["ev"] == "reset":
-            if model:
-                n, t = n + model.translations, t + model.translate_time
             model = old_model(rules)
         model.apply(ev)
-    n, t = n + model.translations, t + model.translate_time
-    return n, t, time.process_time() - cpu0
+    return time.process_time() - cpu0
 
 
-def sync_rate(build, events: list[dict]) -> tuple[int, float]:
+def batch_run(build, chunks) -> tuple[float, float, float, list[bytes]]:
+    """(wall, this process's CPU, engine CPU, answer lines) of one engine process."""
     model = build.model()
-    for ev in events:
-        model.apply(ev)
-    model.close()
-    return model.translations, model.translate_time
+    model.apply({"ev": "reset"})          # the process is up before timing
+    c0, p0, t0 = children_cpu(), time.process_time(), time.perf_counter()
+    lines = list(model.run_packed(chunks))
+    wall, mine = time.perf_counter() - t0, time.process_time() - p0
+    model.close()                          # waited for: its CPU time is counted
+    return wall, mine, children_cpu() - c0, lines
 
 
-def stream_rate(build, events: list[dict]) -> tuple[int, float, float, int]:
-    """(translations, wall seconds, engine CPU seconds, bug results) of a raw stream."""
-    model = build.model()      # stream() runs its own batch process
-    cpu0 = children_cpu()
-    t0 = time.perf_counter()
-    bugs = sum(1 for r in model.stream(iter(events), raw=True) if r.startswith('{"bug"'))
-    seconds = time.perf_counter() - t0
-    return (sum(1 for ev in events if ev["ev"] == "translate"), seconds, children_cpu() - cpu0,
-            bugs)
+def cold_builds(tree: Path) -> None:
+    from refactor.kernel.build import farm
+
+    with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
+        cache = Path(tmp) / "cache"
+        for what in ("cold", "cached"):
+            print(f"  build {what}: ({load()})", flush=True)
+            b = build_engine(tree, cache_dir=cache)
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in b.info.times.items())
+            print(f"    {b.info.seconds:.1f} s ({phases}); compiled: "
+                  f"{', '.join(b.info.compiled) or 'nothing'}", flush=True)
+        mmu = (tree / "arch/x86/kvm/mmu/mmu.c").read_bytes()
+        changed = farm(tree, Path(tmp) / "farm",
+                       {"arch/x86/kvm/mmu/mmu.c": mmu + b"\nint h_bench_changed;\n"})
+        print(f"  build of a farm with mmu.c changed: ({load()})", flush=True)
+        b = build_engine(changed, cache_dir=cache)
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in b.info.times.items())
+        print(f"    {b.info.seconds:.1f} s ({phases}); compiled: "
+              f"{', '.join(b.info.compiled) or 'nothing'}", flush=True)
 
 
 def main() -> None:
@@ -75,45 +97,55 @@ def main() -> None:
     ap.add_argument("--tree", action="append", type=Path, required=True)
     ap.add_argument("--events", type=int, default=50000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--cold", action="store_true", help="also time a build from an empty cache")
+    ap.add_argument("--sync", type=int, default=5000,
+                    help="events run one round trip each (0: skip)")
+    ap.add_argument("--cold", action="store_true", help="also time builds from an empty cache")
     args = ap.parse_args()
 
+    print(f"start: {load()} on {os.cpu_count()} CPUs")
     events = list(random_events(args.seed, args.events))
-    py_n, py_t, py_cpu = python_rate(events)
-    py_rate = py_n / py_t if py_t else 0.0
-    py_cpu_rate = py_n / py_cpu if py_cpu else 0.0
-    print(f"python model: {py_n} translations in {py_t:.2f} s of translate time: "
-          f"{py_rate:,.0f} translations/s; whole stream {py_cpu:.2f} s CPU: "
-          f"{py_cpu_rate:,.0f} translations/s of CPU")
+    n = sum(1 for ev in events if ev["ev"] == "translate")
+    py = python_cpu(events)
+    print(f"python model: {len(events)} events, {n} translations, {py:.3f} s CPU: "
+          f"{n / py:,.0f} translations/s")
+    p0 = time.process_time()
+    chunks = [pack(events[i:i + BATCH_EVENTS]) for i in range(0, len(events), BATCH_EVENTS)]
+    packing = time.process_time() - p0
+    print(f"pack: {packing:.3f} s CPU for the stream (shared by every tree)")
     for tree in args.tree:
         print(f"\n{tree}")
         if args.cold:
-            with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
-                t0 = time.perf_counter()
-                build_engine(tree, cache_dir=Path(tmp))
-                cold = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                build_engine(tree, cache_dir=Path(tmp))
-                cached = time.perf_counter() - t0
-            print(f"  build: cold {cold:.1f} s, cached {cached:.1f} s")
+            cold_builds(tree)
         t0 = time.perf_counter()
         build = build_engine(tree)
         print(f"  engine {build.version} ({build.info.layout.get('layout')} layout, "
               f"{build.info.stubs} stubs), ready in {time.perf_counter() - t0:.1f} s"
               f"{' (cached)' if build.info.cached else ''}")
-        n, t = sync_rate(build, events)
-        rate = n / t if t else 0.0
-        print(f"  sync:   {n} translations, {rate:,.0f} translations/s "
-              f"({rate / py_rate if py_rate else 0:.1f}x the Python model)")
-        n, t, cpu, bugs = stream_rate(build, events)
-        rate = n / t if t else 0.0
-        cpu_rate = n / cpu if cpu else 0.0
-        print(f"  stream: {len(events)} events, {n} translations in {t:.2f} s wall: "
-              f"{rate:,.0f} translations/s, all events included "
-              f"({rate / py_rate if py_rate else 0:.1f}x); {bugs} bug results")
-        print(f"  engine CPU: {cpu:.3f} s for the whole stream: {cpu_rate:,.0f} translations/s "
-              f"of CPU ({cpu_rate / py_cpu_rate if py_cpu_rate else 0:.1f}x the Python "
-              f"model's whole-stream CPU rate)")
+        wall, mine, engine, lines = batch_run(build, chunks)
+        cpu = mine + engine
+        bugs = sum(x.startswith(b'{"bug"') for x in lines)
+        print(f"  batch: {cpu:.3f} s CPU (engine {engine:.3f}, driver {mine:.3f}): "
+              f"{n / cpu:,.0f} translations/s = {py / cpu:.1f}x the Python model; "
+              f"with pack {n / (cpu + packing):,.0f}/s = {py / (cpu + packing):.1f}x; "
+              f"wall {wall:.3f} s: {n / wall:,.0f}/s; "
+              f"{bugs} bug results")
+        model = build.model()
+        t0 = time.perf_counter()
+        model.apply_many(events)
+        wall = time.perf_counter() - t0
+        model.close()
+        print(f"  decoded: apply_many() {wall:.3f} s wall: {n / wall:,.0f} translations/s")
+        if args.sync:
+            model = build.model()
+            sub = events[:args.sync]
+            t0 = time.perf_counter()
+            for ev in sub:
+                model.apply(ev)
+            wall = time.perf_counter() - t0
+            model.close()
+            print(f"  sync: apply() of {len(sub)} events, {wall / len(sub) * 1e6:.0f} us "
+                  f"per event wall, {model.translations / wall:,.0f} translations/s")
+    print(f"\nend: {load()}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from emulator.machine import old_model
 from emulator.native import EngineError, build_engine
-from emulator.native.model import encode
+from emulator.fuzz import random_events
+from emulator.native.model import MAGIC, OPS, decode, encode, pack, words
 from emulator.trace import read_events, run_pair
 from refactor.rules import load_rules
 
@@ -97,10 +98,76 @@ def test_stream_gives_the_same_results_as_apply(engine_61):
     model.close()
 
 
+def test_stream_and_apply_many_give_the_results_of_apply_on_a_fuzz_stream(engine_61):
+    evs = list(random_events(3, 3000))
+    model = engine_61.model()
+    one_by_one = [model.apply(e) for e in evs]
+    assert model.apply_many(evs) == one_by_one
+    raw = model.apply_many(evs, raw=True)
+    assert [decode(x) for x in raw] == one_by_one
+    data, n, translations = pack(evs)
+    assert list(model.run_packed([(data, n, translations)])) == raw
+    model.close()
+
+
 def test_protocol_encodes_every_event_kind():
-    assert encode({"ev": "translate", "addr": 4096, "access": "fetch"}) == "translate 2 4096\n"
-    assert encode({"ev": "nested_entry", "vendor": "svm", "tdp": True, "root": 8, "cr0": 1,
-                   "cr3": 2, "cr4": 3, "efer": 4}) == "nested_entry 1 1 8 0 1 0 1 2 3 4 0\n"
+    head = lambda kind, n: MAGIC | n << 8 | OPS.index(kind)     # noqa: E731
+    assert words({"ev": "translate", "addr": 4096, "access": "fetch"}) == (
+        head("translate", 2), 2, 4096)
+    assert words({"ev": "nested_entry", "vendor": "svm", "tdp": True, "root": 8, "cr0": 1,
+                  "cr3": 2, "cr4": 3, "efer": 4}) == (head("nested_entry", 11),
+                                                        1, 1, 8, 0, 1, 0, 1, 2, 3, 4, 0)
+    assert len(encode({"ev": "nested_exit"})) == 8
+    evs = [{"ev": "reset"}, {"ev": "write", "addr": 8, "val": 1},
+           {"ev": "translate", "addr": 0, "access": "read"}]
+    assert pack(evs) == (b"".join(map(encode, evs)), 3, 1)
+    with pytest.raises(ValueError, match="unknown event"):
+        pack([{"ev": "nonsense"}])
+
+
+FAKE_ENGINE = """#!{python}
+import struct, sys
+inp, out = sys.stdin.buffer, sys.stdout.buffer
+n = 0
+while True:
+    head = inp.read(8)
+    if len(head) < 8:
+        break
+    (h,) = struct.unpack("<Q", head)
+    inp.read(8 * ((h >> 8) & 0xff))
+    n += 1
+    if n > {answers}:
+        sys.stderr.write("fake engine: gave up\\n")
+        sys.exit(3)
+    out.write(b'{{"ok":true}}\\n')
+    out.flush()
+"""
+
+
+def _fake_build(tmp_path, answers):
+    import sys
+
+    from emulator.native.model import NativeBuild
+
+    path = tmp_path / "engine"
+    path.write_text(FAKE_ENGINE.format(python=sys.executable, answers=answers))
+    path.chmod(0o755)
+    return NativeBuild(tmp_path, "fake", path, None)
+
+
+def test_an_engine_that_dies_in_a_batch_gives_its_answers_then_one_error(tmp_path):
+    build = _fake_build(tmp_path, answers=5)
+    model = build.model()
+    got = []
+    with pytest.raises(EngineError, match="exited \\(3\\): fake engine: gave up"):
+        for r in model.stream(iter([{"ev": "reset"}] * 20)):
+            got.append(r)
+    assert got == [{"ok": True}] * 5
+    # One event at a time: the same.
+    model = build.model()
+    assert [model.apply({"ev": "reset"}) for _ in range(5)] == [{"ok": True}] * 5
+    with pytest.raises(EngineError, match="gave up"):
+        model.apply({"ev": "reset"})
 
 
 def test_a_tree_without_sources_is_one_clear_error(tmp_path):

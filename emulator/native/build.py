@@ -1,11 +1,17 @@
 """Build the native engine for a kernel tree: its own KVM C, compiled for user space.
 
-Kbuild's single-file targets give each unit's preprocessed text (`make O=OUT
-arch/x86/kvm/mmu/mmu.i`); each is compiled as an ordinary user-space object
-with a glue file appended (glue_*.c, ours), linked with the harness
-(harness.c, ours) and a stub file generated from what is still undefined.
-The result is a non-PIE executable driven over a pipe (model.py).  Cached by
-content: the preprocessed units, the harness and the compiler version.
+Each KVM unit is preprocessed with the tree's own command line (Kbuild's
+`.i` target, learned once per configuration: prepare.py), compiled as an
+ordinary user-space object with a glue file appended (glue_*.c, ours),
+linked with the harness (harness.c, ours) and a stub file generated from
+what is still undefined.  The result is a non-PIE executable driven over a
+pipe (model.py).
+
+Everything is cached by content, per unit: a unit whose source and headers
+are unchanged is neither preprocessed nor compiled again (its dependency
+list from the last preprocessing is hashed instead, as ccache's direct mode
+does), and the pristine tree, its rewrite and every series step share the
+objects of the units they have in common.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from pathlib import Path
 from refactor.rules import RulesError, load_rules
 
 from .layout import LayoutError, layout_header
+from .prepare import (Hasher, Prepared, PrepareError, dep_paths, find_prepared, first_error,
+                      kbuild_output, run, unit_command)
 from .stubs import stub_source
 
 HARNESS = Path(__file__).resolve().parent / "harness"
@@ -41,15 +49,17 @@ UNITS = (("arch/x86/kvm/x86.c", "glue_x86.c"),
 REPLACED = {"arch/x86/kvm/vmx/nested.c": ("H_VMX_VMEXIT", ("__nested_vmx_vmexit",
                                                            "nested_vmx_vmexit")),
             "arch/x86/kvm/svm/nested.c": ("H_SVM_VMEXIT", ("nested_svm_vmexit",))}
-CFLAGS = ["-O2", "-fno-pie", "-mcmodel=small", "-fno-strict-aliasing", "-fno-common",
+# -O1: the kernel units are 80-100k lines each and most of their functions never
+# run here; -O1 compiles them in about half the time of -O2 (docs/native-engine.md).
+CFLAGS = ["-O1", "-fno-pie", "-mcmodel=small", "-fno-strict-aliasing", "-fno-common",
           "-std=gnu11", "-fno-stack-protector", "-mno-red-zone", "-w"]
-KVM_OPTIONS = ("KVM", "KVM_INTEL", "KVM_AMD")
+HARNESS_CFLAGS = ["-O2", "-fno-pie", "-Wall", "-Wno-unused-function"]
 # Flags of the tree's own command line that change what the C means (not how it is
-# placed or hardened): taken from Kbuild's .cmd file of each unit.
+# placed or hardened): taken from the unit's Kbuild command.
 SEMANTIC_FLAGS = re.compile(r"^(-fms-extensions|-f(?:un)?signed-char|-fno-strict-overflow|-fwrapv"
                             r"|-fno-delete-null-pointer-checks|-fshort-wchar|-fno-strict-aliasing"
                             r"|-ftrivial-auto-var-init=\S+|-std=\S+|-fno-builtin-\S+)$")
-_DIAG = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:\d+:)? (?:fatal )?error: (?P<msg>.*)$", re.M)
+FORMAT = "3"      # bump when what a cached unit or engine holds changes
 
 
 class EngineError(RuntimeError):
@@ -64,6 +74,8 @@ class BuildInfo:
     layout: dict = field(default_factory=dict)
     units: list[str] = field(default_factory=list)
     stubs: int = 0
+    times: dict = field(default_factory=dict)     # seconds per phase
+    compiled: list[str] = field(default_factory=list)   # units compiled (not cached)
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -73,22 +85,6 @@ def cache_root(cache_dir: Path | None = None) -> Path:
     root = Path(base) if base else Path(os.environ.get("XDG_CACHE_HOME",
                                                        Path.home() / ".cache")) / "kvm-refactor"
     return root / "native"
-
-
-def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=cwd, env=dict(os.environ, LC_ALL="C"), capture_output=True,
-                          text=True)
-
-
-def _first_error(text: str) -> str:
-    m = _DIAG.search(text)
-    if m:
-        return f"{m['file']}:{m['line']}: {m['msg']}"
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    for ln in lines:
-        if "multiple definition" in ln or "undefined reference" in ln or "error:" in ln:
-            return ln.strip()
-    return lines[-1] if lines else "unknown error"
 
 
 def check_tree(tree: Path) -> None:
@@ -102,48 +98,15 @@ def check_tree(tree: Path) -> None:
                           "builds in its own output directory and needs a clean tree")
 
 
-def configure(tree: Path, out: Path) -> None:
-    """defconfig + KVM, KVM_INTEL, KVM_AMD in OUT (as refactor/kernel/build.py does)."""
-    if (out / ".config").exists():
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    steps = [["make", f"O={out}", "defconfig"],
-             ["scripts/config", "--file", str(out / ".config")]
-             + [x for o in KVM_OPTIONS for x in ("-e", o)],
-             ["make", f"O={out}", "olddefconfig"]]
-    for cmd in steps:
-        proc = _run(cmd, tree)
-        if proc.returncode != 0:
-            (out / ".config").unlink(missing_ok=True)
-            raise EngineError(f"{tree}: {' '.join(cmd[:2])} failed: "
-                              f"{_first_error(proc.stderr + proc.stdout)}")
-
-
-def preprocess(tree: Path, out: Path, jobs: int = 2) -> dict[str, Path]:
-    """Kbuild's .i targets for every unit present in the tree."""
-    units = [u for u, g in UNITS if (tree / u).is_file() and (HARNESS / g).is_file()]
-    targets = [u[:-2] + ".i" for u in units]
-    proc = _run(["make", f"O={out}", f"-j{jobs}", "-s"] + targets, tree)
-    if proc.returncode != 0:
-        raise EngineError(f"{tree}: cannot preprocess KVM: {_first_error(proc.stderr + proc.stdout)}")
-    return {u: out / (u[:-2] + ".i") for u in units}
-
-
-def unit_flags(ipath: Path) -> list[str]:
-    """The semantic flags Kbuild used for a unit (its .NAME.i.cmd), in order."""
-    cmd = ipath.parent / f".{ipath.name}.cmd"
-    try:
-        words = cmd.read_text(errors="replace").split("\n", 1)[0].split()
-    except OSError:
-        return []
+def semantic_flags(argv: list[str]) -> list[str]:
     out: list[str] = []
-    for w in words:
+    for w in argv:
         if SEMANTIC_FLAGS.match(w) and w not in out:
             out.append(w)
     return out
 
 
-def ops_header(tree: Path, x86_i: Path) -> str:
+def ops_header(tree: Path, x86_text: str) -> str:
     """ops.h: a trap for every mandatory kvm_x86_ops hook (KVM_X86_OP in the tree's
     kvm-x86-ops.h) that the tree's struct has; h_x86_ops' NULL ones get it before
     kvm_ops_update(), so no set-up WARN fires and a call names the hook."""
@@ -152,8 +115,7 @@ def ops_header(tree: Path, x86_i: Path) -> str:
     except OSError:
         return "#define H_FILL_OPS(ops) do { } while (0)\n"
     mandatory = re.findall(r"^KVM_X86_OP\((\w+)\)", listed, re.M)
-    text = x86_i.read_text(errors="replace")
-    m = re.search(r"^struct kvm_x86_ops \{(.*?)^\};", text, re.M | re.S)
+    m = re.search(r"^struct kvm_x86_ops \{(.*?)^\};", x86_text, re.M | re.S)
     members = set(re.findall(r"\(\s*\*\s*(\w+)\s*\)\s*\(", m.group(1))) if m else set()
     names = [n for n in mandatory if n in members]
     out = ["/* Generated by emulator/native/build.py from kvm-x86-ops.h; do not edit. */"]
@@ -183,42 +145,249 @@ def replace_definition(unit: str, text: str, macro: str,
     raise EngineError(f"{unit}: no single out-of-line definition of {' or '.join(candidates)}()")
 
 
+_GCC: str | None = None
+
+
 def _compiler_version() -> str:
-    proc = _run(["gcc", "--version"])
-    if proc.returncode != 0:
-        raise EngineError("gcc not found")
-    return proc.stdout.splitlines()[0]
+    global _GCC
+    if _GCC is None:
+        proc = run(["gcc", "--version"])
+        if proc.returncode != 0:
+            raise EngineError("gcc not found")
+        _GCC = proc.stdout.splitlines()[0]
+    return _GCC
 
 
-def _kernel_version(tree: Path, out: Path) -> str:
-    release = out / "include/config/kernel.release"
-    if release.exists():
+def _kernel_version(tree: Path, prep: Prepared) -> str:
+    release = prep.out / "include/config/kernel.release"
+    if prep.owner == str(tree) and release.exists():
         return release.read_text().strip()
-    proc = _run(["make", "-s", "kernelversion"], tree)
-    return proc.stdout.strip() or "unknown"
+    # Another tree's prepared directory: the version its Makefile says.
+    try:
+        head = (tree / "Makefile").read_text(errors="replace")[:2000]
+    except OSError:
+        return "unknown"
+    v = dict(re.findall(r"^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION) = ?(\S*)", head, re.M))
+    return f"{v.get('VERSION', '?')}.{v.get('PATCHLEVEL', '?')}.{v.get('SUBLEVEL', '0')}" \
+           f"{v.get('EXTRAVERSION', '')}"
 
 
-def _compile_all(jobs: list[tuple[list[str], str]], parallel: int = 2) -> None:
-    """Run compile commands, `parallel` at a time; the first error raises."""
+def _parallel(jobs: list[tuple[list[str], str, Path | None]], parallel: int = 2) -> None:
+    """Run commands (argv, what, cwd), `parallel` at a time; the first error raises."""
     pending = list(jobs)
     running: list[tuple[subprocess.Popen, str]] = []
     errors: list[str] = []
     while pending or running:
         while pending and len(running) < parallel:
-            cmd, what = pending.pop(0)
+            cmd, what, cwd = pending.pop(0)
             running.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                             text=True, env=dict(os.environ, LC_ALL="C")), what))
+                                             text=True, cwd=cwd,
+                                             env=dict(os.environ, LC_ALL="C")), what))
         proc, what = running.pop(0)
         text = proc.communicate()[0]
         if proc.returncode != 0:
-            errors.append(f"{what}: {_first_error(text)}")
+            errors.append(f"{what}: {first_error(text)}")
     if errors:
         raise EngineError(f"cannot compile {errors[0]}")
 
 
+def _sha(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+    os.replace(tmp, path)
+
+
+class UnitCache:
+    """Preprocessed units by content, found from their dependencies without preprocessing."""
+
+    def __init__(self, root: Path, prep: Prepared, hasher: Hasher):
+        self.root, self.prep, self.h = root, prep, hasher
+
+    def _manifest(self, unit: str) -> Path:
+        return self.root / "manifests" / (unit.replace("/", "_") + ".json")
+
+    def _direct(self, unit: str, deps: list[str]) -> str:
+        return self.h.digest(deps, FORMAT, self.prep.config, self.prep.digest,
+                             " ".join(self.prep.templates[unit]))
+
+    def lookup(self, unit: str) -> str | None:
+        """The content key of UNIT's preprocessed text if the cache has it."""
+        try:
+            entries = json.loads(self._manifest(unit).read_text())
+        except (OSError, ValueError):
+            return None
+        for entry in entries:
+            key = entry["hits"].get(self._direct(unit, entry["deps"]))
+            if key and (self.root / "units" / key / "unit.c").exists():
+                return key
+        return None
+
+    def record(self, unit: str, deps: list[str], key: str) -> None:
+        path = self._manifest(unit)
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            entries = []
+        entry = next((e for e in entries if e["deps"] == deps), None)
+        if entry is None:
+            entry = {"deps": deps, "hits": {}}
+            entries.append(entry)
+        entry["hits"][self._direct(unit, deps)] = key
+        _write_atomic(path, json.dumps(entries))
+
+
+def preprocess(tree: Path, prep: Prepared, cache: UnitCache, units: list[str], work: Path,
+               jobs: int = 2) -> dict[str, str]:
+    """{unit: content key} for UNITS, preprocessing only what the cache lacks."""
+    keys, todo = {}, []
+    for unit in units:
+        key = cache.lookup(unit)
+        if key:
+            keys[unit] = key
+        else:
+            todo.append(unit)
+    cmds, made = [], {}
+    for unit in todo:
+        tag = unit.replace("/", "_")[:-2]
+        made[unit] = kbuild_output(prep, unit)     # a cold build has them from Kbuild
+        if made[unit]:
+            continue
+        cmds.append((unit_command(prep, tree, unit, work / f"{tag}.i", work / f"{tag}.d"),
+                     f"{unit} (preprocessing)", prep.out))
+    _parallel(cmds, jobs)
+    for unit in todo:
+        tag = unit.replace("/", "_")[:-2]
+        ipath, dpath = made[unit] or (work / f"{tag}.i", work / f"{tag}.d")
+        text = ipath.read_text(errors="replace")
+        # Line markers name the tree: made relative, the text is the same wherever the tree is.
+        text = text.replace(f'"{tree}/', '"')
+        meta: dict = {"flags": semantic_flags(prep.templates[unit])}
+        if unit in REPLACED:
+            text, meta["defines"] = replace_definition(unit, text, *REPLACED[unit])
+        if unit == "arch/x86/kvm/x86.c":
+            meta["ops"] = ops_header(tree, text)
+        key = _sha(FORMAT, unit, text, json.dumps(meta, sort_keys=True))
+        dest = cache.root / "units" / key
+        if not (dest / "unit.c").exists():
+            _write_atomic(dest / "meta.json", json.dumps(meta))
+            _write_atomic(dest / "unit.c", text)
+        deps = sorted({r for p in dep_paths(dpath.read_text(errors="replace"))
+                       if (r := cache.h.rel(os.path.normpath(p if p.startswith("/")
+                                                               else str(prep.out / p))))})
+        cache.record(unit, deps, key)
+        keys[unit] = key
+    return keys
+
+
+def build(tree: Path, cache_dir: Path | None = None, progress=None,
+          names=None, jobs: int = 2) -> tuple[Path, str, BuildInfo]:
+    """(executable, kernel version, info) for TREE; raises EngineError."""
+    t0 = time.perf_counter()
+    times: dict[str, float] = {}
+    tree = Path(tree)
+    say = progress or (lambda msg: None)
+    check_tree(tree)
+    tree = tree.resolve()       # Kbuild names the tree by its real path
+    try:
+        rules = load_rules()
+        layout_text, layout_desc = layout_header(rules, tree, names)
+    except (RulesError, LayoutError) as exc:
+        raise EngineError(str(exc)) from None
+    root = cache_root(cache_dir)
+    units = [u for u, g in UNITS if (tree / u).is_file() and (HARNESS / g).is_file()]
+    try:
+        prep, hasher = find_prepared(root, tree, units, jobs, say)
+    except PrepareError as exc:
+        raise EngineError(str(exc)) from None
+    times["prepare"] = time.perf_counter() - t0
+    version = _kernel_version(tree, prep)
+    cache = UnitCache(root, prep, hasher)
+    work = root / "tmp" / f"{os.getpid()}-{time.time_ns()}"
+    work.mkdir(parents=True)
+    try:
+        t1 = time.perf_counter()
+        ikeys = preprocess(tree, prep, cache, units, work, jobs)
+        times["preprocess"] = time.perf_counter() - t1
+        harness_h = (HARNESS / "harness.h").read_bytes()
+        common = _sha(FORMAT, _compiler_version(), " ".join(CFLAGS), layout_text, harness_h)
+        objs, jobs_c, compiled = [], [], []
+        for unit, glue in UNITS:
+            if unit not in ikeys:
+                continue
+            udir = root / "units" / ikeys[unit]
+            meta = json.loads((udir / "meta.json").read_text())
+            okey = _sha(common, ikeys[unit], glue, (HARNESS / glue).read_bytes(),
+                        meta.get("ops", ""))
+            obj = root / "objs" / f"{okey}.o"
+            objs.append(obj)
+            if obj.exists():
+                continue
+            tag = unit.replace("/", "_")[:-2]
+            inc = work / tag
+            inc.mkdir()
+            (inc / "layout.h").write_text(layout_text)
+            (inc / "ops.h").write_text(meta.get("ops", ""))
+            src = inc / "unit.c"
+            src.write_text(f'#include "{udir / "unit.c"}"\n#include "{HARNESS / glue}"\n')
+            jobs_c.append((["gcc", "-c", *CFLAGS, *meta["flags"], *meta.get("defines", []),
+                            f"-I{HARNESS}", f"-I{inc}", str(src), "-o", str(obj) + ".tmp"],
+                           unit, None))
+            compiled.append(unit)
+        hkey = _sha(FORMAT, _compiler_version(), " ".join(HARNESS_CFLAGS),
+                    (HARNESS / "harness.c").read_bytes(), harness_h)
+        harness_o = root / "objs" / f"harness-{hkey}.o"
+        if not harness_o.exists():
+            jobs_c.append((["gcc", "-c", *HARNESS_CFLAGS, f"-I{HARNESS}",
+                            str(HARNESS / "harness.c"), "-o", str(harness_o) + ".tmp"],
+                           "harness.c", None))
+        t1 = time.perf_counter()
+        if jobs_c:
+            (root / "objs").mkdir(parents=True, exist_ok=True)
+            say(f"compiling {', '.join(w for _c, w, _d in jobs_c)}")
+            _parallel(jobs_c, jobs)
+            for cmd, what, _cwd in jobs_c:
+                out = Path(cmd[-1])
+                if what == "harness.c":
+                    # The harness gives way to the tree: what a kernel unit defines wins.
+                    proc = run(["objcopy", "--weaken", str(out)])
+                    if proc.returncode != 0:
+                        raise EngineError(f"objcopy failed: {first_error(proc.stderr)}")
+                os.replace(out, out.with_suffix(""))
+        times["compile"] = time.perf_counter() - t1
+        objs.append(harness_o)
+        key = _sha(FORMAT, *[o.name for o in objs])[:16]
+        dest = root / "engines" / key
+        exe = dest / "engine"
+        info_units = sorted(ikeys)
+        if exe.exists():
+            info = json.loads((dest / "info.json").read_text())
+            return exe, version, BuildInfo(key, time.perf_counter() - t0, not compiled,
+                                           layout_desc, info_units, info["stubs"], times,
+                                           compiled)
+        t1 = time.perf_counter()
+        stubs = link(objs, work, layout_desc, info_units, version, tree, say)
+        times["link"] = time.perf_counter() - t1
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(work / "engine-dir", dest)
+        return exe, version, BuildInfo(key, time.perf_counter() - t0, False, layout_desc,
+                                       info_units, stubs, times, compiled)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _symbols(objs: list[Path]) -> tuple[set[str], set[str]]:
     defined, undefined = set(), set()
-    proc = _run(["nm", "-P"] + [str(o) for o in objs])
+    proc = run(["nm", "-P"] + [str(o) for o in objs])
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) < 2 or parts[0].endswith(":"):
@@ -234,7 +403,7 @@ def _symbols(objs: list[Path]) -> tuple[set[str], set[str]]:
 def _call_only(objs: list[Path], names: set[str]) -> set[str]:
     """Undefined symbols that are called somewhere (PLT32 relocations): functions."""
     called = set()
-    proc = _run(["readelf", "-rW"] + [str(o) for o in objs])
+    proc = run(["readelf", "-rW"] + [str(o) for o in objs])
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[2] == "R_X86_64_PLT32":
@@ -251,103 +420,33 @@ def _libc_symbols() -> set[str]:
     """What the C library defines: left to it (memcpy, memset, strlen...)."""
     global _LIBC
     if _LIBC is None:
-        proc = _run(["gcc", "-print-file-name=libc.so.6"])
+        proc = run(["gcc", "-print-file-name=libc.so.6"])
         path = proc.stdout.strip()
-        nm = _run(["nm", "-D", "--defined-only", path])
+        nm = run(["nm", "-D", "--defined-only", path])
         _LIBC = {ln.split()[-1].split("@")[0] for ln in nm.stdout.splitlines() if ln.strip()}
     return _LIBC
 
 
-def build(tree: Path, cache_dir: Path | None = None, progress=None,
-          names=None) -> tuple[Path, str, BuildInfo]:
-    """(executable, kernel version, info) for TREE; raises EngineError."""
-    t0 = time.perf_counter()
-    tree = Path(tree)
-    say = progress or (lambda msg: None)
-    check_tree(tree)
-    try:
-        rules = load_rules()
-        layout_text, layout_desc = layout_header(rules, tree, names)
-    except (RulesError, LayoutError) as exc:
-        raise EngineError(str(exc)) from None
-    root = cache_root(cache_dir)
-    out = root / "out" / hashlib.sha1(str(tree.absolute()).encode()).hexdigest()[:12]
-    say(f"configuring {tree} in {out}")
-    configure(tree, out)
-    say("preprocessing KVM units")
-    units = preprocess(tree, out)
-    version = _kernel_version(tree, out)
-
-    h = hashlib.sha256()
-    ops_text = ops_header(tree, units["arch/x86/kvm/x86.c"])
-    for part in (_compiler_version(), " ".join(CFLAGS), layout_text, ops_text):
-        h.update(part.encode())
-    h.update(Path(__file__).with_name("stubs.py").read_bytes())    # the stub layer's library helpers
-    for f in sorted(HARNESS.iterdir()):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    for unit, ipath in sorted(units.items()):
-        h.update(unit.encode())
-        h.update(" ".join(unit_flags(ipath)).encode())
-        h.update(ipath.read_bytes())
-    key = h.hexdigest()[:16]
-    dest = root / "engines" / key
-    exe = dest / "engine"
-    if exe.exists():
-        info = json.loads((dest / "info.json").read_text())
-        return exe, version, BuildInfo(key, time.perf_counter() - t0, True, info["layout"],
-                                       info["units"], info["stubs"])
-
-    work = root / "tmp" / f"{key}-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    (work / "layout.h").write_text(layout_text)
-    (work / "ops.h").write_text(ops_text)
-    jobs, objs = [], []
-    for unit, glue in UNITS:
-        if unit not in units:
-            continue
-        name = unit.replace("arch/x86/kvm/", "").replace("/", "_")[:-2]
-        src = work / f"{name}_unit.c"
-        text = units[unit].read_text(errors="replace")
-        defines = []
-        if unit in REPLACED:
-            text, defines = replace_definition(unit, text, *REPLACED[unit])
-        src.write_text(text + f'\n#include "{HARNESS / glue}"\n')
-        obj = work / f"{name}.o"
-        jobs.append((["gcc", "-c", *CFLAGS, *unit_flags(units[unit]), *defines, f"-I{HARNESS}", f"-I{work}", str(src), "-o", str(obj)],
-                     unit))
-        objs.append(obj)
-    harness_o = work / "harness.o"
-    jobs.append((["gcc", "-c", "-O2", "-fno-pie", "-Wall", "-Wno-unused-function",
-                  f"-I{HARNESS}", str(HARNESS / "harness.c"), "-o", str(harness_o)],
-                 "harness.c"))
-    say(f"compiling {len(objs)} KVM units and the harness")
-    _compile_all(jobs)
-    # The harness gives way to the tree: what a kernel unit defines is the kernel's.
-    proc = _run(["objcopy", "--weaken", str(harness_o)])
-    if proc.returncode != 0:
-        raise EngineError(f"objcopy failed: {_first_error(proc.stderr)}")
-    objs.append(harness_o)
-
-    defined, undefined = _symbols(objs)
+def link(objs: list[Path], work: Path, layout_desc: dict, units: list[str], version: str,
+         tree: Path, say) -> int:
+    """Stubs for what is still undefined, then the executable in WORK/engine-dir; the
+    number of stubs."""
+    out = work / "engine-dir"
+    out.mkdir()
+    _defined, undefined = _symbols(objs)
     undefined -= _libc_symbols()
     functions = _call_only(objs, undefined)
-    stubs_c = work / "stubs.c"
+    stubs_c = out / "stubs.c"
     stubs_c.write_text(stub_source(sorted(undefined), functions))
-    stubs_o = work / "stubs.o"
-    _compile_all([(["gcc", "-c", "-O1", "-fno-pie", "-w", str(stubs_c), "-o", str(stubs_o)],
-                   "stubs.c")])
+    stubs_o = out / "stubs.o"
+    _parallel([(["gcc", "-c", "-O1", "-fno-pie", "-w", str(stubs_c), "-o", str(stubs_o)],
+                "stubs.c", None)])
     say(f"linking ({len(undefined)} stubs)")
-    proc = _run(["gcc", "-no-pie", "-rdynamic", "-o", str(work / "engine"),
-                 *[str(o) for o in objs], str(stubs_o), "-ldl"])
+    proc = run(["gcc", "-no-pie", "-rdynamic", "-o", str(out / "engine"),
+                *[str(o) for o in objs], str(stubs_o), "-ldl"])
     if proc.returncode != 0:
-        raise EngineError(f"cannot link the engine: {_first_error(proc.stderr)}")
-    info = {"layout": layout_desc, "units": sorted(units), "stubs": len(undefined),
-            "version": version, "tree": str(tree)}
-    (work / "info.json").write_text(json.dumps(info, indent=2))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    work.rename(dest)
-    return exe, version, BuildInfo(key, time.perf_counter() - t0, False, layout_desc,
-                                   sorted(units), len(undefined))
+        raise EngineError(f"cannot link the engine: {first_error(proc.stderr)}")
+    info = {"layout": layout_desc, "units": units, "stubs": len(undefined),
+            "version": version, "tree": str(tree), "objects": [o.name for o in objs]}
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    return len(undefined)

@@ -5,11 +5,12 @@
  * name with their calling conventions; glue_*.c (appended to the kernel's
  * own translation units) is the only code that sees kernel types.
  *
- * Protocol: one event per line on stdin ("op arg arg ..."), one JSON object
- * per line on stdout.  See docs/native-engine.md.
+ * Protocol: binary events on stdin (64-bit words), one JSON object per line
+ * on stdout.  See docs/native-engine.md.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -655,6 +656,7 @@ static char fake_task[16384] __attribute__((aligned(64)));
 void *current_task = fake_task;
 
 /* ---- JSON output ---------------------------------------------------------- */
+/* One result line per event, built in `out`, then appended to the output buffer. */
 static char out[65536];
 static int outn;
 
@@ -677,6 +679,21 @@ static void putf(const char *fmt, ...)
 	put(buf);
 }
 
+/* Decimal without printf: results are mostly numbers, printed at every event. */
+static void put_u64(h_u64 v)
+{
+	char buf[24];
+	int i = sizeof(buf);
+	do {
+		buf[--i] = '0' + v % 10;
+		v /= 10;
+	} while (v);
+	if (outn + (int)sizeof(buf) - i < (int)sizeof(out) - 1) {
+		memcpy(out + outn, buf + i, sizeof(buf) - i);
+		outn += sizeof(buf) - i;
+	}
+}
+
 static void put_str(const char *s)
 {
 	put("\"");
@@ -697,75 +714,103 @@ static void put_fault(struct h_fault *f)
 	put_str(f->to);
 	put(",\"kind\":");
 	put_str(f->kind);
-	putf(",\"vector\":%d,\"error_code\":%llu,\"address\":%llu,\"nested\":%s", f->vector,
-	     f->error_code & 0xffffffffull, f->address, f->nested ? "true" : "false");
-	if (f->has_eq)
-		putf(",\"exit_qualification\":%llu", f->exit_qualification);
-	if (f->has_info)
-		putf(",\"exit_info_1\":%llu,\"exit_info_2\":%llu", f->exit_info_1, f->exit_info_2);
+	put(",\"vector\":");
+	put_u64(f->vector);
+	put(",\"error_code\":");
+	put_u64(f->error_code & 0xffffffffull);
+	put(",\"address\":");
+	put_u64(f->address);
+	put(f->nested ? ",\"nested\":true" : ",\"nested\":false");
+	if (f->has_eq) {
+		put(",\"exit_qualification\":");
+		put_u64(f->exit_qualification);
+	}
+	if (f->has_info) {
+		put(",\"exit_info_1\":");
+		put_u64(f->exit_info_1);
+		put(",\"exit_info_2\":");
+		put_u64(f->exit_info_2);
+	}
 	put("}");
 }
 
-/* ---- the event loop ------------------------------------------------------ */
+/* ---- the protocol: binary events in, JSON lines out ------------------------
+ * An event is little-endian 64-bit words: a header (H_MAGIC | nargs << 8 | op)
+ * and nargs arguments (emulator/native/model.py: pack()).  Answers are
+ * buffered and written when the engine has no complete event left to read,
+ * so one event gets its answer at once and a batch is answered in bulk.
+ */
+#define H_MAGIC 0x4b564d0000000000ull        /* "KVM" in the top bytes */
+#define H_MAGIC_MASK 0xffffff0000000000ull
+enum { OP_QUIT, OP_RESET, OP_TRANSLATE, OP_WRITE, OP_READ, OP_CR0, OP_CR3, OP_CR4, OP_EFER,
+       OP_CPL, OP_AC, OP_PKRU, OP_INVLPG, OP_NESTED_ENTRY, OP_NESTED_EXIT, OP_RESET_CONTEXT };
+#define MAX_ARGS 12
+
 static void *vcpu;
 
-static int apply(char **tok, int ntok)
+static void apply(int op, const h_u64 *a)
 {
-	const char *op = tok[0];
-	h_u64 a[12] = { 0 };
-	for (int i = 1; i < ntok && i <= 12; i++)
-		a[i - 1] = strtoull(tok[i], NULL, 0);
-
-	if (!strcmp(op, "reset")) {
+	if (op == OP_RESET) {
 		mem_reset();
 		arena_reset();
 		zone_reset();
 		vcpu = h_vcpu_new((int)a[0], (int)a[1]);
 		put("{\"ok\":true");
-		return 0;
+		return;
 	}
 	if (!vcpu)
 		h_error("event before reset");
-	if (!strcmp(op, "translate")) {
+	int ok = 1;
+	switch (op) {
+	case OP_TRANSLATE: {
 		struct h_fault f = { 0 };
 		h_u64 gpa = 0;
 		h_state.event = H_EV_TRANSLATE;
 		if (h_translate(vcpu, (int)a[0], a[1], &gpa, &f))
 			put_fault(&f);
-		else
-			putf("{\"gpa\":%llu", gpa);
-		return 0;
+		else {
+			put("{\"gpa\":");
+			put_u64(gpa);
+		}
+		return;
 	}
-	if (!strcmp(op, "write")) {
+	case OP_WRITE:
 		mem_write(a[0], a[1], (int)a[2]);
 		put("{\"ok\":true");
-		return 0;
-	}
-	if (!strcmp(op, "read")) {
-		putf("{\"val\":%llu", mem_read(a[0], (int)a[1]));
-		return 0;
-	}
-	int ok = 1;
-	if (!strcmp(op, "cr0"))
+		return;
+	case OP_READ:
+		put("{\"val\":");
+		put_u64(mem_read(a[0], (int)a[1]));
+		return;
+	case OP_CR0:
 		ok = h_set_cr0(vcpu, a[0], (int)a[1]);
-	else if (!strcmp(op, "cr3"))
+		break;
+	case OP_CR3:
 		ok = h_set_cr3(vcpu, a[0]);
-	else if (!strcmp(op, "cr4"))
+		break;
+	case OP_CR4:
 		ok = h_set_cr4(vcpu, a[0]);
-	else if (!strcmp(op, "efer"))
+		break;
+	case OP_EFER:
 		ok = h_set_efer(vcpu, a[0]);
-	else if (!strcmp(op, "cpl"))
+		break;
+	case OP_CPL:
 		h_state.cpl = (int)a[0];
-	else if (!strcmp(op, "ac"))
+		break;
+	case OP_AC:
 		h_state.ac = a[0] != 0;
-	else if (!strcmp(op, "pkru"))
+		break;
+	case OP_PKRU:
 		h_set_pkru(vcpu, a[0]);
-	else if (!strcmp(op, "invlpg")) {
+		break;
+	case OP_INVLPG:
 		h_state.event = H_EV_INVLPG;
 		h_invlpg(vcpu, a[0]);
-	} else if (!strcmp(op, "reset_context"))
+		break;
+	case OP_RESET_CONTEXT:
 		h_reset_context(vcpu);
-	else if (!strcmp(op, "nested_entry")) {
+		break;
+	case OP_NESTED_ENTRY: {
 		struct h_nested n = { .svm = (int)a[0], .tdp = (int)a[1], .root = a[2],
 				      .ad = (int)a[3], .execonly = (int)a[4],
 				      .pf_intercept = (int)a[5], .cr0 = a[6], .cr3 = a[7],
@@ -774,20 +819,94 @@ static int apply(char **tok, int ntok)
 		if (r < 0)
 			h_error("nested_entry while L2 runs");
 		put(r ? "{\"ok\":true,\"pdptrs\":false" : "{\"ok\":true");
-		return 0;
-	} else if (!strcmp(op, "nested_exit")) {
+		return;
+	}
+	case OP_NESTED_EXIT:
 		if (h_nested_exit(vcpu) < 0)
 			h_error("nested_exit while L1 runs");
-	} else
+		break;
+	default:
 		h_error("unknown event");
+	}
 	put(ok < 0 ? "{\"error\":\"passthrough CR0 writes may only change CR0.WP, with TDP\""
 		   : ok ? "{\"ok\":true" : "{\"ok\":false,\"gp\":true");
-	return 0;
 }
+
+/* One event: its result line, whatever happens in the kernel's code. */
+static void run_event(int op, const h_u64 *a)
+{
+	outn = 0;
+	n_ad = n_notes = n_touched = 0;
+	warned = 0;
+	bugmsg[0] = trapname[0] = warn_text[0] = 0;
+	is_error = 0;
+	h_state.event = H_EV_OTHER;
+	in_event = 1;
+	/* No mask to save: handlers run with SA_NODEFER, so a siglongjmp out of one
+	 * leaves nothing blocked (saving it would be a syscall per event). */
+	if (sigsetjmp(event_env, 0) == 0) {
+		apply(op, a);
+		in_event = 0;
+		if (warned) {
+			outn = 0;
+			put("{\"bug\":");
+			put_str(bugmsg);
+		}
+	} else {
+		in_event = 0;
+		outn = 0;
+		put(is_error ? "{\"error\":" : "{\"bug\":");
+		put_str(bugmsg);
+		if (trapname[0])
+			put(",\"stub\":true");
+	}
+	if (n_ad) {
+		put(",\"ad\":[");
+		for (int i = 0; i < n_ad; i++) {
+			put(i ? ",[" : "[");
+			put_u64(ad_addr[i]);
+			put(",");
+			put_u64(ad_bits[i]);
+			put("]");
+		}
+		put("]");
+	}
+	if (n_notes) {
+		put(",\"notes\":[");
+		for (int i = 0; i < n_notes; i++) {
+			put(i ? ",[\"flush_tlb_gva\"," : "[\"flush_tlb_gva\",");
+			put_u64(note_addr[i]);
+			put(",");
+			put_u64(note_roots[i]);
+			put("]");
+		}
+		put("]");
+	}
+	put("}\n");
+}
+
+static char obuf[1 << 20];
+static size_t olen;
+
+static void out_flush(void)
+{
+	size_t done = 0;
+	while (done < olen) {
+		ssize_t n = write(1, obuf + done, olen - done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			exit(0);            /* the driver has gone */
+		done += n;
+	}
+	olen = 0;
+}
+
+static unsigned char ibuf[1 << 20];
+static size_t ipos, iend;
 
 int main(int argc, char **argv)
 {
-	static char line[4096];
 	struct sigaction sa = { 0 };
 	static char altstack[65536];
 	stack_t ss = { .ss_sp = altstack, .ss_size = sizeof(altstack) };
@@ -800,70 +919,52 @@ int main(int argc, char **argv)
 	sigaction(SIGBUS, &sa, NULL);
 	sigaction(SIGFPE, &sa, NULL);
 	sigaction(SIGTRAP, &sa, NULL);
-	setvbuf(stdout, NULL, _IOFBF, 1 << 16);
+	signal(SIGPIPE, SIG_IGN);
 	mem_reset();
 	arena_init();
 	h_init();          /* WARNs of the set-up (hooks the harness leaves NULL) are not results */
 	zone_base = zone_next;
 	warned = 0;
 
-	while (fgets(line, sizeof(line), stdin)) {
-		char *tok[16];
-		int ntok = 0;
-		for (char *s = strtok(line, " \n"); s && ntok < 16; s = strtok(NULL, " \n"))
-			tok[ntok++] = s;
-		if (!ntok)
-			continue;
-		if (!strcmp(tok[0], "quit"))
-			break;
-		if (!strcmp(tok[0], "flush")) {
-			fflush(stdout);
-			continue;
-		}
-		outn = 0;
-		n_ad = n_notes = n_touched = 0;
-		warned = 0;
-		bugmsg[0] = trapname[0] = warn_text[0] = 0;
-		is_error = 0;
-		h_state.event = H_EV_OTHER;
-		in_event = 1;
-		/* No mask to save: handlers run with SA_NODEFER, so a siglongjmp out of one
-		 * leaves nothing blocked (saving it would be a syscall per event). */
-		if (sigsetjmp(event_env, 0) == 0) {
-			apply(tok, ntok);
-			in_event = 0;
-			if (warned) {
-				outn = 0;
-				put("{\"bug\":");
-				put_str(bugmsg);
+	for (;;) {
+		h_u64 head, args[MAX_ARGS];
+		unsigned nargs;
+
+		if (iend - ipos >= 8) {
+			memcpy(&head, ibuf + ipos, 8);
+			nargs = (head >> 8) & 0xff;
+			if ((head & H_MAGIC_MASK) != H_MAGIC || nargs > MAX_ARGS) {
+				fprintf(stderr, "native engine: bad event header %#llx\n", head);
+				out_flush();
+				return 2;
 			}
-		} else {
-			in_event = 0;
-			outn = 0;
-			put(is_error ? "{\"error\":" : "{\"bug\":");
-			put_str(bugmsg);
-			if (trapname[0])
-				put(",\"stub\":true");
+			if (iend - ipos >= 8 * (nargs + 1)) {
+				int op = head & 0xff;
+				if (op == OP_QUIT)
+					break;
+				memset(args, 0, sizeof(args));
+				memcpy(args, ibuf + ipos + 8, 8 * nargs);
+				ipos += 8 * (nargs + 1);
+				run_event(op, args);
+				if (olen + outn > sizeof(obuf))
+					out_flush();
+				memcpy(obuf + olen, out, outn);
+				olen += outn;
+				continue;
+			}
 		}
-		if (n_ad) {
-			put(",\"ad\":[");
-			for (int i = 0; i < n_ad; i++)
-				putf("%s[%llu,%llu]", i ? "," : "", ad_addr[i], ad_bits[i]);
-			put("]");
-		}
-		if (n_notes) {
-			put(",\"notes\":[");
-			for (int i = 0; i < n_notes; i++)
-				putf("%s[\"flush_tlb_gva\",%llu,%d]", i ? "," : "", note_addr[i],
-				     note_roots[i]);
-			put("]");
-		}
-		put("}\n");
-		fwrite(out, 1, outn, stdout);
-		/* Unbuffered answers only when the driver waits for each one. */
-		if (!(argc > 1 && !strcmp(argv[1], "--batch")))
-			fflush(stdout);
+		/* No complete event left: answer what was asked, then wait for more. */
+		out_flush();
+		memmove(ibuf, ibuf + ipos, iend - ipos);
+		iend -= ipos;
+		ipos = 0;
+		ssize_t n = read(0, ibuf + iend, sizeof(ibuf) - iend);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		iend += n;
 	}
-	fflush(stdout);
+	out_flush();
 	return 0;
 }
