@@ -61,6 +61,10 @@ CLI_ENTRY_MODULES = {
     "refactor.lint.docs": "lint --docs: the rule documentation",
     "refactor.frontend.source": "rewrite --in-place reads a tree file safely (read_tree_file)",
     "refactor.series.generate": "series: PostOptions (generate is refactor.generate_series)",
+    "refactor.execute": "--jobs/--cluster: the execution layer's errors and job count",
+    "refactor.execute.port_matrix": "port: the matrix as units (refactor.execute)",
+    "refactor.execute.verify_steps": "verify: the steps as units (refactor.execute)",
+    "refactor.execute.lint_units": "lint: files and patches as units (refactor.execute)",
 }
 
 MAX_LINES = 500

@@ -125,3 +125,42 @@ def test_results_are_kept_once_by_unit_id():
     units = [Unit("same", "refactor.execute.local:default_jobs")] * 2
     out = run_units(units, jobs=1, on_result=lambda uid, r: seen.append(uid))
     assert list(out) == ["same"] and seen == ["same"]
+
+
+@pytest.fixture(scope="module")
+def port_mails(trees):
+    """Two fixes written on 7.3 (tests/test_port.py's), as one mbox."""
+    from test_port import PKRU_NEW, PKRU_OLD, make_mail
+
+    from refactor.port.mail import read_mails
+
+    second = make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW,
+                       subject="KVM: x86/mmu: Fix the walk again")
+    return read_mails(make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW)
+                      + second, "fixes.mbox")
+
+
+def test_port_matrix_units_give_the_single_process_report(trees, port_mails):
+    from refactor.execute.port_matrix import run_port
+    from refactor.port.engine import port_patches
+    from refactor.port.output import analysis_text
+
+    onto = [str(trees[v]) for v in ("7.2", "6.1", "7.3")]
+    serial = port_patches(port_mails, onto, porter=("T", "t@e"))
+    pooled = run_port(port_mails, onto, porter=("T", "t@e"), jobs=2)
+    assert json.dumps(pooled.to_json()) == json.dumps(serial.to_json())
+    assert analysis_text(pooled) == analysis_text(serial)
+    assert [p.output for t in pooled.targets for p in t.patches] == \
+        [p.output for t in serial.targets for p in t.patches]
+    assert pooled.conflicts == serial.conflicts >= 1
+
+
+def test_port_matrix_bad_target_is_the_first_in_onto_order(trees, port_mails, tmp_path):
+    from refactor.errors import TreeError
+    from refactor.execute.port_matrix import run_port
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(TreeError, match=str(tmp_path / "a")):
+        run_port(port_mails, [str(trees["7.2"]), str(tmp_path / "a"), str(tmp_path / "b")],
+                 jobs=2)

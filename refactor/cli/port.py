@@ -42,9 +42,14 @@ def _slug(subject: str) -> str:
 @click.option("--subject-prefix", default=None, help='e.g. "PATCH 6.12.y"')
 @click.option("--build", is_flag=True,
               help="build KVM of each target with the ported patches applied (in a symlink farm)")
-@click.option("-j", "--jobs", default=2, show_default=True, help="make -j for --build")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="worker processes, one target each, and make -j for --build "
+                   "(default: the number of cores)")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="port on a Dask scheduler, one target per unit (docs/cluster.md)")
 def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | None, target_names: str | None,
-             outdir: str | None, fmt: str, subject_prefix: str | None, build: bool, jobs: int) -> None:
+             outdir: str | None, fmt: str, subject_prefix: str | None, build: bool, jobs: int | None,
+             cluster: str | None) -> None:
     """Port PATCHES (mails, an mbox, a git diff, or -) onto each --onto tree.
 
     A new-layout patch onto an old-layout tree is a backport, the reverse a
@@ -57,16 +62,21 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
     from refactor.errors import PatchError
     from refactor.errors import TreeError
     from refactor.kernel.build import BuildError
-    from refactor.port.engine import build_ported, port_patches, read_inputs
+    from refactor.execute import ExecuteError, default_jobs
+    from refactor.execute.port_matrix import run_port
+    from refactor.port.engine import build_ported, read_inputs
+    from refactor.progress import bar
     from refactor.port.output import analysis_text
     from refactor.errors import RulesError
 
     stdin_text = sys.stdin.read() if "-" in patches else None
     try:
         mails = read_inputs(list(patches), stdin_text)
-        report = port_patches(mails, list(targets), names_spec=names, target_names=target_names,
-                              porter=_porter(), subject_prefix=subject_prefix)
-    except (PatchError, TreeError, RulesError) as exc:
+        with bar(len(targets), "port", unit="target") as step:
+            report = run_port(mails, list(targets), names_spec=names, target_names=target_names,
+                              porter=_porter(), subject_prefix=subject_prefix, jobs=jobs,
+                              cluster=cluster, progress=step)
+    except (PatchError, TreeError, RulesError, ExecuteError) as exc:
         raise UserError(str(exc)) from None
     failed_build = False
     if build:
@@ -76,7 +86,7 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
             click.echo(f"port: building KVM of {tr.target.root} with {len(tr.changed)} patched file(s)",
                        err=True)
             try:
-                result = build_ported(tr, jobs)
+                result = build_ported(tr, jobs or default_jobs())
             except BuildError as exc:
                 raise UserError(str(exc)) from None
             failed_build |= not result.ok
