@@ -409,8 +409,10 @@ def kvm_mmu_gva_to_gpa_implicit(vcpu, gva, write):
 
 
 def kvm_translate_l2_gpa(vcpu, gpa, write):
-    # As hyperv.c does for hypercall arguments: an (n)GPA of the running level.
-    return kvm_translate_gpa(vcpu, vcpu.arch.walk_mmu, gpa, PFERR_WRITE if write else 0, 0)
+    # As hyperv.c does for hypercall arguments: an (n)GPA of the running level, the final
+    # stage of an L2 access (KVM passes PFERR_GUEST_FINAL_MASK).
+    return kvm_translate_gpa(vcpu, vcpu.arch.walk_mmu, gpa,
+                             PFERR_GUEST_FINAL | (PFERR_WRITE if write else 0), 0)
 
 
 def load_pdptrs(vcpu, cr3):

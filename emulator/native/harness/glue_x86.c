@@ -18,6 +18,7 @@
 #define H_CR4_PDPTR_BITS (H_CR4_PSE | H_CR4_PAE | H_CR4_SMEP)
 #define H_EFER_LMA (1ull << 10)
 #define H_PFERR_WRITE (1ull << 1)
+#define H_PFERR_GUEST_FINAL (1ull << 32)
 #define H_RFLAGS_AC (1ul << 18)
 #define H_INVALID_GPA (~0ull)
 
@@ -236,9 +237,11 @@ int h_translate(void *v, int access, h_u64 addr, h_u64 *gpa_out, struct h_fault 
 		gpa = r == 0 ? h_touched_gpa() : H_INVALID_GPA;
 		break;
 	default:
-		/* As hyperv.c translates an (n)GPA of the running level. */
-		gpa = H_TRANSLATE_GPA(vcpu, H_GVA_WALKER(vcpu), addr,
-				      access == H_ACC_L2GPA_WRITE ? H_PFERR_WRITE : 0, &e);
+		/* As hyperv.c translates an (n)GPA of the running level: the final stage of an
+		 * L2 access (7.x WARNs when a nested fault names no stage; 6.1's u16
+		 * error code drops the bit). */
+		gpa = H_TRANSLATE_GPA(vcpu, H_GVA_WALKER(vcpu), addr, H_PFERR_GUEST_FINAL |
+				      (access == H_ACC_L2GPA_WRITE ? H_PFERR_WRITE : 0), &e);
 		break;
 	}
 	if (gpa != H_INVALID_GPA) {
