@@ -225,6 +225,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
         from refactor.plan.restructure_spte import plan_spte_permissions
 
         plan_spte_permissions(plan, files, rules, apply)
+        # The fault MMU's walker where the code states it is guest_mmu's ([[known_walker]]).
+        from refactor.plan.restructure_known import apply_known_walkers
+
+        apply_known_walkers(plan, rules, names, apply)
     return plan
 
 

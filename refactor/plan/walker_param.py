@@ -122,11 +122,27 @@ def plan_walker_param(rel: str, data: bytes, rules: Rules, names: WalkerNames) -
             if m and info is not None and info.kind == "mmu" and info.walker:
                 new = f"&{m.group(1)}.{getattr(names, info.walker)}"
             elif re.fullmatch(r"[\w>.\-]+", a) and not m:
-                new = f"{a}->w"
+                new = _address_walker(n, args, rule, names) or f"{a}->w"
             else:
                 continue
             edits.append(_edit(rel, data, args[idx].start_byte, args[idx].end_byte, new, rule))
     return edits
+
+
+def _address_walker(call: Node, args: list[Node], rule, names: WalkerNames) -> str | None:
+    """The walker an address's declared type names (rule `address_walker`: gva_t -> {gva})."""
+    types, idx = rule.params.get("address_walker", {}), rule.params.get("address")
+    fn = call.parent
+    while fn is not None and fn.type != "function_definition":
+        fn = fn.parent
+    if fn is None or idx is None or len(args) <= idx or args[0].type != "identifier" \
+            or args[idx].type != "identifier":
+        return None
+    for p in _params(fn):
+        m = re.fullmatch(rf"(\w+)\s+{re.escape(text(args[idx]))}", text(p).strip())
+        if m and m.group(1) in types:
+            return f"&{text(args[0])}->arch.{getattr(names, types[m.group(1)])}"
+    return None
 
 
 def apply_walker_params(results: dict[str, bytes], rules: Rules, names: WalkerNames, apply) -> list[Edit]:

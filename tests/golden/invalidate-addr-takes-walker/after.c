@@ -35,5 +35,14 @@ void kvm_mmu_invlpg(struct kvm_vcpu *vcpu, gva_t gva)
 
 void nested_ept_invalidate_addr(struct kvm_vcpu *vcpu, gpa_t addr)
 {
-	kvm_mmu_invalidate_addr(vcpu, vcpu->arch.mmu->w, addr, 7);
+	kvm_mmu_invalidate_addr(vcpu, &vcpu->arch.ngpa_walk, addr, 7);
+}
+
+/* A GVA is the running level's: the walker is the GVA walker, whatever the MMU. */
+void kvm_mmu_invpcid_gva(struct kvm_vcpu *vcpu, gva_t gva)
+{
+	struct kvm_mmu *mmu = vcpu->arch.mmu;
+
+	if (mmu->prev_roots[0].hpa)
+		kvm_mmu_invalidate_addr(vcpu, &vcpu->arch.gva_walk, gva, 2);
 }
