@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from emulator.fuzz import episode_events, fuzz, random_events
+from test_verify import fake_engine, series_repo  # noqa: F401 (series_repo: a fixture)
 from refactor import __version__
 from refactor.execute import Context, ExecuteError, Unit, execute, run_units
 from refactor.execute.fuzz_campaign import factories, plan, run_fuzz
@@ -164,3 +165,55 @@ def test_port_matrix_bad_target_is_the_first_in_onto_order(trees, port_mails, tm
     with pytest.raises(TreeError, match=str(tmp_path / "a")):
         run_port(port_mails, [str(trees["7.2"]), str(tmp_path / "a"), str(tmp_path / "b")],
                  jobs=2)
+
+
+def _verify_dict(report) -> dict:
+    data = report.as_dict()
+    data.pop("seconds")        # build/run wall times
+    for step in data["steps"]:
+        for d in step["found"]:
+            if d["trace"]:
+                d["trace"] = Path(d["trace"]).read_bytes()
+    return data
+
+
+def test_verify_steps_as_units_give_the_single_process_report(tmp_path, series_repo):
+    """verify of a four-step branch (tests/test_verify.py's repository and stand-in engine:
+    the Python model, one step crashing every walk), serial and one unit per step."""
+    from refactor.execute.verify_steps import executor
+    from refactor.verify import verify_branch
+
+    repo = series_repo
+    serial = verify_branch(repo, "HEAD", "series", names=None, events=3000, seed=3,
+                           out_dir=tmp_path / "serial", engine=fake_engine)
+    pooled = verify_branch(repo, "HEAD", "series", names=None, events=3000, seed=3,
+                           out_dir=tmp_path / "pooled", engine=fake_engine,
+                           execute=executor(jobs=2))
+    assert _verify_dict(pooled) == _verify_dict(serial)
+    assert [s.divergences > 0 for s in serial.steps] == [False, True, False, False]
+    assert pooled.text() == serial.text().replace(str(tmp_path / "serial"),
+                                                  str(tmp_path / "pooled"))
+
+
+def test_lint_paths_as_units_print_what_one_process_prints(trees, port_mails, tmp_path):
+    import shutil
+
+    from refactor.cli import main
+
+    mini = Path(__file__).resolve().parent.parent / "fixtures" / "mini-kvm"
+    other = tmp_path / "mini-copy"
+    shutil.copytree(mini, other)
+    patch = tmp_path / "fix.patch"
+    patch.write_text(port_mails[0].diff)
+    runner = CliRunner()
+    args = ["lint", str(mini), str(other), str(patch), "--format", "json"]
+    one = runner.invoke(main, args + ["--jobs", "1"])
+    two = runner.invoke(main, args + ["--jobs", "2"])
+    assert one.exit_code == two.exit_code and one.exit_code in (0, 1), one.output
+    assert two.output == one.output
+    doc = json.loads(one.output)
+    assert [i["kind"] for i in doc["inputs"]] == ["tree", "tree", "patch"]
+    assert doc["findings"]
+    bad = runner.invoke(main, ["lint", str(mini), str(tmp_path / "none.patch"),
+                               "--jobs", "2"])
+    assert bad.exit_code == 2 and "none.patch: no such file" in bad.output

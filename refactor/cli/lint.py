@@ -154,14 +154,20 @@ def _summary(findings, suppressed: int) -> str:
                    "or the files themselves when nothing is staged (the pre-commit hook)")
 @click.option("--explain", "explain", metavar="RULE",
               help="print what RULE (e.g. KVM010) checks, why, an example and the fix, then exit")
-def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged, explain) -> None:
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="worker processes, one PATH each (default: the number of cores for trees)")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="lint the PATHs on a Dask scheduler (docs/cluster.md)")
+def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged, explain, jobs,
+             cluster) -> None:
     """Check kernel trees and patches for the kvm_pagewalk layout.
 
     PATH is a kernel tree (its layout is detected), a patch or mbox file
     (git format-patch or git diff output), or - for stdin.  A patch is judged
     on the lines it adds only.
     """
-    from refactor import lint_patches, lint_tree
+    from refactor.execute import ExecuteError
+    from refactor.execute.lint_units import run_lint
     from refactor.lint.registry import load_lint_rules
     from refactor.errors import PatchError
     from refactor.errors import RulesError
@@ -196,19 +202,23 @@ def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged
             inputs.append({"path": tree or ".", "kind": "patch" if res.mode == "staged" else "tree",
                            "findings": res.findings})
             paths = ()
-        for path in paths:
-            if path != "-" and Path(path).is_dir():
-                warnings: list[str] = []
-                index, found = lint_tree(path, names=names, use_cache=not no_cache, lint=lint, warnings=warnings)
-                for w in warnings:
-                    click.echo(f"kvm-refactor lint: warning: {path}: {w}", err=True)
-                inputs.append({"path": path, "kind": "tree", "layout": index.layout,
-                               "version": index.version, "findings": found})
+        # One unit per PATH (refactor/execute): trees on worker processes or --cluster.
+        units = [("tree", path, None, None) if path != "-" and Path(path).is_dir()
+                 else ("patch", path, *_read_patch(path)) for path in paths]
+        results = run_lint(units, names=names, use_cache=not no_cache,
+                           tree=tree if tree_index is not None else None, jobs=jobs,
+                           cluster=cluster)
+        for (kind, path, _, _), r in zip(units, results):
+            if "error" in r:
+                raise r["error"]
+            for w in r.get("warnings", ()):
+                click.echo(f"kvm-refactor lint: warning: {path}: {w}", err=True)
+            if kind == "tree":
+                inputs.append({"path": path, "kind": "tree", "layout": r["layout"],
+                               "version": r["version"], "findings": r["findings"]})
             else:
-                text, name = _read_patch(path)
-                found = lint_patches(text, name, tree=tree_index, tree_root=tree, names=names, lint=lint)
-                inputs.append({"path": path, "kind": "patch", "findings": found})
-    except (TreeError, PatchError, RulesError) as exc:
+                inputs.append({"path": path, "kind": "patch", "findings": r["findings"]})
+    except (TreeError, PatchError, RulesError, ExecuteError) as exc:
         raise _user_error(str(exc)) from None
 
     everything = [f for inp in inputs for f in inp["findings"]]

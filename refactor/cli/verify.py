@@ -32,9 +32,13 @@ from refactor.cli.rules_option import rules_option
 @click.option("--only", multiple=True, help="with --mutants: only this mutant (repeatable)")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="worker processes, one series step each (default: the number of cores)")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="run the steps on a Dask scheduler (docs/cluster.md)")
 def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int, count: int,
                out_dir: Path | None, mutants: bool, fidelity: bool, only: tuple[str, ...],
-               fmt: str) -> None:
+               fmt: str, jobs: int | None, cluster: str | None) -> None:
     """Build TREE's own MMU code natively, pristine and rewritten, and compare every event.
 
     Runs emulator/corpus/*.jsonl and a seeded fuzz campaign (generated once,
@@ -42,6 +46,8 @@ def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int,
     shrunk trace and the rewrite sites of the functions involved); 2: bad input.
     """
     from refactor.cli.errors import UserError
+    from refactor.execute import ExecuteError
+    from refactor.execute.verify_steps import executor
     from refactor.verify import VerifyError, verify_branch, verify_tree
 
     def say(msg: str) -> None:
@@ -63,13 +69,14 @@ def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int,
                                     progress=say)
             click.echo(json.dumps(result.as_dict(), indent=1) if fmt == "json" else result.text())
             sys.exit(1 if result.differences else 0)
+        execute = executor(jobs, cluster, lambda uid, n=1: say(f"{uid} done"))
         if branch:
             report = verify_branch(tree, base, branch, names=names, seed=seed, events=count,
-                                   out_dir=out_dir, progress=say)
+                                   out_dir=out_dir, progress=say, execute=execute)
         else:
             report = verify_tree(tree, names, seed=seed, events=count, out_dir=out_dir,
-                                 progress=say)
-    except VerifyError as exc:
+                                 progress=say, execute=execute)
+    except (VerifyError, ExecuteError) as exc:
         raise UserError(str(exc)) from None
     click.echo(json.dumps(report.as_dict(), indent=1) if fmt == "json" else report.text())
     if report.incomplete:

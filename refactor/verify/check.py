@@ -155,11 +155,15 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
                  cache_dir: Path | None = None, keep: int = 3, shrink_budget: float = 30.0,
                  progress: Callable[[str], None] | None = None,
                  site_plans: Callable[[int, Variant], object] | None = None,
-                 engine=None, prepare: Callable[[Variant], None] | None = None) -> VerifyReport:
+                 engine=None, prepare: Callable[[Variant], None] | None = None,
+                 execute=None) -> VerifyReport:
     """Build the pristine engine and one per variant, run corpus + fuzz, report per variant.
 
     `prepare(variant)` makes a variant's tree right before its build (steps of a
     branch share one farm); the engines themselves live in the engine's cache.
+    `execute(files, seed, events, ref_build, builds, keep)` runs the streams instead of
+    run_streams here: (tallies, reference bugs, translations) by variant number as str
+    (refactor.execute.verify_steps: one unit per variant, on worker processes or a cluster).
     """
     say = progress or (lambda msg: None)
     files = sorted((corpus or CORPUS).glob("*.jsonl"))
@@ -176,14 +180,17 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
             prepare(v)
         builds.append(build_native(v.src, cache_dir, None, engine))
     report.seconds["build"] = round(time.perf_counter() - t0, 1)
-    ref = ref_build.model()
     cands = {str(i): b.model() for i, b in enumerate(builds)}
-    streams = [corpus_stream(files)] + ([fuzz_stream(seed, events)] if events else [])
     t1 = time.perf_counter()
     try:
-        total, tallies, ref_bugs = run_streams(
-            streams, ref, cands, keep,
-            lambda n: say(f"{n} events") if n % 50_000 == 0 else None)
+        if execute is not None:
+            tallies, ref_bugs, translations = execute(files, seed, events, ref_build, builds, keep)
+        else:
+            streams = [corpus_stream(files)] + ([fuzz_stream(seed, events)] if events else [])
+            total, tallies, ref_bugs = run_streams(
+                streams, ref_build.model(), cands, keep,
+                lambda n: say(f"{n} events") if n % 50_000 == 0 else None)
+            translations = {name: m.translations for name, m in cands.items()}
     except (TraceError, RefBug) as exc:
         raise VerifyError(str(exc)) from None
     report.seconds["run"] = round(time.perf_counter() - t1, 1)
@@ -192,7 +199,7 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
     for i, (v, b) in enumerate(zip(variants, builds)):
         t = tallies[str(i)]
         model = cands[str(i)]
-        step = StepReport(v.name, v.commit, t.events, model.translations, t.divergences, t.bugs,
+        step = StepReport(v.name, v.commit, t.events, translations[str(i)], t.divergences, t.bugs,
                           seconds=round(t.seconds, 1))
         if t.found:
             plan = v.plan if v.plan is not None or site_plans is None else site_plans(i, v)
@@ -215,20 +222,22 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
 
 def verify_tree(tree: str | Path, names: str = "upstream", *, rules=None, seed: int = 1,
                 events: int = 100_000, out_dir: Path | None = None, corpus: Path | None = None,
-                cache_dir: Path | None = None, progress=None, engine=None) -> VerifyReport:
+                cache_dir: Path | None = None, progress=None, engine=None,
+                execute=None) -> VerifyReport:
     """The pristine tree against its one-shot rewrite (`rules`: a Rules object, e.g. a mutant)."""
     tree = check_tree(Path(tree))
     variant = rewrite_variant(tree, names, rules)
     if not variant.files:
         raise VerifyError(f"{tree}: the rewrite changes nothing (already the new layout?)")
     return run_variants(tree, str(tree), [variant], seed=seed, events=events, out_dir=out_dir,
-                        corpus=corpus, cache_dir=cache_dir, progress=progress, engine=engine)
+                        corpus=corpus, cache_dir=cache_dir, progress=progress, engine=engine,
+                        execute=execute)
 
 
 def verify_branch(repo: str | Path, base: str, branch: str, *, names: str | None = "upstream",
                   seed: int = 1, events: int = 100_000, out_dir: Path | None = None,
                   corpus: Path | None = None, cache_dir: Path | None = None,
-                  progress=None, engine=None) -> VerifyReport:
+                  progress=None, engine=None, execute=None) -> VerifyReport:
     """Every commit of base..branch against base, on the same events.
 
     `names`: the walker names the branch was generated with (series); used
@@ -241,7 +250,7 @@ def verify_branch(repo: str | Path, base: str, branch: str, *, names: str | None
     plans = (lambda i, v: _step_plan(tree, names, i, v)) if names else None
     return run_variants(tree, f"{repo} {base} ({sha[:12]})", variants, seed=seed, events=events,
                         out_dir=out_dir, corpus=corpus, cache_dir=cache_dir, progress=progress,
-                        site_plans=plans, engine=engine,
+                        site_plans=plans, engine=engine, execute=execute,
                         prepare=lambda v: materialise(tree, v, label, variants))
 
 
