@@ -89,8 +89,9 @@ def guest_rsvd_masks(role: CpuRole) -> list[list[int]]:
     nx = 0 if role.nxe else 1 << 63
     if role.level == 2:
         if role.pse:
-            # PSE-36: PDE bits 20:13 give PA bits 39:32, up to MAXPHYADDR (max 40).
-            m[1][1] = rsvd_bits(13 + max(0, min(role.maxphy, 40) - 32), 21)
+            # PSE-36 as KVM has it (is_cpuid_PSE36() is always true): PDE bits 16:13 give
+            # PA bits 35:32 and bits 21:17 are reserved whatever MAXPHYADDR is.
+            m[1][1] = rsvd_bits(17, 21)
         # Without CR4.PSE the PS bit is ignored (the walk never treats it as leaf).
     elif role.level == 3:
         # PAE entries reserve every bit from MAXPHYADDR to 62 (IA-32e ignores 62:52).

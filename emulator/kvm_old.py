@@ -363,6 +363,10 @@ def nested_svm_inject_npf_exit(vcpu, fault, from_hardware):
 def kvm_mmu_invalidate_addr(vcpu, mmu: kvm_mmu, addr, roots):
     # Addresses of the nested stage are nGPAs: there is no GVA TLB entry to drop.
     if mmu != vcpu.arch.guest_mmu:
+        # INVLPG of a non-canonical address is a NOP (SDM); 7.x checks the host's width
+        # (is_noncanonical_invlpg_address(): 48 bits on a host without LA57).
+        if (addr & ((1 << 64) - 1)) >> 47 not in (0, (1 << 17) - 1):
+            return
         vcpu.notes.append(["flush_tlb_gva", addr, roots])
 
 

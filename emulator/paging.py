@@ -40,6 +40,7 @@ def walk(vcpu, mem, role, root: int, get_pdptr, rsvd, bad_mt: int, permissions, 
     """Translate `addr`; return the GPA (int) or a Fault."""
     ept = role.ept
     level = role.level
+    gva = addr                    # a fault reports the address as given (walker->fault.address)
     if level == 2:
         esize, bits, table_mask = 4, 10, 0xFFFFF000
         addr &= 0xFFFFFFFF
@@ -57,18 +58,22 @@ def walk(vcpu, mem, role, root: int, get_pdptr, rsvd, bad_mt: int, permissions, 
         pte = get_pdptr(vcpu, (addr >> 30) & 3)
         if not pte & 1:
             present = False
-            return _error(role, addr, access, nested, present, is_rsvd, 0, 0, walked)
+            return _error(role, gva, access, nested, present, is_rsvd, 0, 0, walked)
         table = pte & PA_MASK
         level = 2
     else:
         table = root & table_mask
     pse = role.pse
+    # FNAME(walk_addr_generic): the nested stage sees the table's page (gfn_to_gpa(table_gfn)),
+    # read with nested_access: a write when the walker sets A/D bits, always a user access.
+    nested_access = (PFERR_WRITE if role.ad else 0) | PFERR_USER | PFERR_GUEST_PAGE
     while True:
         pte_gpa = table + ((addr >> (12 + (level - 1) * bits)) & idx_mask) * esize
         if translate is not None:
-            real = translate(pte_gpa, (access & ACCESS_MASK) | PFERR_GUEST_PAGE, pte_access, addr)
+            real = translate(pte_gpa & ~0xFFF, nested_access, pte_access, addr)
             if real.__class__ is Fault:
                 return real
+            real |= pte_gpa & 0xFFF
         else:
             real = pte_gpa
         pte = mem.read32(real) if esize == 4 else mem.read64(real)
@@ -111,7 +116,7 @@ def walk(vcpu, mem, role, root: int, get_pdptr, rsvd, bad_mt: int, permissions, 
         table = pte & table_mask
         level -= 1
     if not present or is_rsvd:
-        return _error(role, addr, access, nested, present, is_rsvd, 0, prot, walked)
+        return _error(role, gva, access, nested, present, is_rsvd, 0, prot, walked)
 
     # permission_fault(): PFERR_RSVD in the index means "SMAP overridden by EFLAGS.AC".
     pfec = access & ACCESS_MASK
@@ -126,12 +131,14 @@ def walk(vcpu, mem, role, root: int, get_pdptr, rsvd, bad_mt: int, permissions, 
             errcode |= PFERR_PK
             fault = 1
     if fault:
-        return _error(role, addr, access, nested, True, False, errcode, prot, walked)
+        return _error(role, gva, access, nested, True, False, errcode, prot, walked)
 
     if translate is not None:
-        gpa = translate(gpa, pfec | PFERR_GUEST_FINAL, pte_access, addr)
-        if gpa.__class__ is Fault:
-            return gpa
+        # The final stage translates the page (gfn_to_gpa(gfn)); the offset is added after.
+        real = translate(gpa & ~0xFFF, pfec | PFERR_GUEST_FINAL, pte_access, addr)
+        if real.__class__ is Fault:
+            return real
+        gpa = real | (gpa & 0xFFF)
     if role.ad:
         # Accessed on every entry used, dirty on the leaf of a write (SDM 4.8).
         a_bit, d_bit = (1 << 8, 1 << 9) if ept else (1 << 5, 1 << 6)
@@ -156,10 +163,12 @@ def _error(role, addr, access, nested, present, is_rsvd, errcode, prot, walked) 
         else:
             qual |= EPTQ_READ
         qual |= (prot & 7) << 3
-        if access & PFERR_GUEST_FINAL:
+        # 7.x: the GVA is always valid; a paging-structure access is also a read, any other
+        # is the translation of the GVA.
+        if access & PFERR_GUEST_PAGE:
+            qual |= EPTQ_GVA_VALID | EPTQ_READ
+        elif access & PFERR_GUEST_FINAL:
             qual |= EPTQ_GVA_VALID | EPTQ_GVA_TRANSLATED
-        elif access & PFERR_GUEST_PAGE:
-            qual |= EPTQ_GVA_VALID
     # The stage bits travel in the error code for #NPF's exit_info_1.
     errcode |= access & (PFERR_GUEST_FINAL | PFERR_GUEST_PAGE)
     return Fault(errcode, addr, nested, qual)

@@ -109,8 +109,9 @@ def test_ept_execute_only_violation_and_misconfig():
     b, _tdp, _t2 = _nested("vmx")
     assert last(b, addr=0x7010, access="fetch")["gpa"] == 0x5_0010
     f = last(b, addr=0x7010, access="read")["fault"]
+    # KVM translates the final GPA's page (gfn_to_gpa(gfn)): the fault names the page.
     assert (f["to"], f["kind"], f["nested"], f["address"]) == ("L1", "ept_violation", True,
-                                                               0x4000_0010)
+                                                               0x4000_0000)
     # read access, executable (bit 5), GVA valid and translated (bits 7, 8)
     assert f["exit_qualification"] == 1 | (1 << 5) | (1 << 7) | (1 << 8)
     assert last(b, addr=0x8010, access="read")["fault"]["kind"] == "ept_misconfig"
@@ -134,7 +135,7 @@ def test_ept_accessed_dirty_on_guest_table_reads():
 def test_npt_fault_reports_stage_in_exit_info():
     b, _tdp, _t2 = _nested("svm")
     f = last(b, addr=0x7010, access="write")["fault"]
-    assert (f["to"], f["kind"], f["address"]) == ("L1", "npf", 0x4000_0010)
+    assert (f["to"], f["kind"], f["address"]) == ("L1", "npf", 0x4000_0000)   # the page
     assert f["exit_info_1"] == (1 << 32) | 1 | 2 | 4          # final, P|W|U
     f = last(b, addr=0x20_0010, access="read")["fault"]
     assert f["exit_info_1"] & (3 << 32) == 1 << 33 and f["exit_info_2"] == 0x7000_0000
