@@ -28,12 +28,19 @@ from refactor.cli import main
 from refactor.execute import Unit, run_units
 from refactor.execute.fuzz_campaign import factories, plan, run_fuzz
 from refactor.execute.localcluster import LocalCluster
-from test_execute import MUTANT, comparable
+from test_execute import MUTANT, comparable, port_mails, _verify_dict  # noqa: F401 (fixture)
+from test_verify import fake_engine, series_repo  # noqa: F401 (series_repo: a fixture)
+
+
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    with LocalCluster(workers=2) as c:
+    # The stand-in verify engine of tests/test_verify.py travels by reference: the workers
+    # import it from here.
+    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    with LocalCluster(workers=2, env={"PYTHONPATH": path}) as c:
         yield c
 
 
@@ -84,3 +91,56 @@ def test_a_worker_killed_mid_campaign_changes_nothing(tmp_path):
         assert killed.is_set() and c.workers[0].poll() is not None
         assert len(done) == len(list(plan(5, 120_000, MUTANT, 4_000)))  # each unit once
     assert comparable(report.summary()) == serial
+
+
+def test_port_matrix_on_the_cluster_is_the_single_process_report(cluster, trees, port_mails,
+                                                                  monkeypatch):
+    """Targets named relative to the user's directory: the workers run elsewhere."""
+    from refactor.execute.port_matrix import run_port
+    from refactor.port.engine import port_patches
+
+    versions = ("7.2", "6.1", "7.3")
+    common = Path(os.path.commonpath([trees[v] for v in versions]))
+    monkeypatch.chdir(common)
+    onto = [os.path.relpath(trees[v], common) for v in versions]
+    assert not any(Path(t).is_absolute() for t in onto)
+    serial = port_patches(port_mails, onto, porter=("T", "t@e"))
+    remote = run_port(port_mails, onto, porter=("T", "t@e"), cluster=cluster.address)
+    assert json.dumps(remote.to_json()) == json.dumps(serial.to_json())
+    assert [t["tree"] for t in remote.to_json()["targets"]] == onto
+
+
+def test_verify_of_two_series_steps_on_the_cluster(cluster, series_repo, tmp_path):
+    """Four commits (two of them the steps that change the walk) with the stand-in engine of
+    tests/test_verify.py (the Python model; a native build of a full tree per step is the
+    slow test below): the cluster's report is the single-process one."""
+    from refactor.execute.verify_steps import executor
+    from refactor.verify import verify_branch
+
+    kw = dict(names=None, events=3000, seed=3, engine=fake_engine)
+    serial = verify_branch(series_repo, "HEAD", "series", out_dir=tmp_path / "s", **kw)
+    remote = verify_branch(series_repo, "HEAD", "series", out_dir=tmp_path / "c",
+                           execute=executor(cluster=cluster.address), **kw)
+    assert _verify_dict(remote) == _verify_dict(serial)
+    assert sum(s.divergences for s in serial.steps) > 0
+
+
+@pytest.mark.slow
+def test_native_engines_travel_to_the_workers(cluster, tmp_path):
+    """The real native engine of the full 6.1 tree, shipped as bytes to two units (the
+    pristine engine against itself, as two steps): the cluster's tallies are the local ones."""
+    from test_build import full_tree
+
+    from refactor.execute.verify_steps import ShippedBuild, executor
+    from refactor.verify.check import CORPUS, build_native
+
+    build = build_native(full_tree("6.1"), None, None)
+    files = sorted(CORPUS.glob("*.jsonl"))
+    local = executor(jobs=1)(files, 1, 20_000, build, [build, build], 3)
+    remote = executor(cluster=cluster.address)(files, 1, 20_000, build, [build, build], 3)
+    assert ShippedBuild(build).sha
+    assert repr(remote[1]) == repr(local[1]) and remote[2] == local[2]
+    for k in ("0", "1"):
+        a, b = local[0][k], remote[0][k]
+        assert (a.events, a.divergences, a.bugs) == (b.events, b.divergences, b.bugs)
+    assert local[2]["0"] > 1000 and local[0]["0"].divergences == 0

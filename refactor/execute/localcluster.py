@@ -32,8 +32,12 @@ def _dask() -> list[str]:
 class LocalCluster:
     """`with LocalCluster(2) as c: ... c.address ... c.kill_worker(0)`."""
 
-    def __init__(self, workers: int = 2, threads: int = 1, start_timeout: float = 60.0):
+    def __init__(self, workers: int = 2, threads: int = 1, start_timeout: float = 60.0,
+                 env: dict[str, str] | None = None):
+        """`env`: added to the workers' environment (e.g. PYTHONPATH for tasks of tests).
+        Workers run in their own directory, not this one, as on another machine."""
         self.dir = Path(tempfile.mkdtemp(prefix="kvm-refactor-cluster-"))
+        self.env = dict(os.environ, **(env or {}))
         self.workers: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         sched = self.dir / "scheduler.json"
@@ -49,15 +53,19 @@ class LocalCluster:
             self.workers.append(self._spawn(f"worker{k}", [
                 "worker", self.address, "--nthreads", str(threads), "--no-nanny",
                 "--no-dashboard", "--dashboard-address", "127.0.0.1:0", "--host", "127.0.0.1",
-                "--local-directory", str(self.dir / f"worker{k}"), "--name", f"worker{k}"]))
+                "--local-directory", str(self.dir / f"worker{k}" / "dask"),
+                "--name", f"worker{k}"]))
         self.wait_for(workers, deadline)
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = self.dir / f"{name}.log"
         self.logs.append(log)
+        cwd = self.dir / name
+        cwd.mkdir()
         with log.open("wb") as fh:
             return subprocess.Popen(_dask() + args, stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+                                    env=self.env)
 
     def _check(self, deadline: float) -> None:
         for p, log in zip([self.scheduler, *self.workers], self.logs):
