@@ -344,8 +344,14 @@ def diverges(events: list[dict], make_old, make_new) -> bool:
     return rep.divergence is not None
 
 
-def shrink(events: list[dict], make_old, make_new, budget: float) -> list[dict]:
-    """ddmin over the events after the reset, within a time budget."""
+def shrink(events: list[dict], make_old, make_new, budget: float, still=None) -> list[dict]:
+    """ddmin over the events after the reset, within a time budget.
+
+    `still(events)`: whether a candidate still shows what is being shrunk (default: any
+    divergence of the two models)."""
+    if still is None:
+        def still(evs):
+            return diverges(evs, make_old, make_new)
     deadline = time.perf_counter() + budget
     head, body = events[:1], events[1:]
     n = 2
@@ -354,7 +360,7 @@ def shrink(events: list[dict], make_old, make_new, budget: float) -> list[dict]:
         removed = False
         for start in range(0, len(body), chunk):
             cand = body[:start] + body[start + chunk:]
-            if diverges(head + cand, make_old, make_new):
+            if still(head + cand):
                 body = cand
                 n = max(n - 1, 2)
                 removed = True

@@ -341,3 +341,37 @@ def test_the_fuzz_stream_ends_an_episode_at_a_failed_pdpte_load():
         failed += prev is not None
         entries += ev["ev"] == "nested_entry"
     assert failed >= 1 and entries > 500
+
+
+def test_a_fidelity_example_shrinks_to_a_difference_of_its_own_class(tmp_path):
+    """The shrinker keeps a cut only if its first difference has the original's class; any
+    difference would let a frequent class (a fault address...) stand for a rare one."""
+    from refactor.verify.fidelity import classify
+    from refactor.verify.run import Found, shrink_found
+
+    class Ref:
+        translations, translate_time = 0, 0.0
+
+        def apply(self, ev):
+            return {"ok": True} if ev["ev"] != "translate" else {"gpa": 0}
+
+    class Cand(Ref):
+        def __init__(self):
+            self.rsvd = False
+
+        def apply(self, ev):
+            if ev["ev"] == "cr4":
+                self.rsvd = True
+            if ev["ev"] == "translate":
+                return {"fault": {"error_code": 9}} if self.rsvd else {"gpa": 0, "ad": [(1, 32)]}
+            return {"ok": True}
+
+    episode = [{"ev": "reset"}, {"ev": "translate", "addr": 1, "access": "read"},
+               {"ev": "cr0", "val": 1}, {"ev": "cr4", "val": 16},
+               {"ev": "translate", "addr": 2, "access": "read"}]
+    f = Found("t", 5, episode[-1], {"gpa": 0}, {"fault": {"error_code": 9}}, episode)
+    path, n = shrink_found(f, Ref, Cand, tmp_path / "x.jsonl", 5.0, classify)
+    kept = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["ev"] for e in kept] == ["reset", "cr4", "translate"]
+    plain, _ = shrink_found(f, Ref, Cand, tmp_path / "y.jsonl", 5.0)
+    assert [json.loads(line)["ev"] for line in plain.read_text().splitlines()] == ["reset", "translate"]

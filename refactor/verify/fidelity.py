@@ -106,7 +106,7 @@ def model_fidelity(tree: Path, *, seed: int = 1, events: int = 1_000_000, corpus
               "native": jsonable(f.result)}
         if shrink_examples:
             path, n = shrink_found(f, lambda: old_model(rules), build.model,
-                                   out_dir / f"fidelity-seed{seed}-{k}.jsonl", 20.0)
+                                   out_dir / f"fidelity-seed{seed}-{k}.jsonl", 20.0, classify)
             ex["trace"], ex["trace_events"] = str(path), n
         report.examples[c] = ex
     for e in ref_errors:

@@ -177,8 +177,26 @@ class _Watched:
         return getattr(self.model, name)
 
 
-def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 30.0) -> tuple[Path, int]:
-    """ddmin the episode of a divergence (emulator/fuzz.py's shrinker) and write it."""
-    trace = shrink(found.episode, make_ref, lambda: _Watched(make_cand()), budget)
+def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 30.0,
+                 kind=None) -> tuple[Path, int]:
+    """ddmin the episode of a divergence (emulator/fuzz.py's shrinker) and write it.
+
+    `kind(ev, ref_result, cand_result)`: when given, a cut is kept only if the first
+    difference it shows is of the same kind as the original's (not just any difference)."""
+    still = None
+    if kind is not None:
+        want = kind(found.ev, found.base, found.result)
+
+        def still(events):
+            ref, cand = make_ref(), _Watched(make_cand())
+            for ev in events:
+                a = ref.apply(ev)
+                if "error" in a:
+                    return False
+                b = cand.apply(ev)
+                if a != b:
+                    return kind(ev, a, b) == want
+            return False
+    trace = shrink(found.episode, make_ref, lambda: _Watched(make_cand()), budget, still)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out, write_events(out, trace)
