@@ -139,6 +139,68 @@ def test_checkpatch_strict_finds_nothing_the_series_introduced(repo72, series72)
     assert {"COMMIT_LOG_LONG_LINE", "CODE_INDENT"} <= set(checkpatch_types(checkpatch, bad, repo72))
 
 
+_CONDITIONALS = ("preproc_if", "preproc_ifdef", "preproc_elif", "preproc_elifdef", "preproc_else")
+
+
+def locals_unused_somewhere(rel: str, old: bytes, new: bytes) -> list[str]:
+    """Locals a change declares that some preprocessor configuration leaves unused.
+
+    A declaration on an added line at the top of a function body needs a use
+    outside every #if/#ifdef of the function, else -Wunused-variable (an error in
+    KVM's -Werror build) fires where the conditionals leave none: paging_tmpl.h
+    is compiled once per PTTYPE.
+    """
+    import difflib
+
+    from refactor.frontend.ctype import text, walk_nodes
+    from refactor.frontend.parse import parse
+    from refactor.index.functions import top_level
+
+    def conditional(n, top):
+        n = n.parent
+        while n is not None and n != top:
+            if n.type in _CONDITIONALS:
+                return True
+            n = n.parent
+        return False
+
+    added = set()
+    ops = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False).get_opcodes()
+    for tag, _i1, _i2, j1, j2 in ops:
+        if tag in ("replace", "insert"):
+            added |= set(range(j1, j2))
+    out = []
+    for fn in top_level(parse(rel, new, want_macros=False).main.tree.root_node):
+        body = fn.child_by_field_name("body") if fn.type == "function_definition" else None
+        for decl in body.named_children if body is not None else []:
+            if decl.type != "declaration" or decl.start_point[0] not in added:
+                continue
+            for d in decl.children_by_field_name("declarator"):
+                inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
+                ids = [n for n in walk_nodes(inner) if n.type == "identifier"]
+                uses = [n for n in walk_nodes(body) if ids and n.type == "identifier" and text(n) == text(ids[-1])
+                        and not decl.start_byte <= n.start_byte < decl.end_byte]
+                if ids and all(conditional(u, body) for u in uses):
+                    out.append(f"{rel}:{decl.start_point[0] + 1}: {text(ids[-1])}")
+    return out
+
+
+def test_no_step_declares_a_local_some_configuration_leaves_unused(repo72, series72):
+    """Each commit's new locals are used outside #if (paging_tmpl.h is built per PTTYPE)."""
+    unused = []
+    for commit in git(repo72, "rev-list", "--reverse", "HEAD..pagewalk").split():
+        for rel in git(repo72, "diff-tree", "--no-commit-id", "--name-only", "-r", f"{commit}^", commit).split():
+            if rel.endswith((".c", ".h")):
+                old = subprocess.run(["git", "show", f"{commit}^:{rel}"], cwd=repo72, capture_output=True).stdout
+                new = subprocess.run(["git", "show", f"{commit}:{rel}"], cwd=repo72, capture_output=True).stdout
+                unused += locals_unused_somewhere(rel, old, new)
+    assert unused == []
+    # The check can fail: a local whose only use is under #if is found.
+    body = b"int f(struct kvm_mmu *mmu)\n{\n\tint r = 0;\n#if PTTYPE == 64\n\tr = mmu->x;\n#endif\n\treturn r;\n}\n"
+    hoisted = body.replace(b"\tint r = 0;\n", b"\tint r = 0;\n\tstruct kvm_pagewalk *w = mmu->w;\n")
+    assert locals_unused_somewhere("a.c", body, hoisted) == ["a.c:4: w"]
+
+
 def test_checkout_and_index_are_untouched(repo72, series72):
     _, _, (before, after) = series72
     assert "stray.c" in before and "ignored.h" in before

@@ -9,10 +9,13 @@ a named walker (`w = &vcpu->arch.gva_walk`) takes the walker's name, and the
 function's other reaches of that walker go through it.
 
 Never where it changes meaning: the chain's base must not be assigned in the
-function (nor declared without a value), and the name must be free.  The
-declaration goes with the other declarations at the top of the function:
-right after the base's own declaration when the base is a local, first
-otherwise.
+function (nor declared without a value), and the name must be free.  Never
+where the local could go unused: at least one use must be outside every
+`#if`/`#ifdef` of the function, since a header like paging_tmpl.h is compiled
+once per configuration of its conditionals and -Wunused-variable (an error in
+KVM's -Werror build) fires in each where no use is left.  The declaration goes
+with the other declarations at the top of the function: right after the
+base's own declaration when the base is a local, first otherwise.
 """
 from __future__ import annotations
 
@@ -58,6 +61,19 @@ def _prefixes(chain: str) -> list[str]:
     """`vcpu->arch.mmu` -> [vcpu, vcpu->arch, vcpu->arch.mmu]."""
     parts = re.split(r"(->|\.)", chain)
     return ["".join(parts[:i + 1]) for i in range(0, len(parts), 2)]
+
+
+_CONDITIONALS = ("preproc_if", "preproc_ifdef", "preproc_elif", "preproc_elifdef", "preproc_else")
+
+
+def _conditional(node: Node, top: Node) -> bool:
+    """Is node compiled only under a preprocessor conditional below `top`?"""
+    node = node.parent
+    while node is not None and node != top:
+        if node.type in _CONDITIONALS:
+            return True
+        node = node.parent
+    return False
 
 
 def _top_decls(body: Node) -> list[Node]:
@@ -131,7 +147,12 @@ class _FunctionLocals:
             if first is None:
                 return
             pos = self.data.rfind(b"\n", 0, first.start_byte) + 1
-            indent = re.match(rb"[ \t]*", self.data[pos:]).group()
+            if first.type.startswith("preproc_"):
+                # `#if` starts in column 0: indent one level in from the body's brace.
+                brace = self.data.rfind(b"\n", 0, self.body.start_byte) + 1
+                indent = re.match(rb"[ \t]*", self.data[brace:]).group() + b"\t"
+            else:
+                indent = re.match(rb"[ \t]*", self.data[pos:]).group()
             if first.type != "declaration":
                 line += "\n"  # a blank line between declarations and code
         self.add(pos, pos, indent.decode() + line + "\n", rule)
@@ -174,6 +195,8 @@ class _FunctionLocals:
                 continue
             if not self.stable(base) or f"{base}->{member}" in self.assigned:
                 continue
+            if all(_conditional(u, self.body) for u in uses):
+                continue  # unused, so an error under -Werror, where the conditionals leave no use
             name, init = rule["name"], f"{base}->{member}"
             named = self.named_mmu_walker(base) if rule.get("named_walker") else None
             if named:

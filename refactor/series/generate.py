@@ -124,6 +124,19 @@ def build_dirs(top: Path, base: str, config: str = "builtin") -> tuple[Path, Pat
     return work_dir() / f"series-{key}-src", work_dir() / f"series-{key}-out"
 
 
+def step_plans(tree: Path, names_spec: str, rules: Rules, steps: list[Step] | None = None, index=None):
+    """(k, step, plan) for each step: the tree as the series makes it after steps 1..k.
+
+    The index is read once with the whole refactor's rules: a stage's rules still
+    keep the members a later step removes, so an index read with them would find
+    the layout "unknown" and plan nothing.
+    """
+    steps = steps if steps is not None else load_steps(rules)
+    index = index if index is not None else build_index(tree, rules)
+    for k, step in enumerate(steps, 1):
+        yield k, step, plan_rewrite(tree, names_spec, staged(rules, steps, k), index)
+
+
 def _make_commits(top: Path, base: str, snap: Path, rules: Rules, steps: list[Step], names_spec: str, names,
                   branch: str, build: str | None, progress, jobs: int, name: str, email: str) -> SeriesResult:
     # The rewrite reads HEAD's blobs, never the working tree.
@@ -140,11 +153,12 @@ def _make_commits(top: Path, base: str, snap: Path, rules: Rules, steps: list[St
     previous_edits: set = set()
     farm_dir, out_dir = build_dirs(top, base, build or "builtin")
     result.config = build
+    plans = step_plans(snap, names_spec, rules, steps, index)
     try:
         for k, step in enumerate(steps, 1):
             if progress:
                 progress(k, len(steps), subject_line(step.subject, names), "start")
-            plan = plan_rewrite(snap, names_spec, staged(rules, steps, k), index)
+            _, _, plan = next(plans)
             if plan.humans:
                 result.humans = plan.humans
                 raise SeriesError(f"step {step.id}: {len(plan.humans)} sites need a human "
@@ -226,4 +240,4 @@ def _rewrite_file(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["SeriesError", "RulesError", "generate"]
+__all__ = ["SeriesError", "RulesError", "generate", "step_plans"]

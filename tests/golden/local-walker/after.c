@@ -34,3 +34,27 @@ static int two_mmus(struct kvm_vcpu *vcpu)
 	mmu = &vcpu->arch.root_mmu;
 	return level + mmu->w->cpu_role.base.level;
 }
+
+/*
+ * Every use is under #if: a local would be unused, an error under -Werror, in
+ * each instantiation where the condition is false (paging_tmpl.h's PTTYPE).
+ */
+static int pdptr_only_if_64(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, int level)
+{
+#if PTTYPE == 64
+	if (mmu->w->cpu_role.base.level == 3)
+		level = mmu->w->get_pdptr(vcpu, 0);
+#endif
+	return level + mmu->root_role.level;
+}
+
+/* A body that starts with #if: the local is indented as the code is, not as the #if. */
+static int level_after_if(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, int level)
+{
+	struct kvm_pagewalk *w = mmu->w;
+
+#if PTTYPE == 32
+	level += w->cpu_role.ext.cr4_pse;
+#endif
+	return level + w->cpu_role.base.level + mmu->root_role.level;
+}
