@@ -3,6 +3,11 @@
  * CPUID the Python model assumes: an Intel CPU with PSE-36, NX, 1 GiB pages,
  * long mode, SMEP, SMAP, PKU and LA57, MAXPHYADDR from the trace.  Installed
  * through the kernel's own kvm_set_cpuid(), as KVM_SET_CPUID2 does.
+ *
+ * The host supports what the guest is given: kvm_cpu_caps (what kvm_set_cpu_caps()
+ * finds on the host at module load) gets the guest's feature bits first.  7.x
+ * intersects guest CPUID with it (vcpu->arch.cpu_caps): left zero, shadow paging
+ * would treat every 1 GiB page as reserved (guest_cpu_cap_has(GBPAGES) false).
  */
 #include "harness.h"
 
@@ -29,6 +34,15 @@ void h_cpuid_setup(void *v, int maxphyaddr)
 		e2[i].ecx = leaves[i].ecx;
 		e2[i].edx = leaves[i].edx;
 	}
+	for (int c = 0; c < NR_KVM_CPU_CAPS &&
+			c < (int)(sizeof(reverse_cpuid) / sizeof(reverse_cpuid[0])); c++)
+		for (int i = 0; i < n; i++)
+			if (leaves[i].fn && reverse_cpuid[c].function == leaves[i].fn &&
+			    reverse_cpuid[c].index == 0) {
+				u32 regs[4] = { leaves[i].eax, leaves[i].ebx, leaves[i].ecx,
+						leaves[i].edx };
+				kvm_cpu_caps[c] |= regs[reverse_cpuid[c].reg & 3];
+			}
 	e2[n - 1].eax = maxphyaddr | (48 << 8);
 	if (kvm_set_cpuid(v, e2, n))
 		h_trap("kvm_set_cpuid() refused the harness CPUID");
