@@ -339,7 +339,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
             src = inc / "unit.c"
             src.write_text(f'#include "{udir / "unit.c"}"\n#include "{HARNESS / glue}"\n')
             jobs_c.append((["gcc", "-c", *CFLAGS, *meta["flags"], *meta.get("defines", []),
-                            f"-I{HARNESS}", f"-I{inc}", str(src), "-o", str(obj) + ".tmp"],
+                            f"-I{HARNESS}", f"-I{inc}", str(src), "-o", f"{obj}.{os.getpid()}.tmp"],
                            unit, None))
             compiled.append(unit)
         hkey = _sha(FORMAT, _compiler_version(), " ".join(HARNESS_CFLAGS),
@@ -347,7 +347,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         harness_o = root / "objs" / f"harness-{hkey}.o"
         if not harness_o.exists():
             jobs_c.append((["gcc", "-c", *HARNESS_CFLAGS, f"-I{HARNESS}",
-                            str(HARNESS / "harness.c"), "-o", str(harness_o) + ".tmp"],
+                            str(HARNESS / "harness.c"), "-o", f"{harness_o}.{os.getpid()}.tmp"],
                            "harness.c", None))
         t1 = time.perf_counter()
         if jobs_c:
@@ -361,7 +361,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
                     proc = run(["objcopy", "--weaken", str(out)])
                     if proc.returncode != 0:
                         raise EngineError(f"objcopy failed: {first_error(proc.stderr)}")
-                os.replace(out, out.with_suffix(""))
+                os.replace(out, out.with_suffix("").with_suffix(""))   # X.o.PID.tmp -> X.o
         times["compile"] = time.perf_counter() - t1
         objs.append(harness_o)
         key = _sha(FORMAT, *[o.name for o in objs])[:16]

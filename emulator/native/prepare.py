@@ -11,6 +11,7 @@ units are then preprocessed by running the command Kbuild used for the
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -222,7 +223,14 @@ def find_prepared(root: Path, tree: Path, units: list[str], jobs: int = 2,
         if h.digest(prep.inputs) == prep.digest:
             return prep, h
     say(f"configuring and preparing {tree} in {own} (Kbuild)")
-    prep = prepare(tree, own, units, jobs)
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{own.name}.lock", "w") as lock:
+        # Two builds of one tree at once would run Kbuild in one directory together.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        prep = Prepared.load(own)
+        if prep is None or sorted(prep.templates) != sorted(units) or \
+                Hasher(tree, own).digest(prep.inputs) != prep.digest:
+            prep = prepare(tree, own, units, jobs)
     return prep, Hasher(tree, own)
 
 

@@ -660,14 +660,19 @@ void *current_task = fake_task;
 static char out[65536];
 static int outn;
 
-static void put(const char *s)
+static void put_n(const char *s, int n)
 {
-	int n = strlen(s);
 	if (outn + n < (int)sizeof(out) - 1) {
 		memcpy(out + outn, s, n);
 		outn += n;
 	}
 }
+
+static void put(const char *s) { put_n(s, strlen(s)); }
+/* A string literal (a constant array, not a pointer): its length is known. */
+#define put(s) (__builtin_constant_p(s) && \
+		 __builtin_types_compatible_p(__typeof__(s), char[sizeof(s)]) ? \
+		 put_n((s), sizeof(s) - 1) : put(s))
 
 static void putf(const char *fmt, ...)
 {
@@ -698,12 +703,13 @@ static void put_str(const char *s)
 {
 	put("\"");
 	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			putf("\\%c", *s);
-		else if ((unsigned char)*s < 32)
+		if (*s == '"' || *s == '\\') {
+			char esc[2] = { '\\', *s };
+			put_n(esc, 2);
+		} else if ((unsigned char)*s < 32)
 			putf("\\u%04x", *s);
 		else
-			putf("%c", *s);
+			put_n(s, 1);
 	}
 	put("\"");
 }
