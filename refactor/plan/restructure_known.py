@@ -83,11 +83,3 @@ def plan_known_walkers(rel: str, data: bytes, rules: Rules, names: WalkerNames) 
                                   data[s:e].decode("utf-8", "replace"), data.count(b"\n", 0, s) + 1))
     return edits
 
-
-def apply_known_walkers(plan, rules: Rules, names: WalkerNames, apply) -> None:
-    """plan_known_walkers over every rewritten file of a plan."""
-    for rel in sorted(plan.results):
-        edits = plan_known_walkers(rel, plan.results[rel], rules, names)
-        if edits:
-            plan.post_edits.extend(edits)
-            plan.results[rel] = apply(plan.results[rel], edits)

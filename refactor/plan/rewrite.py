@@ -221,14 +221,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
         _walker_init_pass(plan, rules, names)
     if stage.introduce_walker:
         _locals_pass(plan, rules, names)
-        # SPTE permission checks through the MMU's format ([[spte_permissions]]).
-        from refactor.plan.restructure_spte import plan_spte_permissions
+        # Restructuring that reads the finished code (SPTE checks, known walkers, MMU locals).
+        from refactor.plan.restructure_post import apply_post_restructure
 
-        plan_spte_permissions(plan, files, rules, apply)
-        # The fault MMU's walker where the code states it is guest_mmu's ([[known_walker]]).
-        from refactor.plan.restructure_known import apply_known_walkers
-
-        apply_known_walkers(plan, rules, names, apply)
+        apply_post_restructure(plan, files, rules, names, apply)
     return plan
 
 
