@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/rewrite_bench.py --series
 	$(BIN)/python bench/lint_bench.py
 	$(BIN)/python bench/emulator_bench.py
+	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/native_bench.py
 	$(BIN)/python bench/port_bench.py
 	$(BIN)/python bench/upstream_bench.py

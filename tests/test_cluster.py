@@ -51,7 +51,7 @@ def _fuzz(args: list[str], out: Path) -> dict:
 
 
 def test_fuzz_campaign_on_the_cluster_is_the_single_process_run(cluster, tmp_path):
-    args = ["--seed", "5", "--events", "60000", "--mutant", "rule-nested-fault-test-ngpa"]
+    args = ["--seed", "5", "--events", "30000", "--mutant", "rule-nested-fault-test-ngpa"]
     local = _fuzz(args + ["--jobs", "1"], tmp_path / "local")
     remote = _fuzz(args + ["--cluster", cluster.address], tmp_path / "cluster")
     assert remote == local
@@ -74,7 +74,7 @@ def test_a_bad_address_is_one_line():
 
 def test_a_worker_killed_mid_campaign_changes_nothing(tmp_path):
     make_old, make_new = factories(MUTANT)
-    serial = comparable(run_fuzz(5, 120_000, MUTANT, make_old, make_new, tmp_path / "serial",
+    serial = comparable(run_fuzz(5, 80_000, MUTANT, make_old, make_new, tmp_path / "serial",
                                  jobs=1, unit_events=4_000).summary())
     with LocalCluster(workers=2) as c:
         done = []
@@ -86,10 +86,10 @@ def test_a_worker_killed_mid_campaign_changes_nothing(tmp_path):
                 c.kill_worker(0)        # units in flight on it, and results it held
                 killed.set()
 
-        report = run_fuzz(5, 120_000, MUTANT, make_old, make_new, tmp_path / "cluster",
+        report = run_fuzz(5, 80_000, MUTANT, make_old, make_new, tmp_path / "cluster",
                           cluster=c.address, unit_events=4_000, progress=progress)
         assert killed.is_set() and c.workers[0].poll() is not None
-        assert len(done) == len(list(plan(5, 120_000, MUTANT, 4_000)))  # each unit once
+        assert len(done) == len(list(plan(5, 80_000, MUTANT, 4_000)))  # each unit once
     assert comparable(report.summary()) == serial
 
 

@@ -83,13 +83,13 @@ def test_fuzz_cli_jobs_two_prints_what_jobs_one_prints(tmp_path):
     runner = CliRunner()
     outs = []
     for jobs in ("1", "2"):
-        r = runner.invoke(main, ["emulate", "fuzz", "--seed", "5", "--events", "60000",
+        r = runner.invoke(main, ["emulate", "fuzz", "--seed", "5", "--events", "30000",
                                  "--mutant", "rule-nested-fault-test-ngpa", "--jobs", jobs,
                                  "--out", str(tmp_path / jobs), "--format", "json"])
         assert r.exit_code == 1, r.output
         outs.append(comparable(json.loads(r.output)))
     assert outs[0] == outs[1]
-    assert outs[0]["events"] == 60_000 and outs[0]["divergences"] > 1
+    assert outs[0]["events"] == 30_000 and outs[0]["divergences"] > 1
 
 
 def test_a_unit_refuses_another_version():
