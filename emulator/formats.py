@@ -161,7 +161,11 @@ def permission_bitmap(role: CpuRole, ept: bool) -> list[int]:
         uf = (~u & 0xff) if pfec & PFERR_USER else 0
         ff = (~x & 0xff) if pfec & PFERR_FETCH else 0
         smepf = smapf = 0
-        if not ept:
+        if ept:
+            # EPT: a read (neither write nor fetch) needs R, which is ACC_USER here; the
+            # USER bit of the access is the L2 page's U/S (MBEC), not a right to check.
+            uf = 0 if pfec & (PFERR_WRITE | PFERR_FETCH) else (~u & 0xff)
+        else:
             kf = 0 if pfec & PFERR_USER else u
             if not role.nxe:
                 ff = 0

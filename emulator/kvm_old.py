@@ -15,8 +15,8 @@ x86.c, regs.c, vmx/nested.c, svm/nested.c).
 """
 from __future__ import annotations
 
-from .consts import (CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA,
-                     PFERR_FETCH, PFERR_GUEST_FINAL, PFERR_GUEST_PAGE, PFERR_IMPLICIT,
+from .consts import (ACC_USER, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMAP, CR4_SMEP,
+                     EFER_LMA, PFERR_FETCH, PFERR_GUEST_FINAL, PFERR_GUEST_PAGE, PFERR_IMPLICIT,
                      PFERR_PRESENT, PFERR_RSVD, PFERR_USER, PFERR_WRITE, rsvd_bits)
 from .formats import (calc_cpu_role, calc_ept_role, ept_bad_mt_xwr, ept_rsvd_masks,
                       guest_rsvd_masks, permission_bitmap, pkru_bitmap)
@@ -137,14 +137,11 @@ def translate_nested_gpa(vcpu, gpa, access, pte_access):
     mmu = vcpu.arch.mmu
     stage = access & (PFERR_GUEST_FINAL | PFERR_GUEST_PAGE)
     if vcpu.nested.vendor == "vmx":
-        # EPT: read rights are carried as USER; with EPT A/D, guest
-        # paging-structure accesses count as writes (SDM, EPT A/D flags).
-        if access & PFERR_WRITE or (stage & PFERR_GUEST_PAGE and vcpu.nested.ad):
-            access = PFERR_WRITE | stage
-        elif access & PFERR_FETCH:
-            access = PFERR_FETCH | stage
-        else:
-            access = PFERR_USER | stage
+        # vmx_translate_nested_gpa() (7.x): USER is the L2 page's effective U/S on the
+        # final stage, never the CPL; the EPT walk checks R/W/X from the access kind.
+        access &= ~PFERR_USER
+        if pte_access & ACC_USER and stage & PFERR_GUEST_FINAL:
+            access |= PFERR_USER
     else:
         # The APM treats nested-table accesses as user accesses.
         access = access | PFERR_USER

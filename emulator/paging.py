@@ -152,7 +152,8 @@ def _error(role, addr, access, nested, present, is_rsvd, errcode, prot, walked) 
     if is_rsvd:
         errcode = PFERR_RSVD | PFERR_PRESENT
     errcode |= access & (PFERR_WRITE | PFERR_USER)
-    if access & PFERR_FETCH and (role.nxe or role.smep or role.ept):
+    # has_pferr_fetch: EFER.NX or CR4.SMEP of the walker's role (never EPT's).
+    if access & PFERR_FETCH and (role.nxe or role.smep):
         errcode |= PFERR_FETCH
     qual = 0
     if role.ept:
