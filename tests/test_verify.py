@@ -375,3 +375,69 @@ def test_a_fidelity_example_shrinks_to_a_difference_of_its_own_class(tmp_path):
     assert [e["ev"] for e in kept] == ["reset", "cr4", "translate"]
     plain, _ = shrink_found(f, Ref, Cand, tmp_path / "y.jsonl", 5.0)
     assert [json.loads(line)["ev"] for line in plain.read_text().splitlines()] == ["reset", "translate"]
+
+
+class StubModel:
+    """The Python model, except that every translation reaches a trapping stub."""
+
+    def __init__(self):
+        self.model = old_model(load_rules())
+        self.translations = 0
+
+    def apply(self, ev):
+        if ev["ev"] == "translate":
+            return {"bug": "stub __sw_hweight64 called", "stub": True}
+        return self.model.apply(ev)
+
+
+class StubBuild(FakeBuild):
+    def model(self):
+        return StubModel()
+
+
+def stub_engine(tree: Path, *, cache_dir=None, progress=None):
+    return StubBuild(tree)
+
+
+def _one_line_exit_2(result, message):
+    """Exit 2 and one error line (after verify's progress lines on stderr), no traceback."""
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.output.splitlines() if not ln.startswith("verify: ")]
+    assert len(errors) == 1 and message in errors[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_tree_configured_in_place_is_one_line_and_exit_2(series_repo):
+    (series_repo / "arch/x86/kvm/mmu").mkdir()
+    (series_repo / "arch/x86/kvm/mmu/mmu.c").write_text("int y;\n")
+    (series_repo / "scripts").mkdir()
+    (series_repo / ".config").write_text("CONFIG_KVM=y\n")
+    result = CliRunner().invoke(main, ["verify", str(series_repo), "--branch", "series",
+                                       "--events", "10"])
+    _one_line_exit_2(result, "configured in place")
+
+
+def test_an_engine_that_cannot_be_built_is_one_line_and_exit_2(series_repo, monkeypatch):
+    import refactor.verify.check as check
+    from emulator.native import EngineError
+
+    def broken(tree, *, cache_dir=None, progress=None):
+        raise EngineError("cannot compile arch/x86/kvm/mmu/mmu.c: mmu.c:12: error: boom\nmore")
+    monkeypatch.setattr(check, "_engine", lambda: (broken, EngineError))
+    result = CliRunner().invoke(main, ["verify", str(series_repo), "--branch", "series",
+                                       "--events", "10"])
+    _one_line_exit_2(result, "mmu.c:12: error: boom")
+
+
+def test_a_stub_reached_by_the_pristine_tree_is_one_line_and_exit_2(series_repo, monkeypatch):
+    """A path the engine does not provide makes the run incomplete: never a pass."""
+    import refactor.verify.check as check
+
+    monkeypatch.setattr(check, "_engine", lambda: (stub_engine, VerifyError))
+    result = CliRunner().invoke(main, ["verify", str(series_repo), "--branch", "series",
+                                       "--events", "10"])
+    # The report is printed (results kept), then one error line; exit 2, not a pass.
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("kvm-refactor: error:") and "incomplete" in last
+    assert "stub __sw_hweight64 called" in last

@@ -133,8 +133,8 @@ def build_native(tree: Path, cache_dir, progress, engine=None):
     try:
         return build_engine(Path(tree), cache_dir=cache_dir, progress=progress)
     except EngineError as exc:
-        raise VerifyError(f"{tree}: {str(exc).splitlines()[0] if str(exc) else 'engine build failed'}") \
-            from None
+        first = str(exc).splitlines()[0] if str(exc) else "engine build failed"
+        raise VerifyError(first if first.startswith(f"{tree}:") else f"{tree}: {first}") from None
 
 
 def _functions(model, found: Found, sites: SiteMap) -> list[str]:
