@@ -61,9 +61,18 @@ def factories(models: dict) -> tuple[Callable, Callable]:
         rules = load_rules()
         names = rules.names(models.get("names") or "upstream")
         if models.get("engine") == "native":
+            import fcntl
+
+            from emulator.native.build import cache_root
             from emulator.native.engines import build_all, factory
 
-            builds = build_all(tuple(Path(t) for t in models["trees"]))
+            # Workers of one machine share the engine cache and its output directories:
+            # one builds (or finds the build) at a time.
+            lock = cache_root() / "execute-build.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            with lock.open("w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                builds = build_all(tuple(Path(t) for t in models["trees"]))
             pair = ((lambda: old_model(rules)), factory(builds[0])) if len(builds) == 1 \
                 else (factory(builds[0]), factory(builds[1]))
         else:

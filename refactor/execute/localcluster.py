@@ -2,7 +2,10 @@
 
 What the cluster tests and bench/cluster_bench.py run against, started the
 way a lab starts one (`dask scheduler`, `dask worker ADDRESS`), on loopback
-ports only.  Workers run without a nanny, so killing one is a lost worker.
+ports only.  Workers run without a nanny, so killing one is a lost worker.  They stay in the
+caller's session: with the kernel's autogroup scheduling a new session would get a
+CPU share of its own, which on a shared machine flatters the cluster against the
+local pool in the benchmark.
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ class LocalCluster:
         cwd.mkdir()
         with log.open("wb") as fh:
             return subprocess.Popen(_dask() + args, stdout=fh, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cwd,
+                                    stdin=subprocess.DEVNULL, cwd=cwd,
                                     env=self.env)
 
     def _check(self, deadline: float) -> None:
