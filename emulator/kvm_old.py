@@ -285,9 +285,11 @@ def kvm_init_shadow_ept_mmu(vcpu, execonly, accessed_dirty, level, new_eptp):
 
 def kvm_init_shadow_npt_mmu(vcpu, cr4, efer, nested_cr3):
     context = vcpu.arch.guest_mmu
-    # NPT uses L1's CR4/EFER format; CR0.WP is ignored, PKE/SMAP/SMEP do not apply.
-    cpu_role = calc_cpu_role(CR0_PG | CR0_WP, cr4 & ~(CR4_PKE | CR4_SMAP | CR4_SMEP), efer,
-                             True, vcpu.maxphy)
+    # NPT uses L1's CR4/EFER format; CR0.WP is ignored, PKE/SMAP do not apply.  SMEP stays:
+    # it cannot fault a walk that is always a user access, but makes a fetch fault report
+    # PFERR_FETCH (has_pferr_fetch: EFER.NX or CR4.SMEP, as KVM computes it before GMET).
+    cpu_role = calc_cpu_role(CR0_PG | CR0_WP, cr4 & ~(CR4_PKE | CR4_SMAP), efer, True,
+                             vcpu.maxphy)
     shadow_mmu_init_context(vcpu, context, cpu_role, ("npt", cpu_role.level))
 
 
