@@ -1,12 +1,14 @@
-"""`verify` as units: one unit per series step (or rewrite) of a tree.
+"""`verify` as units: series steps (or the rewrite) of a tree.
 
 verify builds the pristine engine and one per step (in order: the steps of a
 branch share one farm), then runs corpus + fuzz through the pristine engine
 and every step.  Steps never interact (each is compared with the pristine
-result of the same event), so a unit is one step: the pristine and the
-step's engine on the same streams.  Its Tally, the reference's bugs and the
-step's translation count come back as data; shrinking and the rewrite sites
-stay with refactor.verify.check.run_variants, as in a single-process run.
+result of the same event), so a unit is one step, or a group of steps: the
+pristine engine and theirs on the same streams (on local workers, one group
+per worker, since each unit runs the pristine engine too).  The tallies, the
+reference's bugs and the steps' translation counts come back as data;
+shrinking and the rewrite sites stay with run_variants, as in a single-process
+run.
 
 On a cluster a native engine travels with its unit: the executable's bytes,
 written once per worker into its engine cache under their SHA-256
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from refactor.verify.trees import VerifyError
 
-from . import Unit, current_context, run_units
+from . import Unit, current_context, default_jobs, run_units
 
 TASK = "refactor.execute.verify_steps:step_unit"
 
@@ -50,8 +52,8 @@ class ShippedBuild:
         return NativeBuild(b.tree, b.version, path, b.info).model()
 
 
-def step_unit(ref, cand, corpus: list, seed: int, events: int, keep: int) -> dict:
-    """The pristine engine and one step's on corpus + fuzz: its tally and translations."""
+def step_unit(ref, cands: dict, corpus: list, seed: int, events: int, keep: int) -> dict:
+    """The pristine engine and some steps' ({step number: build}) on corpus + fuzz."""
     from emulator.trace import TraceError
     from refactor.verify.run import RefBug, corpus_stream, fuzz_stream, run_streams
 
@@ -64,23 +66,23 @@ def step_unit(ref, cand, corpus: list, seed: int, events: int, keep: int) -> dic
             path.write_text(text)
             files.append(path)
         streams = [corpus_stream(files)] + ([fuzz_stream(seed, events)] if events else [])
-        cands = {"0": cand.model()} if not isinstance(cand, _NoStep) else {}
+        models = {name: b.model() for name, b in cands.items()}
         try:
-            _, tallies, ref_bugs = run_streams(streams, ref.model(), cands, keep)
+            _, tallies, ref_bugs = run_streams(streams, ref.model(), models, keep)
         except (TraceError, RefBug) as exc:
             return {"error": str(exc)}     # the message verify shows (TraceError does not pickle)
-    if not cands:
-        return {"ref_bugs": ref_bugs}
-    return {"tally": tallies["0"], "ref_bugs": ref_bugs, "translations": cands["0"].translations}
+    return {"tallies": tallies, "ref_bugs": ref_bugs,
+            "translations": {name: m.translations for name, m in models.items()}}
 
 
-class _NoStep:
-    def model(self):
-        return None
+def executor(jobs: int | None = None, cluster: str | None = None, progress=None,
+             steps_per_unit: int | None = None):
+    """The `execute` hook of refactor.verify.check.run_variants for these backends.
 
-
-def executor(jobs: int | None = None, cluster: str | None = None, progress=None):
-    """The `execute` hook of refactor.verify.check.run_variants for these backends."""
+    Every unit runs the pristine engine too, so on local workers the steps are
+    grouped into one unit per worker (the pristine engine runs `jobs` times, not
+    once per step); on a cluster each step is a unit (`steps_per_unit` overrides).
+    """
 
     def execute(files, seed, events, ref_build, builds, keep):
         ship = ShippedBuild if cluster else (lambda b: b)
@@ -88,19 +90,22 @@ def executor(jobs: int | None = None, cluster: str | None = None, progress=None)
         corpus = [(f.parent.name, f.name, f.read_text()) for f in files]
         ctx = current_context()
         ref = travel(ref_build)
-        units = [Unit(f"verify-step{i + 1}", TASK, {"ref": ref, "cand": travel(b),
-                                                    "corpus": corpus, "seed": seed,
-                                                    "events": events, "keep": keep}, ctx)
-                 for i, b in enumerate(builds)]
+        per = steps_per_unit or (1 if cluster else -(-len(builds) // (jobs or default_jobs())))
+        groups = [list(range(k, min(k + per, len(builds)))) for k in range(0, len(builds), per)]
+        units = [Unit(f"verify-steps{g[0] + 1}-{g[-1] + 1}", TASK,
+                      {"ref": ref, "cands": {str(i): travel(builds[i]) for i in g},
+                       "corpus": corpus, "seed": seed, "events": events, "keep": keep}, ctx)
+                 for g in groups] or [Unit("verify-pristine", TASK, {
+                     "ref": ref, "cands": {}, "corpus": corpus, "seed": seed, "events": events,
+                     "keep": keep}, ctx)]      # no step: the pristine engine alone, for its bugs
         step = progress or (lambda label=None, n=1: None)
         results = run_units(units, jobs=jobs, cluster=cluster, on_result=lambda uid, r: step(uid))
         ordered = [results[u.id] for u in units]
         for r in ordered:
             if "error" in r:
                 raise VerifyError(r["error"])
-        if not ordered:      # no step: the reference alone, for its bugs
-            return {}, step_unit(ref, _NoStep(), corpus, seed, events, keep)["ref_bugs"], {}
-        return ({str(i): r["tally"] for i, r in enumerate(ordered)}, ordered[0]["ref_bugs"],
-                {str(i): r["translations"] for i, r in enumerate(ordered)})
+        tallies = {k: v for r in ordered for k, v in r["tallies"].items()}
+        translations = {k: v for r in ordered for k, v in r["translations"].items()}
+        return tallies, ordered[0]["ref_bugs"], translations
 
     return execute
