@@ -187,6 +187,25 @@ class Learner:
                         self.add(na, nb)
         return True
 
+    def learn_rename(self, a: str, b: str, fresh: set[str]) -> None:
+        """From a line the patch replaces (`b`, as the target has it) and its replacement
+        (`a`, translated): only a local the patch renamed the way the layout renames them
+        (`mmu` -> `w`, `mmu` -> `gva_walk`).  The patch's name must not occur in the target
+        function, the target's must be one of its layout-typed variables, and the patch must
+        not declare the name as a new local (`fresh`): anything else the pair changes is the
+        patch's own change and stays."""
+        ta, tb = chains(a), chains(b)
+        if len(ta) != len(tb):
+            return
+        for x, y in zip(ta, tb):
+            if x == y:
+                continue
+            bx, by = x.split("->")[0].split(".")[0], y.split("->")[0].split(".")[0]
+            if (x[len(bx):] != y[len(by):] or not _IDENT.fullmatch(bx) or by not in self.target_vars
+                    or bx in self.target_idents or bx in fresh):
+                continue
+            self.add(bx, by)
+
     def apply(self, line: str) -> str:
         subs = {k: v for k, v in self.subs.items() if k not in self.bad}
         if not subs:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.lexicon import Vocabulary, declared_types, translate
+from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
+                                  learn_replaced_locals, target_types)
 from refactor.port.target import Target, arity
 from refactor.rules import cite
 
@@ -99,37 +101,6 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
     return FileContext(patch_types=types, words=words, defined_by_patch=defined)
 
 
-def _function_span(tlines: list[str], at: int) -> tuple[int, int]:
-    """First and last line of the function around line `at` (by the kernel's layout)."""
-    start = at
-    while start > 0 and not (tlines[start - 1][:1].isalpha() and "(" in tlines[start - 1]):
-        start -= 1
-    end = at
-    while end < len(tlines) and tlines[end] != "}":
-        end += 1
-    return max(start - 1, 0), end
-
-
-def _target_types(tlines: list[str], at: int, vocab: Vocabulary) -> dict[str, str]:
-    """Layout-typed variables of the target function around `at`.
-
-    Declarations say walker or MMU; in an old-layout function, where every
-    context is a struct kvm_mmu, the field a variable reaches tells which one
-    it is where that field exists in one role only (shadow_zero_check: the
-    builder's; guest_rsvd_check: the walker's).
-    """
-    lo, hi = _function_span(tlines, at)
-    body = tlines[lo:hi + 1]
-    types = declared_types(body, vocab)
-    rules = vocab.rules
-    for f in rules.mmu_fields.values():
-        if f.path == f.name:
-            continue
-        for m in re.finditer(rf"(\w+)->{re.escape(f.name)}(?!\w)", "\n".join(body)):
-            types[m.group(1)] = "walker" if f.moves_to_walker else "mmu"
-    return types
-
-
 def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
             kept: list[str]) -> tuple[str, int, str] | None:
     """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
@@ -154,35 +125,13 @@ def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: lis
     return best[:3] if best else None
 
 
-_HOISTED = re.compile(r"^\s*struct\s+(\w+)\s*\*\s*(\w+)\s*=\s*(.+?);\s*$")
-
-
-def _hoisted(line: str, vocab: Vocabulary) -> tuple[str, str] | None:
-    """(variable, initialiser) of a local that only names a walker or a page format:
-    `struct kvm_page_format *fmt = &w->fmt;`, `struct kvm_pagewalk *w = mmu->w;`."""
-    m = _HOISTED.match(line)
-    if m and m.group(1) in (vocab.rules.types["walker"], vocab.rules.types["format"]):
-        return m.group(2), m.group(3).strip()
-    return None
-
-
-def _inline(line: str, var: str, init: str) -> str:
-    """`line` with the local `var` replaced by what it was initialised to."""
-    if init.startswith("&"):
-        deref = init[1:] + "."          # &w->fmt: fmt->x is w->fmt.x
-    else:
-        deref = init + "->"             # mmu->w: w->x is mmu->w->x
-    line = re.sub(rf"(?<![\w>.]){re.escape(var)}\s*->", lambda _m: deref, line)
-    return re.sub(rf"(?<![\w>.]){re.escape(var)}(?!\w)", lambda _m: init, line)
-
-
 def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
                          learner: Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
     """A layout-typed local the added lines use but the target function lacks, where the
     hunk's context does not show its declaration: when the target function has exactly one
     layout-typed variable the hunk never names, that one is its counterpart (`w` for the
     `mmu` of an old function whose declaration lies outside the hunk)."""
-    lo, hi = _function_span(tlines, at)
+    lo, hi = function_span(tlines, at)
     body = "\n".join(tlines[lo:hi + 1])
     in_target = set(_IDENT.findall(body))
     hunk_text = "\n".join(t for _tag, t, _ in hunk.lines)
@@ -197,24 +146,78 @@ def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[st
         learner.add(unseen[0], spare[0])
 
 
+def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
+                            dst: Vocabulary, ctx: FileContext, res: HunkResult) -> HunkResult:
+    """A hunk found nowhere, in a function the target defines: its locals may be named
+    otherwise there (`fmt` for `rsvd_check`, `w` for `mmu`: the rewrite renames them, and a
+    hunk in the middle of the function does not show their declarations).  Where the patch
+    and the target function each have exactly one layout-typed variable of a kind that the
+    other lacks, they are the same variable: retry under the target's name.  If it still
+    fails, say where the function is, so that a human knows where to look."""
+    func = _function_of(hunk)
+    rel = fp.old_path or fp.path
+    defs = sorted(target.definitions(func) if func else [], key=lambda d: d[0] != rel)
+    defs = [d for d in defs if d[2] is not None or d[0].endswith(".c")]
+    if not defs:
+        return res
+    frel, line, _ar = defs[0]
+    tlines = target.lines(frel)
+    lo, hi = function_span(tlines, line - 1)
+    body = tlines[lo:hi + 1]
+    vocab = dst if direction == "forward" else src
+    ttypes = declared_types(body, vocab)
+    hunk_lines = [t for _tag, t, _ in hunk.lines] + [hunk.section]
+    ptypes = {**ctx.patch_types, **declared_types(hunk_lines, src if direction != "forward" else vocab)}
+    in_target = set(_IDENT.findall("\n".join(body)))
+    in_hunk = set(_IDENT.findall("\n".join(hunk_lines)))
+    group = {"walker": "pointer", "mmu": "pointer", "format": "format"}
+    renames = {}
+    for kind in ("pointer", "format"):
+        mine = [v for v, k in ptypes.items() if group[k] == kind and v in in_hunk and v not in in_target]
+        theirs = [v for v, k in ttypes.items() if group[k] == kind and v not in in_hunk]
+        if len(mine) == 1 and len(theirs) == 1:
+            renames[mine[0]] = theirs[0]
+    if renames:
+        pat = re.compile(r"(?<![\w>.])(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
+        lines = [(tag, pat.sub(lambda m: renames[m.group(1)], t), n) for tag, t, n in hunk.lines]
+        section = pat.sub(lambda m: renames[m.group(1)], hunk.section)
+        retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, section, lines),
+                           fp, target, direction, src, dst, ctx)
+        if retry.status != "conflict":
+            retry.rules.append(LOCAL_NAMES)
+            return retry
+        if retry.target_start is not None:
+            return retry
+    res.reason = (f"context differs for non-layout reasons: {func}() is at {frel}:{line} in the target, "
+                  f"but no place in it matches the hunk's lines")
+    return res
+
+
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
               dst: Vocabulary, ctx: FileContext) -> HunkResult:
+    inlined = False
+    if direction == "backport":
+        hunk, inlined = inline_added_locals(hunk, src)
     res = _port_hunk(hunk, fp, target, direction, src, dst, ctx)
+    if res.status == "conflict" and res.target_start is None:
+        res = _retry_with_local_names(hunk, fp, target, direction, src, dst, ctx, res)
+    if inlined and res.status != "conflict":
+        res.rules.append(INLINE_LOCAL)
     if res.status != "conflict" or direction != "backport":
         return res
     # Locals that exist only to name a walker or a page format (upstream's style) have
     # no counterpart in an old tree: inline them and try again.
-    gone = [_hoisted(a, src) for a, b in res.differing if b == "(not in the target)"]
+    gone = [hoisted(a, src) for a, b in res.differing if b == "(not in the target)"]
     gone = [g for g in gone if g]
     if not gone:
         return res
     lines = []
     for tag, text, n in hunk.lines:
-        h = _hoisted(text, src)
+        h = hoisted(text, src)
         if h and h in gone:
             continue
         for var, init in gone:
-            text = _inline(text, var, init)
+            text = inline(text, var, init)
         lines.append((tag, text, n))
     retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines),
                        fp, target, direction, src, dst, ctx)
@@ -249,8 +252,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     tlines = target.lines(frel)
     res.target_file = frel
 
-    ttypes = _target_types(tlines, at, dst if direction == "forward" else src)
-    lo, hi = _function_span(tlines, at)
+    ttypes = target_types(tlines, at, dst if direction == "forward" else src)
+    lo, hi = function_span(tlines, at)
     learner = Learner(ctx.words | set(ttypes), set(ttypes),
                        set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))))
     if direction == "backport":
@@ -282,7 +285,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         differing += [(pre_raw[kept_idx[k]], "(not in the target)") for k in missing]
         # A target line the patch lacks is fine when it only names a walker or a format
         # (a forward port onto upstream's style); any other is a difference.
-        allowed = [j for j in extra if direction == "forward" and _hoisted(tlines[j], dst)]
+        allowed = [j for j in extra if direction == "forward" and hoisted(tlines[j], dst)]
         differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]
         # A pair of unlike lines says less than a line missing on one side: weigh it more.
         cost = sum(1 if a.startswith("(not in") or b.startswith("(not in") or
@@ -302,9 +305,11 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             f"patch `{a.strip()}` vs target `{b.strip()}`" for a, b in res.differing[:3])
         res.rules = list(dict.fromkeys(rules))
         return res
-    for var, init in filter(None, (_hoisted(tlines[j], dst) for j in allowed)):
+    for var, init in filter(None, (hoisted(tlines[j], dst) for j in allowed)):
         learner.add(init, var)
         rules.append(USE_LOCAL)
+    if direction in ("backport", "forward"):
+        learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)
     _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 
     # Post-image: the target's own lines for context, translated added lines.
