@@ -217,3 +217,15 @@ def test_lint_paths_as_units_print_what_one_process_prints(trees, port_mails, tm
     bad = runner.invoke(main, ["lint", str(mini), str(tmp_path / "none.patch"),
                                "--jobs", "2"])
     assert bad.exit_code == 2 and "none.patch: no such file" in bad.output
+
+
+def test_cluster_without_the_extra_names_the_install_command(monkeypatch):
+    import sys
+
+    from refactor.cli import main
+
+    monkeypatch.setitem(sys.modules, "distributed", None)     # as if not installed
+    r = CliRunner().invoke(main, ["emulate", "fuzz", "--events", "10", "--cluster",
+                                  "tcp://127.0.0.1:9"])
+    assert r.exit_code == 2
+    assert "pip install 'kvm-refactor[cluster]'" in r.output and "Traceback" not in r.output

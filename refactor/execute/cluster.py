@@ -42,9 +42,8 @@ def run_cluster(units: Iterable[Unit], address: str, *, window: int | None = Non
     At most `window` units are in flight (default: 4 per worker thread), so the
     cut of a long campaign keeps pace with the cluster instead of preceding it.
     """
+    client = _client(address, timeout)      # first: says how to install Dask if it is missing
     from distributed import as_completed
-
-    client = _client(address, timeout)
     try:
         threads = sum(client.nthreads().values()) or 1
         window = window or 4 * threads
