@@ -168,6 +168,7 @@ def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged
     """
     from refactor.execute import ExecuteError
     from refactor.execute.lint_units import run_lint
+    from refactor.progress import bar
     from refactor.lint.registry import load_lint_rules
     from refactor.errors import PatchError
     from refactor.errors import RulesError
@@ -205,9 +206,10 @@ def lint_cmd(paths, fmt, baseline, write_baseline, tree, names, no_cache, staged
         # One unit per PATH (refactor/execute): trees on worker processes or --cluster.
         units = [("tree", path, None, None) if path != "-" and Path(path).is_dir()
                  else ("patch", path, *_read_patch(path)) for path in paths]
-        results = run_lint(units, names=names, use_cache=not no_cache,
-                           tree=tree if tree_index is not None else None, jobs=jobs,
-                           cluster=cluster)
+        with bar(len(units), "lint", unit="path") as step:
+            results = run_lint(units, names=names, use_cache=not no_cache,
+                               tree=tree if tree_index is not None else None, jobs=jobs,
+                               cluster=cluster, progress=step)
         for (kind, path, _, _), r in zip(units, results):
             if "error" in r:
                 raise r["error"]
