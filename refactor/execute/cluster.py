@@ -43,7 +43,7 @@ def run_cluster(units: Iterable[Unit], address: str, *, window: int | None = Non
     cut of a long campaign keeps pace with the cluster instead of preceding it.
     """
     client = _client(address, timeout)      # first: says how to install Dask if it is missing
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
     try:
         threads = sum(client.nthreads().values()) or 1
         window = window or 4 * threads
@@ -62,7 +62,13 @@ def run_cluster(units: Iterable[Unit], address: str, *, window: int | None = Non
         pending = as_completed(first, loop=client.loop)
         seen: set[str] = set()
         for fut in pending:
-            uid, result = fut.result()
+            try:
+                uid, result = fut.result()
+            except KilledWorker as exc:
+                # The same unit took down worker after worker: a crash of its own, not a
+                # lost machine (Dask's distributed.scheduler.allowed-failures).
+                raise ExecuteError(f"--cluster {address}: a unit killed every worker that ran "
+                                   f"it ({exc})") from None
             fut.release()
             nxt = next(it, None)
             if nxt is not None:
