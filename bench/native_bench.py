@@ -14,6 +14,8 @@ else runs); wall-clock figures and the load average are printed beside them.
 - batch (per tree): run_packed() of the packed stream; CPU seconds of the
   engine process plus this process's (reading and splitting the answers).
   `with pack` adds the encoding, as if only this tree ran.
+- blocks: run_blocks(), the same answers as one block of lines per chunk of
+  4,096 events (what comparing two trees needs: one `==` per chunk).
 - decoded: apply_many(), answers decoded into result dicts, wall clock.
 - sync: apply(), one pipe round trip per event (what run_pair does).
 `--cold` builds each engine in an empty cache directory (Kbuild configure and
@@ -68,7 +70,7 @@ def task_cpu(pid: int) -> float | None:
         return None
 
 
-def batch_run(build, chunks) -> tuple[float, float, float, float, list[bytes]]:
+def batch_run(build, chunks, blocks=False) -> tuple[float, float, float, float, list[bytes]]:
     """(wall, this process's CPU, engine CPU for the batch, engine start-up CPU, answer
     lines) of one engine process; the start-up (exec, kvm_ops_update) is paid once per
     process, which fuzz and verify keep across episodes."""
@@ -77,7 +79,7 @@ def batch_run(build, chunks) -> tuple[float, float, float, float, list[bytes]]:
     model.apply({"ev": "reset"})          # the process is up before timing
     pid = model._own.pid
     e0, p0, t0 = task_cpu(pid), time.process_time(), time.perf_counter()
-    lines = list(model.run_packed(chunks))
+    lines = list(model.run_blocks(chunks) if blocks else model.run_packed(chunks))
     wall, mine, e1 = time.perf_counter() - t0, time.process_time() - p0, task_cpu(pid)
     model.close()                          # waited for: its CPU time is counted
     total = children_cpu() - c0
@@ -147,6 +149,13 @@ def main() -> None:
               f"with pack {n / (cpu + packing):,.0f}/s = {py / (cpu + packing):.1f}x; "
               f"wall {wall:.3f} s: {n / wall:,.0f}/s; "
               f"{bugs} bug results; engine start-up and the rest {startup:.3f} s CPU")
+        wall, mine, engine, _startup, blocks = batch_run(build, chunks, blocks=True)
+        cpu = mine + engine
+        same = b"".join(blocks) == b"".join(x + b"\n" for x in lines)
+        print(f"  blocks: {cpu:.3f} s CPU (engine {engine:.3f}, driver {mine:.3f}): "
+              f"{n / cpu:,.0f} translations/s = {py / cpu:.1f}x the Python model; "
+              f"with pack {n / (cpu + packing):,.0f}/s = {py / (cpu + packing):.1f}x; "
+              f"wall {wall:.3f} s; answers {'equal to' if same else 'DIFFERENT from'} the lines")
         model = build.model()
         t0 = time.perf_counter()
         model.apply_many(events)

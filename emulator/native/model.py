@@ -199,8 +199,8 @@ class NativeModel:
         return EngineError(f"native engine for {self.build.tree} exited "
                            f"({proc.poll()}): {err[-1] if err else 'no message'}")
 
-    def _lines(self, proc: subprocess.Popen, count: int) -> list[bytes]:
-        """The next COUNT answer lines (without their newlines)."""
+    def _block(self, proc: subprocess.Popen, count: int) -> bytes:
+        """The next COUNT answer lines, as one block (each line ends with a newline)."""
         data = proc.h_pending
         have = data.count(b"\n")
         parts = [data]
@@ -216,9 +216,17 @@ class NativeModel:
             have += more.count(b"\n")
             parts.append(more)
         data = b"".join(parts)
-        lines = data.split(b"\n", count)
-        proc.h_pending = lines.pop()
-        return lines
+        # The engine may have answered part of the next chunk: cut after the COUNT-th line,
+        # found from the end (the lines beyond it are few).
+        end = data.rfind(b"\n")
+        for _ in range(have - count):
+            end = data.rfind(b"\n", 0, end)
+        proc.h_pending = data[end + 1:]
+        return data[:end + 1]
+
+    def _lines(self, proc: subprocess.Popen, count: int) -> list[bytes]:
+        """The next COUNT answer lines (without their newlines)."""
+        return self._block(proc, count).split(b"\n")[:-1] if count else []
 
     def apply(self, ev: dict) -> dict:
         proc = self._proc
@@ -241,10 +249,17 @@ class NativeModel:
         """Answer lines (bytes, no newline) for chunks of pack()ed events, pipelined: a
         writer thread sends the next chunk while this one's answers are read.  If the
         engine dies, the answers it gave come first, then EngineError."""
-        for lines in self._run_chunks(chunks):
-            yield from lines
+        for block in self.run_blocks(chunks):
+            yield from block.split(b"\n")[:-1]
 
-    def _run_chunks(self, chunks: Iterable[tuple[bytes, int, int]]) -> Iterator[list[bytes]]:
+    def run_blocks(self, chunks: Iterable[tuple[bytes, int, int]]) -> Iterator[bytes]:
+        """run_packed(), one block of newline-terminated answer lines per chunk: two
+        engines' chunks are compared with one `==` (split only where they differ)."""
+        for lines in self._run_chunks(chunks, blocks=True):
+            yield lines
+
+    def _run_chunks(self, chunks: Iterable[tuple[bytes, int, int]],
+                    blocks: bool = False) -> Iterator:
         proc = self._proc
         todo: queue.Queue = queue.Queue(maxsize=2)
         fd = proc.stdin.fileno()
@@ -262,19 +277,20 @@ class NativeModel:
         thread.start()
         counts: deque = deque()
         complete = False
+        read = self._block if blocks else self._lines
         try:
             for data, n, translations in chunks:
                 todo.put(data)
                 counts.append(n)
                 self.translations += translations
                 while len(counts) > 1:
-                    yield self._lines(proc, counts.popleft())
+                    yield read(proc, counts.popleft())
             while counts:
-                yield self._lines(proc, counts.popleft())
+                yield read(proc, counts.popleft())
             complete = True
         except _Died as died:
             if died.lines:
-                yield died.lines
+                yield b"".join(x + b"\n" for x in died.lines) if blocks else died.lines
             raise died.error from None
         finally:
             todo.put(None)
