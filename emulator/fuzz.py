@@ -232,34 +232,21 @@ class _Episode:
 
 
 def random_events(seed: int, count: int, episode: tuple[int, int] = (150, 600)) -> Iterator[dict]:
-    """Exactly `count` events, streamed."""
+    """Exactly `count` events, streamed episode by episode (at most 600 held at once)."""
     rng = random.Random(seed)
     produced = 0
     while produced < count:
-        ep = _Episode(rng)
-        ep.setup_l1()
-        length = rng.randrange(*episode)
-        emitted = 0
-        while emitted < length and produced < count:
-            if emitted == len(ep.events):
-                if ep.ended:
-                    break
-                ep.step()
-                continue
-            # Hand out what is built so far; the list is dropped with the episode.
-            ev = ep.events[emitted]
-            emitted += 1
-            produced += 1
-            yield ev
+        events = episode_events(rng, count - produced, episode)
+        produced += len(events)
+        yield from events
 
 
 def episode_events(rng: random.Random, limit: int,
                    episode: tuple[int, int] = (150, 600)) -> list[dict]:
-    """The next episode random_events() would draw from `rng` (at most `limit` events).
+    """The next episode of the stream drawn from `rng` (at most `limit` events).
 
-    refactor/execute cuts a campaign into episode ranges by the rng state at an
-    episode's start; tests/test_execute.py checks these episodes back to back
-    are random_events().
+    random_events() is these episodes back to back; refactor/execute cuts a
+    campaign into episode ranges by the rng state at an episode's start.
     """
     ep = _Episode(rng)
     ep.setup_l1()

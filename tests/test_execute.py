@@ -32,15 +32,6 @@ def comparable(summary: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("seed,count", [(1, 30_000), (3, 12_345), (5, 150), (9, 1)])
-def test_episodes_back_to_back_are_the_stream(seed, count):
-    rng = random.Random(seed)
-    events: list[dict] = []
-    while len(events) < count:
-        events += episode_events(rng, count - len(events))
-    assert events == list(random_events(seed, count))
-
-
 def test_units_cover_the_campaign_in_whole_episodes():
     units = list(plan(2, 50_000, MUTANT, unit_events=7_000))
     assert len(units) > 5
