@@ -4,6 +4,7 @@ a known MMU, the MMU locals kept for their walker, and the nesting tests
 kvm_translate_gpa() makes itself (rules/restructure.toml)."""
 from __future__ import annotations
 
+from refactor.plan.restructure_format import plan_const_walker_params, plan_format_params
 from refactor.plan.restructure_known import plan_known_walkers
 from refactor.plan.restructure_mmu_local import plan_mmu_locals
 from refactor.plan.restructure_nested import helper_defined, plan_nested_guards
@@ -14,7 +15,8 @@ from refactor.rules import Rules, WalkerNames
 def apply_post_restructure(plan, files, rules: Rules, names: WalkerNames, apply) -> None:
     plan_spte_permissions(plan, files, rules, apply)
     # Walkers are only written where the rewrite already changed the file...
-    for planner in (plan_known_walkers, plan_mmu_locals):
+    for planner in (plan_known_walkers, plan_mmu_locals, plan_const_walker_params,
+                    plan_format_params):
         for rel in sorted(plan.results):
             edits = planner(rel, plan.results[rel], rules, names)
             if edits:
