@@ -365,3 +365,21 @@ def test_series_patches_ported_back_onto_the_base_reverse_exactly(trees, rules, 
     for name, got in per_patch.items():
         if "Pass-struct-kvm_pagewalk-to-kvm_mmu_inva" in name or "Rename-struct-rsvd_bits_validate" in name:
             assert got["changed"] == 0, (name, got)
+
+
+def test_conflict_names_the_prerequisite_the_target_lacks(trees, targets, rules):
+    """A hunk whose context uses what an older tree predates (kvm_x86_call() on 6.1) says so
+    before the differing lines: what to backport first, not only that the lines differ."""
+    fix = make_mail(trees["7.3"], "arch/x86/kvm/x86.c",
+                    "\taccess |= PFERR_WRITE_MASK;\n\treturn gva_walk->gva_to_gpa(vcpu, gva_walk, gva, access, exception);",
+                    "\taccess |= PFERR_WRITE_MASK;\n\tif (!is_paging(vcpu))\n\t\treturn gva;\n"
+                    "\treturn gva_walk->gva_to_gpa(vcpu, gva_walk, gva, access, exception);")
+    on72 = port_one(read_mails(fix)[0], targets["7.2"], rules)
+    assert on72.result == "ported", on72.hunks[0].reason
+    assert added(on72.diff) == ["\tif (!is_paging(vcpu))", "\t\treturn gva;"]
+    on61 = port_one(read_mails(fix)[0], targets["6.1"], rules)
+    reason = on61.hunks[0].reason
+    assert on61.result == "conflict"
+    assert reason.startswith("missing prerequisite: kvm_x86_call() is not defined in the target; "
+                             "EXPORT_SYMBOL_FOR_KVM_INTERNAL() is not defined in the target; "
+                             "context differs for non-layout reasons: patch `u64 access = (kvm_x86_call"), reason

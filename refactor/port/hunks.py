@@ -156,9 +156,19 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
     fails, say where the function is, so that a human knows where to look."""
     func = _function_of(hunk)
     rel = fp.old_path or fp.path
-    defs = sorted(target.definitions(func) if func else [], key=lambda d: d[0] != rel)
-    defs = [d for d in defs if d[2] is not None or d[0].endswith(".c")]
+    if func == "FNAME":     # paging_tmpl.h's FNAME(name)(...): the name inside is the function
+        inner = next((m.group(1) for t in [hunk.section] + [x for _g, x, _ in hunk.lines]
+                      for m in [re.search(r"^\S.*\bFNAME\((\w+)\)\s*\(", t)] if m), None)
+        func = f"FNAME({inner})" if inner else None
+        text = target.text(rel) or ""
+        m = re.search(rf"^\S.*\bFNAME\({inner}\)\s*\(", text, re.M) if inner else None
+        defs = [(rel, text.count("\n", 0, m.start()) + 1, None)] if m else []
+    else:
+        defs = sorted(target.definitions(func) if func else [], key=lambda d: d[0] != rel)
+        defs = [d for d in defs if d[2] is not None or d[0].endswith(".c")]
     if not defs:
+        if func and func.startswith("FNAME("):
+            res.reason = f"code absent from the target: no place in {rel} matches, and it defines no {func}"
         return res
     frel, line, _ar = defs[0]
     tlines = target.lines(frel)
@@ -188,9 +198,42 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
             return retry
         if retry.target_start is not None:
             return retry
-    res.reason = (f"context differs for non-layout reasons: {func}() is at {frel}:{line} in the target, "
-                  f"but no place in it matches the hunk's lines")
+    # The hunk's lines beside the most similar lines of the target function.
+    norm_body = [norm(x) for x in body]
+    shown = []
+    for _tag, t, _ in hunk.lines:
+        if _tag == "+" or len(norm(t)) < 8 or norm(t) in norm_body:
+            continue
+        close = difflib.get_close_matches(norm(t), norm_body, n=1, cutoff=0.6)
+        if close:
+            shown.append(f"patch `{t.strip()}` vs target `{close[0]}`")
+        if len(shown) == 2:
+            break
+    vocab_t = dst if direction == "forward" else src
+    missing = _missing_names([translate(t, direction, vocab_t, dict(ctx.patch_types), other=dst.names).text
+                              for _g, t, _ in hunk.lines], target, ctx)
+    res.reason = ((f"missing prerequisite: {'; '.join(missing)}; " if missing else "")
+                  + f"context differs for non-layout reasons: {func}() is at {frel}:{line} in the target, "
+                  + "but no place in it matches the hunk's lines"
+                  + (f" ({'; '.join(shown)})" if shown else ""))
     return res
+
+
+_MEMBER = re.compile(r"(?:->|\.)\s*([A-Za-z_]\w*)")
+
+
+def _missing_names(lines: list[str], target: Target, ctx: FileContext) -> list[str]:
+    """Members and functions a conflicting hunk uses that the target never names: the
+    prerequisite a stable maintainer would have to backport first (`cpu_role` on 5.10)."""
+    text = re.sub(r'"(?:\\.|[^"\\])*"|/\*.*?\*/|//.*', "", "\n".join(lines))
+    known = target.identifiers() | ctx.defined_by_patch | _C_WORDS
+    # Layout names are translated by now: a member still unknown to the target (cpu_role on
+    # 5.10) is one it predates.
+    out = [f"`{m}` is not a member of any struct of the target"
+           for m in dict.fromkeys(_MEMBER.findall(text)) if m not in known]
+    out += [f"{f}() is not defined in the target" for f in dict.fromkeys(_FUNC_HEAD.findall(text))
+            if f not in known and f not in ctx.words]
+    return out[:4]
 
 
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
@@ -301,8 +344,11 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     rules: list[str] = [r for p in pre_t for r in p.rules]
     if res.differing:
         res.status = "conflict"
-        res.reason = "context differs for non-layout reasons: " + "; ".join(
-            f"patch `{a.strip()}` vs target `{b.strip()}`" for a, b in res.differing[:3])
+        missing = _missing_names([pre_t[i].text for i in kept_idx]
+                                 + [tr(t, types).text for tag, t, _ in hunk.lines if tag == "+"], target, ctx)
+        res.reason = ((f"missing prerequisite: {'; '.join(missing)}; " if missing else "")
+                      + "context differs for non-layout reasons: " + "; ".join(
+                          f"patch `{a.strip()}` vs target `{b.strip()}`" for a, b in res.differing[:3]))
         res.rules = list(dict.fromkeys(rules))
         return res
     for var, init in filter(None, (hoisted(tlines[j], dst) for j in allowed)):
