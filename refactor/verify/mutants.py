@@ -166,7 +166,8 @@ class MutantsReport:
         """The table: mutant, tree, changed C?, verdict, killed by / equivalent because."""
         lines = [f"{'mutant':<32} {'changed C':<9} {'verdict':<10} killed by / equivalent because"]
         for r in self.results:
-            state = "killed" if r.killed else ("equivalent" if r.by == "equivalent" else "SURVIVED")
+            state = ("killed" if r.killed else "equivalent" if r.by == "equivalent" else
+                     "NOT RUN" if r.by == "not executed" else "SURVIVED")
             changed = {True: "yes", False: "no", None: "-"}[r.changed_c]
             how = f"{r.by}: {r.detail}" if r.killed else r.detail
             lines.append(f"{r.name:<32} {changed:<9} {state:<10} {how}".rstrip())
@@ -226,8 +227,13 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
     except VerifyError as exc:
         if not str(exc).startswith(str(variant.src)):
             raise       # not the mutant's build (the pristine engine died...): bad input
-        # The pristine engine was built before: the mutant's C does not compile.
-        return MutantResult(m.name, m.what, str(tree), True, "build", str(exc)[:300],
+        if any(k in str(exc) for k in ("cannot compile", "cannot link", "cannot preprocess")):
+            # The pristine engine was built before: the mutant's C does not compile.
+            return MutantResult(m.name, m.what, str(tree), True, "build", str(exc)[:300],
+                                len(plan.results), sites)
+        # The engine cannot take this tree (e.g. its layout reader finds no walker pair):
+        # no verdict on the C, so not a kill.
+        return MutantResult(m.name, m.what, str(tree), False, "not executed", str(exc)[:300],
                             len(plan.results), sites)
     step = report.steps[0]
     if report.incomplete and not step.divergences:
