@@ -146,6 +146,9 @@ def plan_const_walker_params(rel: str, data: bytes, rules: Rules, names: WalkerN
                          if re.fullmatch(rf"{re.escape(walker_t)}\s*\*\s*\w+", text(x).strip())), None)
             if vidx is None or widx is None:
                 continue
+            pname = re.search(r"(\w+)\s*$", text(params[widx])).group(1)
+            if not _format_uses(fn.child_by_field_name("body"), pname, rule.params.get("member", "fmt")):
+                continue  # the walker itself is used: which one it is stays the caller's choice
             calls = [(c, caller) for caller in fns for c in walk_nodes(caller)
                      if c.type == "call_expression" and text(c.child_by_field_name("function")) == fname]
             mentions = len(re.findall(rf"(?<!\w){re.escape(fname)}(?!\w)", data.decode("utf-8", "replace")))
@@ -159,7 +162,6 @@ def plan_const_walker_params(rel: str, data: bytes, rules: Rules, names: WalkerN
                 continue
             member = seen.pop()
             vname = re.search(r"(\w+)\s*$", text(params[vidx])).group(1)
-            pname = re.search(r"(\w+)\s*$", text(params[widx])).group(1)
             _drop(add, params, widx, data)
             for n in walk_nodes(fn.child_by_field_name("body")):
                 if n.type != "identifier" or text(n) != pname:
