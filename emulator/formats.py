@@ -59,8 +59,9 @@ def calc_cpu_role(cr0: int, cr4: int, efer: int, guest_mode: bool, maxphy: int) 
                    # Protection keys exist only in IA-32e paging.
                    pke=lma and bool(cr4 & CR4_PKE),
                    la57=level == 5, lma=lma,
-                   # NX exists only in PAE and IA-32e entries.
-                   nxe=pae and bool(efer & EFER_NXE),
+                   # role.base.efer_nx is EFER.NX in every mode (a fetch fault then
+                   # reports PFERR_FETCH); 32-bit entries have no NX bit to check.
+                   nxe=bool(efer & EFER_NXE),
                    level=level, guest_mode=guest_mode, maxphy=maxphy)
 
 

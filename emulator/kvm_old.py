@@ -162,7 +162,8 @@ def nested_translator(vcpu, mmu: kvm_mmu):
 
 
 def nonpaging_gva_to_gpa(vcpu, mmu: kvm_mmu, vaddr, access):
-    return kvm_translate_gpa(vcpu, mmu, vaddr, access | PFERR_GUEST_FINAL, 0)
+    # With CR0.PG=0 every linear address is a user address (EPT MBEC): ACC_ALL.
+    return kvm_translate_gpa(vcpu, mmu, vaddr, access | PFERR_GUEST_FINAL, 7)
 
 
 def paging_gva_to_gpa(vcpu, mmu: kvm_mmu, addr, access):
@@ -363,8 +364,8 @@ def kvm_mmu_invalidate_addr(vcpu, mmu: kvm_mmu, addr, roots):
     # Addresses of the nested stage are nGPAs: there is no GVA TLB entry to drop.
     if mmu != vcpu.arch.guest_mmu:
         # INVLPG of a non-canonical address is a NOP (SDM); 7.x checks the host's width
-        # (is_noncanonical_invlpg_address(): 48 bits on a host without LA57).
-        if (addr & ((1 << 64) - 1)) >> 47 not in (0, (1 << 17) - 1):
+        # (is_noncanonical_invlpg_address()): 57 bits, the host here has LA57.
+        if (addr & ((1 << 64) - 1)) >> 56 not in (0, (1 << 8) - 1):
             return
         vcpu.notes.append(["flush_tlb_gva", addr, roots])
 
