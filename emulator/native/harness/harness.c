@@ -29,7 +29,9 @@ struct h_state h_state;
 
 /* ---- guest memory: L1 GPA space, sparse 4 KiB pages ------------------- */
 /* Every GPA exists and reads as zero until written, as in the Python model. */
-struct h_page { h_u64 gfn; unsigned char *hva, *shadow; };
+/* dirty: 64-byte lines that may be non-zero (written by the trace, or found changed
+ * by mem_sync); exposed: KVM got the page's address and may have written anywhere. */
+struct h_page { h_u64 gfn; unsigned char *hva, *shadow; uint64_t dirty; int exposed; };
 static struct h_page *pages;
 static unsigned long npages, cap_pages;
 
@@ -77,6 +79,24 @@ void *h_page(void)
 static unsigned char **spare;
 static unsigned long nspare, capspare;
 
+/*
+ * A page goes back to the spare list zeroed, hva and copy: only its dirty lines,
+ * unless KVM wrote somewhere mem_sync() did not see (page and copy differ).
+ */
+static void page_clean(struct h_page *p)
+{
+	if (p->exposed && memcmp(p->hva, p->shadow, 4096)) {
+		memset(p->hva, 0, 4096);
+		memset(p->shadow, 0, 4096);
+		return;
+	}
+	for (uint64_t d = p->dirty; d; d &= d - 1) {
+		unsigned off = __builtin_ctzll(d) * 64;
+		memset(p->hva + off, 0, 64);
+		memset(p->shadow + off, 0, 64);
+	}
+}
+
 static void mem_reset(void)
 {
 	for (unsigned long i = 0; i < cap_pages; i++)
@@ -85,6 +105,7 @@ static void mem_reset(void)
 				capspare = capspare ? 2 * capspare : 1024;
 				spare = realloc(spare, capspare * sizeof(*spare));
 			}
+			page_clean(&pages[i]);
 			spare[nspare++] = pages[i].hva;
 			spare[nspare++] = pages[i].shadow;
 		}
@@ -97,13 +118,11 @@ static void mem_reset(void)
 	npages = 0;
 }
 
+/* Spare pages are zeroed when they are given back (page_clean()). */
 static unsigned char *guest_page(void)
 {
-	if (nspare) {
-		unsigned char *p = spare[--nspare];
-		memset(p, 0, 4096);
-		return p;
-	}
+	if (nspare)
+		return spare[--nspare];
 	return h_page();
 }
 
@@ -192,6 +211,7 @@ static void mem_sync(h_u64 gfn_unused)
 				ad_bits[n_ad++] = now[i] & ~was[i];
 			}
 			was[i] = now[i];
+			p->dirty |= 1ull << (i >> 4);
 		}
 	}
 }
@@ -199,6 +219,7 @@ static void mem_sync(h_u64 gfn_unused)
 static unsigned long hva_for_kvm(h_u64 gfn)
 {
 	struct h_page *p = mem_page(gfn);
+	p->exposed = 1;
 	int t;
 	for (t = 0; t < n_touched && touched[t] != gfn; t++)
 		;
@@ -211,6 +232,7 @@ static void mem_write(h_u64 addr, h_u64 val, int size)
 {
 	struct h_page *p = mem_page(addr >> 12);
 	unsigned off = addr & 0xff8;
+	p->dirty |= 1ull << (off >> 6);
 	if (size == 8) {
 		memcpy(p->hva + off, &val, 8);
 		memcpy(p->shadow + off, &val, 8);
