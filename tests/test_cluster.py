@@ -99,7 +99,7 @@ def test_port_matrix_on_the_cluster_is_the_single_process_report(cluster, trees,
     from refactor.execute.port_matrix import run_port
     from refactor.port.engine import port_patches
 
-    versions = ("7.2", "6.1", "7.3")
+    versions = ("7.2", "6.1")
     common = Path(os.path.commonpath([trees[v] for v in versions]))
     monkeypatch.chdir(common)
     onto = [os.path.relpath(trees[v], common) for v in versions]
