@@ -392,6 +392,59 @@ def test_a_failure_after_the_branch_leaves_no_branch(repo72, monkeypatch, tmp_pa
     assert git(repo72, "branch", "--list", "gone") == ""
 
 
+def test_recipients_come_from_the_trees_get_maintainer(tmp_path):
+    """--to/--cc default: the tree's scripts/get_maintainer.pl, offline, on the series' diff."""
+    from test_build import full_tree
+
+    from refactor.series.cover import maintainers
+
+    full = full_tree("6.1")
+    repo = tmp_path / "linux"
+    for rel in ("scripts/get_maintainer.pl", "MAINTAINERS", "arch/x86/kvm/mmu/mmu.c"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(full / rel, repo / rel)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "checkout", "-q", "-b", "series")
+    (repo / "arch/x86/kvm/mmu/mmu.c").write_text((repo / "arch/x86/kvm/mmu/mmu.c").read_text() + "/* x */\n")
+    git(repo, "commit", "-qam", "change")
+    to, cc = maintainers(repo, base, "series")
+    # MAINTAINERS of 6.1: KERNEL VIRTUAL MACHINE FOR X86 (KVM/x86).
+    assert any("pbonzini@redhat.com" in t for t in to) and any("seanjc@google.com" in t for t in to), to
+    assert any("kvm@vger.kernel.org" in c for c in cc) and not set(to) & set(cc), cc
+    # A tree without the script (the subset tarballs) has no default recipients.
+    (repo / "scripts/get_maintainer.pl").unlink()
+    assert maintainers(repo, base, "series") == ([], [])
+
+
+def test_build_dirs_are_keyed_by_repository_base_and_config(tmp_path):
+    from refactor.series.generate import build_dirs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    one = build_dirs(a, "1" * 40, "builtin")
+    assert one != build_dirs(b, "1" * 40, "builtin")  # same branch name, another repository
+    assert one != build_dirs(a, "2" * 40, "builtin") and one != build_dirs(a, "1" * 40, "modules")
+    assert one == build_dirs(a, "1" * 40, "builtin")  # incremental across runs
+    assert one[0].name.endswith("-src") and one[1].name.endswith("-out")
+
+
+def test_build_on_a_tree_configured_in_place_is_one_line_before_any_work(repo72, tmp_path):
+    from refactor.kernel.build import BuildError
+
+    config = repo72 / ".config"
+    config.write_text("CONFIG_KVM=y\n")  # untracked: `git status` stays clean, Kbuild would refuse O=
+    try:
+        with pytest.raises(BuildError, match="please run make mrproper"):
+            generate(repo72, "upstream", "unclean", tmp_path / "out", build=True)
+    finally:
+        config.unlink()
+    assert git(repo72, "branch", "--list", "unclean") == ""
+
+
 def full_61_repo():
     from test_build import full_tree
 
@@ -437,3 +490,22 @@ def test_every_step_builds_with_kbuild(tmp_path, monkeypatch):
 def test_every_step_builds_in_other_configurations(tmp_path, monkeypatch, names, config):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
     series_builds(tmp_path, names, config)
+
+
+@pytest.mark.slow
+def test_every_step_behaves_as_its_base(tmp_path, monkeypatch):
+    """`series --verify`: each commit's own MMU code, run natively, against the base's (6.1)
+    on the corpus and a fuzz stream; "No functional change intended." only where it holds."""
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
+    tree = full_61_repo()
+    branch = f"pagewalk-verify-{int(time.time())}"
+    result = generate(tree, "upstream", branch, tmp_path / "out", verify=5000)
+    made = made_steps(result)
+    assert len(made) >= 14 and all(s.verify is not None for s in made)
+    assert all(s.verify.events >= 5000 and s.verify.translations > 0 for s in made)
+    assert [(s.subject, s.verify.divergences, s.verify.bugs) for s in made if s.verify.divergences] == []
+    for s in made:
+        message = git(tree, "log", "-1", "--format=%B", s.commit)
+        assert ("No functional change intended." in message) <= (s.verify.divergences == 0), s.subject
+    cover = (tmp_path / "out" / "0000-cover-letter.patch").read_text().replace("\n", " ")
+    assert f"{len(made)} of {len(made)} behave as the base" in cover

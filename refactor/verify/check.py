@@ -267,7 +267,8 @@ def _step_plan(tree: Path, names: str, i: int, v: Variant):
         filled = rules.names(names)
         upto = next(k for k, s in enumerate(steps, 1) if filled.fill(s.subject) == v.name)
         r = staged(rules, steps, upto)
-        plan = plan_rewrite(tree, names, r, build_index(tree, r))
+        # The index with the whole refactor's rules: with a stage's, the layout reads "unknown".
+        plan = plan_rewrite(tree, names, r, build_index(tree, rules))
     except Exception:  # the commit may not come from these rules: hunks still name the sites
         return None
     return plan
