@@ -15,7 +15,7 @@ else runs); wall-clock figures and the load average are printed beside them.
   engine process plus this process's (reading and splitting the answers).
   `with pack` adds the encoding, as if only this tree ran.
 - blocks: run_blocks(), the same answers as one block of lines per chunk of
-  4,096 events (what comparing two trees needs: one `==` per chunk).
+  16,384 events (what comparing two trees needs: one `==` per chunk).
 - decoded: apply_many(), answers decoded into result dicts, wall clock.
 - sync: apply(), one pipe round trip per event (what run_pair does).
 `--cold` builds each engine in an empty cache directory (Kbuild configure and
