@@ -76,6 +76,20 @@ def _conditional(node: Node, top: Node) -> bool:
     return False
 
 
+def _beside(uses: list[Node], base: str, member: str) -> bool:
+    """Some use sits in a condition or statement that also reads another member of `base`."""
+    stops = ("expression_statement", "declaration", "return_statement", "parenthesized_expression")
+    for u in uses:
+        top = u
+        while top.parent is not None and top.type not in stops:
+            top = top.parent
+        if any(n.type == "field_expression" and n is not u
+               and _squash(text(n.child_by_field_name("argument"))) == base
+               and text(n.child_by_field_name("field")) != member for n in _walk(top)):
+            return True
+    return False
+
+
 def _top_decls(body: Node) -> list[Node]:
     out = []
     for c in body.named_children:
@@ -191,7 +205,11 @@ class _FunctionLocals:
                 continue
             reads = sum(1 for u in uses if u.parent is not None and u.parent.type == "field_expression"
                         and u.parent.child_by_field_name("argument") == u and not _written(u.parent))
-            if reads < rule.get("min_field_reads", 1) and len(uses) < rule.get("min_uses", len(uses) + 1):
+            min_reads = rule.get("min_field_reads", 1)
+            if rule.get("named_walker") and self.named_mmu_walker(base):
+                min_reads = rule.get("named_min_field_reads", min_reads)
+            if reads < min_reads and len(uses) < rule.get("min_uses", len(uses) + 1) \
+                    and not (reads and rule.get("read_beside_base") and _beside(uses, base, member)):
                 continue
             if not self.stable(base) or f"{base}->{member}" in self.assigned:
                 continue

@@ -9,9 +9,7 @@ unsigned long get_l1_tdp_root(struct kvm_vcpu *vcpu);
 
 void deliver_fault(struct kvm_vcpu *vcpu, struct x86_exception *fault)
 {
-	struct kvm_pagewalk *w = vcpu->arch.mmu->w;
-
-	w->inject_page_fault(vcpu, fault, false);
+	vcpu->arch.mmu->w->inject_page_fault(vcpu, fault, false);
 }
 
 void nested_tdp_init(struct kvm_vcpu *vcpu)

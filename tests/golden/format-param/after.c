@@ -14,9 +14,7 @@ static bool is_rsvd_bits_set(struct kvm_page_format *fmt, u64 gpte, int level)
 
 bool prefetch_invalid_gpte(struct kvm_vcpu *vcpu, u64 gpte)
 {
-	struct kvm_pagewalk *w = vcpu->arch.mmu->w;
-
-	if (!w->cpu_role.base.level)
+	if (!vcpu->arch.mmu->w->cpu_role.base.level)
 		return true;
-	return is_rsvd_bits_set(&w->fmt, gpte, 1);
+	return is_rsvd_bits_set(&vcpu->arch.mmu->w->fmt, gpte, 1);
 }

@@ -36,8 +36,6 @@ void inject_emulated_page_fault(struct kvm_vcpu *vcpu, struct x86_exception *fau
 /* Asserting the opposite says nothing about guest_mmu. */
 u64 walk_root(struct kvm_vcpu *vcpu)
 {
-	struct kvm_pagewalk *w = vcpu->arch.mmu->w;
-
 	WARN_ON(mmu_is_nested(vcpu));
-	return w->get_guest_pgd(vcpu);
+	return vcpu->arch.mmu->w->get_guest_pgd(vcpu);
 }
