@@ -6,10 +6,11 @@ The rewrite turns `struct kvm_mmu *mmu = vcpu->arch.walk_mmu;` into
 MMU (load_pdptrs() frees its roots), and reaches the walker as `mmu->w`.  When
 the local is passed as an MMU only once and otherwise only reaches its walker,
 it was there for the walker: it becomes `struct kvm_pagewalk *w =
-&vcpu->arch.{gva};` (the walker of that MMU, or an existing local holding it),
-and the one MMU use names the MMU (`&vcpu->arch.root_mmu`), re-wrapped at the
-rule's width when it gets longer.  A local that is reassigned, or used for
-anything else (a field of the MMU), is left alone.
+&vcpu->arch.{gva};` (the walker of that MMU, under the name of a local that
+holds it already if there is one), and the one MMU use names the MMU (`&vcpu->arch.root_mmu`), re-wrapped at the
+rule's width when it gets longer.  A local that is reassigned, used for
+anything else (a field of the MMU), or never reaching the walker through ->w
+(another local holds it), is left alone.
 """
 from __future__ import annotations
 
@@ -66,8 +67,10 @@ def _split(rel, data, body: Node, decl: Node, m, walker: str, rule, names, walke
             return []  # the MMU itself is read or written: the local is the MMU's
     src = text(body)
     have = re.search(rf"{re.escape(walker_t)}\s*\*\s*(\w+)\s*=\s*&\s*{re.escape(arch)}\.{walker}\s*;", src)
-    if len(mmu_uses) != 1 or not (walker_uses or have):
-        return []  # not kept for a walker: an MMU local (init_kvm_shadow_mmu()'s context stays)
+    if len(mmu_uses) != 1 or not walker_uses:
+        # Not reaching a walker: an MMU local (init_kvm_shadow_mmu()'s context stays, also
+        # where another local holds the walker already).
+        return []
     wname = have.group(1) if have else rule.params.get("walker_name", "w")
     if have is None and any(n.type == "identifier" and text(n) == wname for n in walk_nodes(body)):
         return []  # the name is taken

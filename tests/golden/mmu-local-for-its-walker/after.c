@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* An MMU local needed as an MMU once, otherwise for its walker, gives way to a
- * walker local; the one MMU use names the MMU.  An MMU local read as an MMU stays. */
+ * walker local; the one MMU use names the MMU.  An MMU local read as an MMU stays,
+ * and so does one whose walker another local holds already (load_pdptrs here). */
 #include <linux/kvm_host.h>
 
 #define KVM_MMU_ROOT_CURRENT	1
@@ -10,13 +11,13 @@ struct kvm *vcpu_kvm(struct kvm_vcpu *vcpu);
 
 int load_pdptrs(struct kvm_vcpu *vcpu, unsigned long cr3)
 {
+	struct kvm_mmu *mmu = &vcpu->arch.root_mmu;
 	struct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;
 	u64 pdpte;
 
 	pdpte = gva_walk->get_pdptr(vcpu, 0);
 	if (pdpte != cr3)
-		kvm_mmu_free_roots(vcpu_kvm(vcpu), &vcpu->arch.root_mmu,
-				   KVM_MMU_ROOT_CURRENT);
+		kvm_mmu_free_roots(vcpu_kvm(vcpu), mmu, KVM_MMU_ROOT_CURRENT);
 	return 1;
 }
 

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* An MMU local needed as an MMU once, otherwise for its walker, gives way to a
- * walker local; the one MMU use names the MMU.  An MMU local read as an MMU stays. */
+ * walker local; the one MMU use names the MMU.  An MMU local read as an MMU stays,
+ * and so does one whose walker another local holds already (load_pdptrs here). */
 #include <linux/kvm_host.h>
 
 #define KVM_MMU_ROOT_CURRENT	1
