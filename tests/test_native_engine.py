@@ -215,7 +215,8 @@ def test_a_tree_changed_in_one_unit_compiles_that_unit_alone(engine_61):
             (root / "objs" / name).unlink(missing_ok=True)
         for unit in (root / "units").iterdir():
             text = unit / "unit.c"
-            if text.exists() and text.stat().st_mtime >= started and f"h_test_{token}".encode() in text.read_bytes():
+            if (text.exists() and text.stat().st_mtime >= started
+                    and f"h_test_{token}".encode() in text.read_bytes()):
                 shutil.rmtree(unit, ignore_errors=True)
 
 

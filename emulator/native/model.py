@@ -366,7 +366,8 @@ class NativeBuild:
         return NativeModel(self)
 
     def __repr__(self) -> str:
-        return f"NativeBuild({str(self.tree)!r}, {self.version!r}, {self.info.layout.get('layout')})"
+        layout = self.info.layout.get("layout") if self.info else None
+        return f"NativeBuild({str(self.tree)!r}, {self.version!r}, {layout})"
 
 
 def build_engine(tree: Path, *, cache_dir: Path | None = None, progress=None,

@@ -29,7 +29,8 @@ FIXED_INPUTS = ("Makefile", "arch/x86/Makefile", "arch/x86/kvm/Makefile",
                 "scripts/Makefile.build", "scripts/Makefile.lib", "scripts/Makefile.compiler",
                 "scripts/Makefile.extrawarn", "scripts/Makefile.host", "virt/kvm/Makefile.kvm")
 _CMD = re.compile(r"^(?:saved)?cmd_(\S+) := (.*)$", re.M)
-_DIAG = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:\d+:)? (?:fatal )?error: (?P<msg>.*)$", re.M)
+_DIAG = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?:\d+:)? (?:fatal )?error: (?P<msg>.*)$",
+                   re.M)
 
 
 class PrepareError(RuntimeError):
