@@ -15,6 +15,7 @@ objects of the units they have in common.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -206,6 +207,22 @@ def _write_atomic(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+def _has_unit(udir: Path) -> bool:
+    return (udir / "unit.c.gz").exists() or (udir / "unit.c").exists()
+
+
+def _unit_text(udir: Path) -> str | None:
+    """A cached unit's preprocessed text (gzip; entries written before that: plain)."""
+    try:
+        return gzip.decompress((udir / "unit.c.gz").read_bytes()).decode()
+    except OSError:
+        pass
+    try:
+        return (udir / "unit.c").read_text()
+    except OSError:
+        return None
+
+
 class UnitCache:
     """Preprocessed units by content, found from their dependencies without preprocessing."""
 
@@ -227,7 +244,7 @@ class UnitCache:
             return None
         for entry in entries:
             key = entry["hits"].get(self._direct(unit, entry["deps"]))
-            if key and (self.root / "units" / key / "unit.c").exists():
+            if key and _has_unit(self.root / "units" / key):
                 return key
         return None
 
@@ -277,9 +294,10 @@ def preprocess(tree: Path, prep: Prepared, cache: UnitCache, units: list[str], w
             meta["ops"] = ops_header(tree, text)
         key = _sha(FORMAT, unit, text, json.dumps(meta, sort_keys=True))
         dest = cache.root / "units" / key
-        if not (dest / "unit.c").exists():
+        if not _has_unit(dest):
             _write_atomic(dest / "meta.json", json.dumps(meta))
-            _write_atomic(dest / "unit.c", text)
+            # Compressed: 5-6 MB of text per unit version, a few hundred KB this way.
+            _write_atomic(dest / "unit.c.gz", gzip.compress(text.encode(), compresslevel=1))
         deps = sorted({r for p in dep_paths(dpath.read_text(errors="replace"))
                        if (r := cache.h.rel(os.path.normpath(p if p.startswith("/")
                                                                else str(prep.out / p))))})
@@ -336,8 +354,9 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
             inc.mkdir()
             (inc / "layout.h").write_text(layout_text)
             (inc / "ops.h").write_text(meta.get("ops", ""))
+            (inc / "kernel.c").write_text(_unit_text(udir))
             src = inc / "unit.c"
-            src.write_text(f'#include "{udir / "unit.c"}"\n#include "{HARNESS / glue}"\n')
+            src.write_text(f'#include "{inc / "kernel.c"}"\n#include "{HARNESS / glue}"\n')
             jobs_c.append((["gcc", "-c", *CFLAGS, *meta["flags"], *meta.get("defines", []),
                             f"-I{HARNESS}", f"-I{inc}", str(src), "-o", f"{obj}.{os.getpid()}.tmp"],
                            unit, None))
