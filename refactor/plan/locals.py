@@ -345,8 +345,8 @@ def _rename_typed(rel: str, data: bytes, fn: Node, rule, rules: Rules) -> list[E
         return []
     olds = []
     for n in _walk(fn):
-        if n.type in ("parameter_declaration", "declaration") and \
-                re.sub(r"\s+", " ", text(n.child_by_field_name("type") or n)) == want:
+        kinds = ("parameter_declaration",) if rule.get("params_only") else ("parameter_declaration", "declaration")
+        if n.type in kinds and re.sub(r"\s+", " ", text(n.child_by_field_name("type") or n)) == want:
             for d in n.children_by_field_name("declarator"):
                 t = text(d)
                 m = re.match(r"\*\s*(\w+)\s*(?:=|$)", t)

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* A pointer to the page format is called fmt. */
+/* A parameter pointing to the page format is called fmt; a local keeps its name. */
 #include <linux/kvm_host.h>
 
 static bool is_bad_mt_xwr(struct kvm_page_format *fmt, u64 pte)
@@ -9,7 +9,7 @@ static bool is_bad_mt_xwr(struct kvm_page_format *fmt, u64 pte)
 
 static u64 rsvd_bits(struct kvm_mmu *mmu, int level)
 {
-	struct kvm_page_format *fmt = &mmu->fmt;
+	struct kvm_page_format *rsvd_check = &mmu->fmt;
 
-	return fmt->rsvd_bits_mask[0][level];
+	return rsvd_check->rsvd_bits_mask[0][level];
 }

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-/* A pointer to the page format is called fmt. */
+/* A parameter pointing to the page format is called fmt; a local keeps its name. */
 #include <linux/kvm_host.h>
 
 static bool is_bad_mt_xwr(struct rsvd_bits_validate *rsvd_check, u64 pte)
