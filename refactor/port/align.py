@@ -144,6 +144,9 @@ class Learner:
         self.target_idents = target_idents  # every identifier of the target function
         self.subs: dict[str, str] = {}
         self.bad: set[str] = set()
+        # Struct names of the layout and their kind (pointer: MMU or walker; format): a
+        # pair of different kinds is a change of type, never a renaming.
+        self.type_kinds: dict[str, str] = {}
 
     def explained(self, a: str, b: str) -> bool:
         """Names that differ are all layout names (pointer and object forms may differ too),
@@ -156,8 +159,12 @@ class Learner:
         if not odd:
             return True
         mine, theirs = odd & ia - ib, odd & ib - ia
+        if len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars and not mine & self.target_idents:
+            return True
+        # A local renamed to a layout name (rsvd_check -> fmt, mmu -> w): one name each side.
+        mine, theirs = ia - ib, ib - ia
         return (len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars
-                and not mine & self.target_idents)
+                and not mine & self.target_idents and not mine & self.words)
 
     def add(self, a: str, b: str) -> None:
         if a in self.subs and self.subs[a] != b:
@@ -174,6 +181,9 @@ class Learner:
             return True
         for xs, ys in segs:
             if len(xs) != len(ys) or not all(self.explained(x, y) for x, y in zip(xs, ys)):
+                return False
+            if any(self.type_kinds.get(x, "") != self.type_kinds.get(y, "") for x, y in zip(xs, ys)
+                   if x in self.type_kinds or y in self.type_kinds):
                 return False
         for xs, ys in segs:
             for x, y in zip(xs, ys):

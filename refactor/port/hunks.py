@@ -299,6 +299,9 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     lo, hi = function_span(tlines, at)
     learner = Learner(ctx.words | set(ttypes), set(ttypes),
                        set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))))
+    t = src.rules.types
+    learner.type_kinds = {t["mmu"]: "pointer", t["walker"]: "pointer", t["format"]: "format",
+                          t["old_format"]: "format"}
     if direction == "backport":
         # Variables the hunk does not declare take the type the target gives them.
         for var, kind in ttypes.items():
