@@ -38,8 +38,8 @@ def compared(trees):
 
 def test_recall_and_precision_floors(compared):
     _, s = compared
-    assert s["recall"] >= 0.87, s
-    assert s["precision"] >= 0.96, s
+    assert s["recall"] >= 0.97, s
+    assert s["precision"] >= 0.99, s
 
 
 @pytest.mark.parametrize("unit", [
@@ -59,10 +59,34 @@ def test_recall_and_precision_floors(compared):
     # parameterize-permission-bitmask
     ("arch/x86/kvm/mmu/mmu.c", "__update_permission_bitmask"),
     ("arch/x86/kvm/mmu/mmu.c", "update_permission_bitmask"),
-    # format-pointer-name
+    # format-pointer-name (parameters; get_mmio_spte()'s local keeps rsvd_check)
     ("arch/x86/kvm/mmu/mmu.c", "__reset_rsvds_bits_mask"),
     ("arch/x86/kvm/mmu/spte.h", "is_rsvd_spte"),
+    ("arch/x86/kvm/mmu/mmu.c", "get_mmio_spte"),
+    # spte-permission-fault
+    ("arch/x86/kvm/mmu/spte.h", "spte_permission_fault"),
+    ("arch/x86/kvm/mmu/mmu.c", "fast_page_fault"),
+    ("arch/x86/kvm/mmu/tdp_mmu.c", "tdp_mmu_map_handle_target_level"),
+    ("arch/x86/kvm/mmu/mmu.c", "update_spte_permission_bitmask"),
+    ("arch/x86/kvm/mmu/mmu.c", "init_kvm_tdp_mmu"),
+    ("arch/x86/kvm/mmu/mmu.c", "shadow_mmu_init_context"),
+    # invalidate-addr-takes-walker (address types), nested-tdp-walker
+    ("arch/x86/kvm/mmu/mmu.c", "kvm_mmu_invpcid_gva"),
+    ("arch/x86/kvm/vmx/nested.c", "nested_ept_invalidate_addr"),
+    ("arch/x86/kvm/vmx/nested.c", "vmx_translate_nested_gpa"),
+    ("arch/x86/kvm/svm/nested.c", "svm_translate_nested_gpa"),
+    ("arch/x86/kvm/x86.c", "__kvm_inject_emulated_page_fault"),
+    # mmu-local-for-its-walker
+    ("arch/x86/kvm/regs.c", "load_pdptrs"),
+    # const-walker-param, format-param
+    ("arch/x86/kvm/mmu/mmu.c", "reset_rsvds_bits_mask_ept"),
+    ("arch/x86/kvm/mmu/paging_tmpl.h", "FNAME(is_rsvd_bits_set)"),
+    ("arch/x86/kvm/mmu/paging_tmpl.h", "FNAME(prefetch_invalid_gpte)"),
+    # local-walker: one read on its own keeps the chain
+    ("arch/x86/kvm/mmu/mmu.c", "kvm_mmu_sync_roots"),
+    ("arch/x86/kvm/mmu/paging_tmpl.h", "FNAME(fetch)"),
 ])
+
 def test_functions_as_upstream_wrote_them(compared, unit):
     units, _ = compared
     r = units[unit]
@@ -75,3 +99,11 @@ def test_no_walker_field_written_again_after_init_kvm_page_walk(compared):
                  "paging32_init_context", "paging64_init_context"):
         r = units[("arch/x86/kvm/mmu/mmu.c", name)]
         assert not r.extras, f"{name}: lines upstream does not have: {r.extras}"
+
+
+def test_nesting_test_kvm_translate_gpa_makes_is_dropped(compared):
+    # translate-gpa-tests-nesting: kvm_hv_flush_tlb() differs from 7.3 only by the
+    # Hyper-V TLB-flush FIFO rework of the same release (another series).
+    units, _ = compared
+    r = units[("arch/x86/kvm/hyperv.c", "kvm_hv_flush_tlb")]
+    assert r.up_lines and r.matched_up == r.up_lines and not r.extras, (r.misses, r.extras)
