@@ -142,16 +142,8 @@ def test_checkpatch_strict_finds_nothing_the_series_introduced(repo72, series72)
 _CONDITIONALS = ("preproc_if", "preproc_ifdef", "preproc_elif", "preproc_elifdef", "preproc_else")
 
 
-def locals_unused_somewhere(rel: str, old: bytes, new: bytes) -> list[str]:
-    """Locals a change declares that some preprocessor configuration leaves unused.
-
-    A declaration on an added line at the top of a function body needs a use
-    outside every #if/#ifdef of the function, else -Wunused-variable (an error in
-    KVM's -Werror build) fires where the conditionals leave none: paging_tmpl.h
-    is compiled once per PTTYPE.
-    """
-    import difflib
-
+def _unconditional_uses(rel: str, src: bytes) -> dict[tuple[str, str], int]:
+    """(function, local) -> uses of each top-level local outside every #if/#ifdef of its function."""
     from refactor.frontend.ctype import text, walk_nodes
     from refactor.frontend.parse import parse
     from refactor.index.functions import top_level
@@ -164,25 +156,41 @@ def locals_unused_somewhere(rel: str, old: bytes, new: bytes) -> list[str]:
             n = n.parent
         return False
 
-    added = set()
-    ops = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False).get_opcodes()
-    for tag, _i1, _i2, j1, j2 in ops:
-        if tag in ("replace", "insert"):
-            added |= set(range(j1, j2))
-    out = []
-    for fn in top_level(parse(rel, new, want_macros=False).main.tree.root_node):
+    out = {}
+    for fn in top_level(parse(rel, src, want_macros=False).main.tree.root_node):
         body = fn.child_by_field_name("body") if fn.type == "function_definition" else None
-        for decl in body.named_children if body is not None else []:
-            if decl.type != "declaration" or decl.start_point[0] not in added:
+        if body is None:
+            continue
+        d = fn.child_by_field_name("declarator")
+        while d is not None and d.type != "function_declarator":
+            d = d.child_by_field_name("declarator")
+        name = text(d.child_by_field_name("declarator")) if d is not None else str(fn.start_point[0])
+        for decl in body.named_children:
+            if decl.type != "declaration":
                 continue
             for d in decl.children_by_field_name("declarator"):
                 inner = d.child_by_field_name("declarator") if d.type == "init_declarator" else d
                 ids = [n for n in walk_nodes(inner) if n.type == "identifier"]
-                uses = [n for n in walk_nodes(body) if ids and n.type == "identifier" and text(n) == text(ids[-1])
-                        and not decl.start_byte <= n.start_byte < decl.end_byte]
-                if ids and all(conditional(u, body) for u in uses):
-                    out.append(f"{rel}:{decl.start_point[0] + 1}: {text(ids[-1])}")
+                if ids:
+                    local = text(ids[-1])
+                    out[(name, local)] = sum(1 for n in walk_nodes(body) if n.type == "identifier"
+                                             and text(n) == local and not conditional(n, body)
+                                             and not decl.start_byte <= n.start_byte < decl.end_byte)
     return out
+
+
+def locals_unused_somewhere(rel: str, old: bytes, new: bytes) -> list[str]:
+    """Locals a change leaves unused in some preprocessor configuration.
+
+    A local the change declares, or one the old code used, needs a use outside
+    every #if/#ifdef of its function, else -Wunused-variable (an error in KVM's
+    -Werror build) fires where the conditionals leave none: paging_tmpl.h is
+    compiled once per PTTYPE.  (Old code's own locals used only under #if are
+    the old code's.)
+    """
+    before, after = _unconditional_uses(rel, old), _unconditional_uses(rel, new)
+    return sorted(f"{rel}: {fn}: {local}" for (fn, local), n in after.items()
+                  if n == 0 and before.get((fn, local), 1) > 0)
 
 
 def test_no_step_declares_a_local_some_configuration_leaves_unused(repo72, series72):
@@ -198,7 +206,13 @@ def test_no_step_declares_a_local_some_configuration_leaves_unused(repo72, serie
     # The check can fail: a local whose only use is under #if is found.
     body = b"int f(struct kvm_mmu *mmu)\n{\n\tint r = 0;\n#if PTTYPE == 64\n\tr = mmu->x;\n#endif\n\treturn r;\n}\n"
     hoisted = body.replace(b"\tint r = 0;\n", b"\tint r = 0;\n\tstruct kvm_pagewalk *w = mmu->w;\n")
-    assert locals_unused_somewhere("a.c", body, hoisted) == ["a.c:4: w"]
+    assert locals_unused_somewhere("a.c", body, hoisted) == ["a.c: f: w"]
+    # ...and a local whose last use the change replaced (the MMU local once its walker is hoisted).
+    old = b"void g(struct kvm_vcpu *vcpu)\n{\n\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n\n" \
+          b"\tcontext->w->get_pdptr = kvm_pdptr_read;\n}\n"
+    new = old.replace(b"root_mmu;\n", b"root_mmu;\n\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
+    assert locals_unused_somewhere("a.c", old, new.replace(b"context->w->", b"gva_walk->")) == ["a.c: g: context"]
+    assert locals_unused_somewhere("a.c", old, old) == []
 
 
 def test_checkout_and_index_are_untouched(repo72, series72):

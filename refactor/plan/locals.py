@@ -90,6 +90,24 @@ def _beside(uses: list[Node], base: str, member: str) -> bool:
     return False
 
 
+def _pointer_written(node: Node) -> bool:
+    """Is the member access itself written or its address taken (not a member of what it points to)?"""
+    parent = node.parent
+    if parent is None:
+        return False
+    if parent.type == "assignment_expression":
+        return parent.child_by_field_name("left") == node
+    return parent.type == "update_expression" or (parent.type == "pointer_expression"
+                                                  and text(parent).startswith("&"))
+
+
+def _uses_left(body: Node, name: str, decl: Node, replaced: list[Node]) -> int:
+    """Uses of `name` in the body outside its declaration and the nodes about to be replaced."""
+    spans = [(n.start_byte, n.end_byte) for n in replaced] + [(decl.start_byte, decl.end_byte)]
+    return sum(1 for n in _walk(body) if n.type == "identifier" and text(n) == name
+               and not any(a <= n.start_byte < b for a, b in spans))
+
+
 def _top_decls(body: Node) -> list[Node]:
     out = []
     for c in body.named_children:
@@ -215,6 +233,9 @@ class _FunctionLocals:
                 continue
             if all(_conditional(u, self.body) for u in uses):
                 continue  # unused, so an error under -Werror, where the conditionals leave no use
+            if root in self.locals and root not in self.params and \
+                    not _uses_left(self.body, root, self.locals[root][0], uses):
+                continue  # the base local would be left unused (walker-only-local's case, when it cannot)
             name, init = rule["name"], f"{base}->{member}"
             named = self.named_mmu_walker(base) if rule.get("named_walker") else None
             if named:
@@ -261,7 +282,8 @@ class _FunctionLocals:
                 par = n.parent
                 if par.type == "field_expression" and text(par.child_by_field_name("field")) == "w" \
                         and text(par.child_by_field_name("operator") or par.children[1]) == "->" \
-                        and not _written(par):
+                        and not _pointer_written(par):
+                    # Reads and writes of the walker's fields (`fault_mmu->w->x = y`) alike.
                     reads.append(par)
                 elif par.type == "assignment_expression" and par.child_by_field_name("left") == n \
                         and text(par.child_by_field_name("operator") or par.children[1]) == "=" \

@@ -29,3 +29,12 @@ void inject_emulated_page_fault(struct kvm_vcpu *vcpu, struct x86_exception *fau
 	kvm_mmu_invalidate_addr(vcpu, fault_walk, 0, 1);
 	fault_walk->inject_page_fault(vcpu, fault, false);
 }
+
+/* Written through only (the walker's fields, not the pointer): the local is the walker. */
+static void set_callbacks(struct kvm_vcpu *vcpu)
+{
+	struct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;
+
+	gva_walk->get_pdptr         = kvm_pdptr_read;
+	gva_walk->inject_page_fault = kvm_inject_page_fault;
+}

@@ -23,3 +23,12 @@ void inject_emulated_page_fault(struct kvm_vcpu *vcpu, struct x86_exception *fau
 	kvm_mmu_invalidate_addr(vcpu, fault_mmu, 0, 1);
 	fault_mmu->inject_page_fault(vcpu, fault, false);
 }
+
+/* Written through only (the walker's fields, not the pointer): the local is the walker. */
+static void set_callbacks(struct kvm_vcpu *vcpu)
+{
+	struct kvm_mmu *context = &vcpu->arch.root_mmu;
+
+	context->get_pdptr         = kvm_pdptr_read;
+	context->inject_page_fault = kvm_inject_page_fault;
+}
