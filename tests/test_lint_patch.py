@@ -135,3 +135,42 @@ def test_walker_names_from_the_patch_or_option():
     assert f.fix == "&vcpu->arch.cpu_walk"  # preset v1 recognised in the text
     (f,) = lint_patches(patch, "p", names="gva=g,ngpa=n")
     assert f.fix == "&vcpu->arch.g"
+
+
+def _hunk(path: str, pre: list[str], post: list[str], context_before: str, context_after: str) -> str:
+    body = [f" {context_before}"] + [f"-{x}" for x in pre] + [f"+{x}" for x in post] + [f" {context_after}"]
+    return (f"--- a/{path}\n+++ b/{path}\n@@ -1,{len(pre) + 2} +1,{len(post) + 2} @@ static void f(struct kvm_vcpu *vcpu)\n"
+            + "\n".join(body) + "\n")
+
+
+def test_a_finding_the_replaced_line_already_had_is_not_the_patchs():
+    # A line changed for another reason keeps its old-layout name: carried, not introduced.
+    carried = _hunk("arch/x86/kvm/mmu/mmu.c", ["\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;"],
+                    ["\tstruct kvm_pagewalk *w = vcpu->arch.walk_mmu->w;"], "{", "\tx();")
+    assert lint_patches(carried, "carried.patch") == []
+    # One more use than the patch removes is the patch's own.
+    more = _hunk("arch/x86/kvm/mmu/mmu.c", ["\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;"],
+                 ["\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;", "\tstruct kvm_mmu *m2 = vcpu->arch.walk_mmu;"],
+                 "{", "\tx();")
+    (f,) = lint_patches(more, "more.patch")
+    assert f.rule == "KVM001" and f.line == 3
+    # A renamed local of the old struct's type: the struct was on the removed line too.
+    renamed = _hunk("arch/x86/kvm/mmu/mmu.c", ["\tstruct rsvd_bits_validate *rsvd_check;"],
+                    ["\tstruct rsvd_bits_validate *fmt;"], "{", "\tint level;")
+    assert lint_patches(renamed, "renamed.patch") == []
+    added = _hunk("arch/x86/kvm/mmu/mmu.c", [], ["\tstruct rsvd_bits_validate *fmt;"], "{", "\tint level;")
+    assert [f.rule for f in lint_patches(added, "added.patch")] == ["KVM004"]
+
+
+def test_a_removed_member_reached_for_its_walker_is_a_move_in_progress():
+    # `nested_mmu.w = ...` only exists while both layouts do (a series' first patch); for a
+    # new-layout tree it is an error like any other use of nested_mmu.
+    attach = ("--- a/arch/x86/kvm/mmu/mmu.c\n+++ b/arch/x86/kvm/mmu/mmu.c\n@@ -1,2 +1,3 @@\n"
+              " \tvcpu->arch.walk_mmu = &vcpu->arch.root_mmu;\n"
+              "+\tvcpu->arch.nested_mmu.w = &vcpu->arch.gva_walk;\n \treturn ret;\n")
+    assert lint_patches(attach, "attach.patch") == []
+    plain = attach.replace("nested_mmu.w = &vcpu->arch.gva_walk", "nested_mmu.get_pdptr = NULL")
+    assert "KVM001" in [f.rule for f in lint_patches(plain, "plain.patch")]
+    new = attach.replace(" \tvcpu->arch.walk_mmu = &vcpu->arch.root_mmu;",
+                         " \tstruct kvm_pagewalk *w = &vcpu->arch.gva_walk;")
+    assert [f.rule for f in lint_patches(new, "new.patch")] == ["KVM001"]

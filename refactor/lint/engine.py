@@ -46,9 +46,10 @@ class Finding:
     fix: str | None = None  # suggested replacement of `expression` ("" = delete the statement)
     patch: str | None = None  # label of the patch (patches only)
     fingerprint: str = ""
+    symbol: str | None = None  # the name the rule matched (not in the output: carried.py's key)
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and k != "symbol"}
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Unit:
     # Function -> roles of the walkers its body names (from the tree): the walker it works with.
     function_walkers: dict[str, frozenset[str]] = field(default_factory=dict)
     covered_edits: set[int] = field(default_factory=set)  # planned edits already reported by a rule
+    moving: bool = False  # a patch for a tree that still has the old layout (old, or a move half done)
     _src: dict[str, bytes | None] = field(default_factory=dict)
     _lines: dict[str, list[bytes]] = field(default_factory=dict)
 
@@ -277,7 +279,7 @@ def _finding(rule: LintRule, unit: Unit, file: str, line: int, column: int, expr
     return Finding(rule=rule.id, name=rule.name, severity=rule.severity, file=file, line=line,
                    column=column, message=rule.render(template, values),
                    help=rule.render(rule.help, values), expression=expr, function=function,
-                   fix=fix, patch=unit.patch)
+                   fix=fix, patch=unit.patch, symbol=values.get("symbol"))
 
 
 def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
@@ -288,7 +290,7 @@ def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
     covered = unit.covered_edits
     out = []
     for ref in unit.references:
-        if ref.context != "code" or not unit.wanted(ref.file, ref.line):
+        if ref.context != "code" or not unit.wanted(ref.file, ref.line) or _bridge(ref, unit, lint):
             continue
         for rule in rules:
             if _ref_matches(rule, ref, unit, lint):
@@ -304,6 +306,20 @@ def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
                                     ref.function, fix, {"symbol": ref.symbol}))
                 break
     return out
+
+
+def _bridge(ref: Reference, unit: Unit, lint: LintRules) -> bool:
+    """A removed vCPU member reached for its walker (`vcpu->arch.nested_mmu.w`) in a patch
+    for a tree that still has the member: code of a move in progress, valid only while both
+    layouts are there (the old layout has no walker to reach), and the patch removing the
+    member rewrites it.  In a patch for the new layout it is reported as any other use."""
+    rules = lint.rules
+    if not unit.moving or ref.kind != "vcpu_member" \
+            or ref.symbol not in rules.vcpu_old or not rules.vcpu_old[ref.symbol].removed:
+        return False
+    walker = [n for n, f in rules.new_fields.items() if rules.types["walker"] in f.type]
+    after = (unit.source(ref.file) or b"")[ref.end:ref.end + 40].decode("utf-8", "replace")
+    return bool(walker) and re.match(rf"\s*(?:\.|->)\s*(?:{'|'.join(walker)})\b", after) is not None
 
 
 @handler("rewrite-site")
@@ -415,14 +431,17 @@ def _copy_program(program: Program) -> Program:
 
 
 def _patch_layout(patch: Patch, lint: LintRules) -> str:
-    """Old when the patch's pre-image (context and removed lines) uses old-layout names only."""
+    """Old when the patch's pre-image (context and removed lines) uses old-layout names only,
+    mixed when it uses both (a move half done), else new."""
     rules = lint.rules
     old_names = {n for n, v in rules.vcpu_old.items() if v.removed} | {rules.types["old_format"]}
     new_names = set(rules.new_member_names()) - set(rules.new_fields) | {rules.types["walker"],
                                                                           rules.types["format"]}
     pre = "\n".join(fp.pre_image_text() for fp in patch.files).encode()
     seen = {t.name for t in tokens(pre, old_names | new_names) if t.context == "code"}
-    return "old" if (seen & old_names) and not (seen & new_names) else "new"
+    if seen & old_names:
+        return "mixed" if seen & new_names else "old"
+    return "new"
 
 
 def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str | Path | None = None,
@@ -438,8 +457,9 @@ def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str
         files: dict[str, bytes] = {}
         added: dict[str, set[int]] = {}
         sections: dict[str, list[tuple[int, int, str | None]]] = {}
+        originals: dict[str, str | None] = {}
         for fp in patch.files:
-            content = _post_image(fp, state, tree_root)
+            content = _post_image(fp, state, tree_root, originals)
             if fp.binary or fp.new_path is None or not fp.new_path.endswith((".c", ".h")):
                 continue
             lines = fp.added()
@@ -462,9 +482,42 @@ def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str
                     read=files.get, parsed=parsed, only_lines=added,
                     typed=tree is not None and not sections,  # a file the tree could not give: hunks only
                     sections=sections, function_walkers=walkers_of,
-                    patch=patch.label if len(patches) > 1 or patch.subject else None)
-        out += unit_findings(unit, lint)
+                    patch=patch.label if len(patches) > 1 or patch.subject else None,
+                    moving=(tree.layout if tree is not None else _patch_layout(patch, lint)) in ("old", "mixed"))
+        found = unit_findings(unit, lint)
+        if found:
+            found = _not_carried(found, patch, unit, originals, tree, lint)
+        out += found
     return out
+
+
+def _not_carried(found: list[Finding], patch: Patch, unit: Unit, originals: dict[str, str | None],
+                 tree: Index | None, lint: LintRules) -> list[Finding]:
+    """The findings of `unit` (added lines) that the patch's removed lines did not already have."""
+    from refactor.lint.carried import drop_carried, pre_image_sparse, removed_lines
+
+    files, removed, renamed, sections = {}, {}, {}, {}
+    for fp in patch.files:
+        if fp.binary or fp.old_path is None or fp.new_path is None or not fp.old_path.endswith((".c", ".h")):
+            continue
+        original = originals.get(fp.old_path)
+        lines = removed_lines(fp, original)
+        if not lines:
+            continue
+        files[fp.old_path] = original.encode() if original is not None else pre_image_sparse(fp)
+        removed[fp.old_path] = lines
+        renamed[fp.old_path] = fp.new_path
+        if fp.new_path in unit.sections:
+            sections[fp.old_path] = [(h.old_start, h.old_start + max(h.old_len, 1) - 1,
+                                      _heading_function(h.section)) for h in fp.hunks]
+    if not files:
+        return found
+    memory = index_sources(files, lint.rules, program=_copy_program(tree.program) if tree is not None else None)
+    before = Unit(label=unit.label, layout=unit.layout, names=unit.names, references=memory.references,
+                  program=memory.program, read=files.get, parsed=memory.files, only_lines=removed,
+                  typed=unit.typed, sections=sections, function_walkers=unit.function_walkers, patch=unit.patch,
+                  moving=unit.moving)
+    return drop_carried(found, unit_findings(before, lint), renamed)
 
 
 def _landed(fp: FilePatch, content: bytes) -> set[int]:
@@ -490,8 +543,11 @@ def _heading_function(section: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _post_image(fp: FilePatch, state: dict[str, str | None], tree_root) -> bytes | None:
-    """The whole patched file when its pre-image is known (tree or earlier patch), else None."""
+def _post_image(fp: FilePatch, state: dict[str, str | None], tree_root,
+                originals: dict[str, str | None] | None = None) -> bytes | None:
+    """The whole patched file when its pre-image is known (tree or earlier patch), else None.
+
+    `originals` gets the pre-image (old path -> text, None when unknown)."""
     if fp.binary:
         return None
     key = fp.old_path
@@ -507,9 +563,13 @@ def _post_image(fp: FilePatch, state: dict[str, str | None], tree_root) -> bytes
         original = data.decode("utf-8", "replace") if data is not None else None
     else:
         original = None
+    if originals is not None and key is not None:
+        originals[key] = original
     result = fp.apply_to(original) if original is not None else None
     if result is None and original and key not in state and fp.applied_in(original):
         result = original  # the tree already has the change (a pre-commit hook's work tree)
+        if originals is not None:
+            originals[key] = None  # so the pre-image is only what the hunks show
     if fp.old_path is not None and fp.old_path != fp.new_path:
         state.pop(fp.old_path, None)
     if fp.new_path is not None:
