@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from refactor.plan.restructure_format import plan_const_walker_params, plan_format_params
 from refactor.plan.restructure_known import plan_known_walkers
+from refactor.plan.restructure_macro import plan_macro_params
 from refactor.plan.restructure_mmu_local import plan_mmu_locals
 from refactor.plan.restructure_nested import helper_defined, plan_nested_guards
 from refactor.plan.restructure_spte import plan_spte_permissions
@@ -16,7 +17,7 @@ def apply_post_restructure(plan, files, rules: Rules, names: WalkerNames, apply)
     plan_spte_permissions(plan, files, rules, apply)
     # Walkers are only written where the rewrite already changed the file...
     for planner in (plan_known_walkers, plan_mmu_locals, plan_const_walker_params,
-                    plan_format_params):
+                    plan_format_params, plan_macro_params):
         for rel in sorted(plan.results):
             edits = planner(rel, plan.results[rel], rules, names)
             if edits:
