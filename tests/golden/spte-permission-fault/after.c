@@ -25,7 +25,7 @@ struct kvm_page_fault {
 static inline bool spte_permission_fault(struct kvm_mmu *mmu, u64 spte,
 					 struct kvm_page_fault *fault)
 {
-	unsigned pfec, pte_access;
+	unsigned int pfec, pte_access;
 
 	if (!is_shadow_present_pte(spte))
 		return true;
@@ -50,8 +50,8 @@ static inline bool spte_permission_fault(struct kvm_mmu *mmu, u64 spte,
 	 * of accessing fmt.permissions[].  SPTEs never use PK or SS, as
 	 * they are not supported for shadow paging and irrelevant for TDP.
 	 */
-	pfec = fault->error_code & (
-		PFERR_WRITE_MASK | PFERR_USER_MASK | PFERR_FETCH_MASK);
+	pfec = fault->error_code &
+	       (PFERR_WRITE_MASK | PFERR_USER_MASK | PFERR_FETCH_MASK);
 	return (mmu->fmt.permissions[pfec >> 1] >> pte_access) & 1;
 }
 
