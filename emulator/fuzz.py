@@ -22,6 +22,8 @@ PG = CR0_PG | CR0_PE
 # Bits a mutation flips in a guest entry / an EPT entry.
 GUEST_BITS = [0, 1, 2, 5, 6, 7, 8, 51, 59, 60, 63, 13, 21]
 EPT_BITS = [0, 1, 2, 7, 8, 9, 3, 4, 51]
+EPT_XU = 1 << 10        # user-execute of an EPT entry under MBEC
+MBEC_SHARE = 0.4        # of VMX entries with nested EPT (0: the stream from before MBEC)
 ACCESS_WEIGHTS = (["read"] * 4 + ["write"] * 3 + ["fetch"] * 2 + ["system", "implicit",
                                                                   "implicit_write"])
 
@@ -31,6 +33,11 @@ class _Episode:
 
     def __init__(self, rng: random.Random):
         self.rng = rng
+        # MBEC choices come from a second generator seeded from the first's state without
+        # drawing from it: the stream is the one it was before MBEC, except in the MBEC
+        # episodes (VMX with nested EPT), where entries gain bit 10 and nested_entry "mbec".
+        self.xrng = random.Random(hash(rng.getstate()[1]))
+        self.mbec = False
         self.events: list[dict] = []
         self.tdp = rng.random() < 0.8
         self.maxphyaddr = rng.choice((36, 39, 46, 52))
@@ -69,6 +76,10 @@ class _Episode:
         if rng.random() < 0.05:
             f |= 1 << 51
         return f
+
+    def _xu(self) -> int:
+        """Bit 10 for an EPT entry, often, while the episode's L2 runs with MBEC."""
+        return EPT_XU if self.mbec and self.xrng.random() < 0.7 else 0
 
     def _populate(self, t: Tables, vas: list[int], pa_limit: int, n: int) -> None:
         rng = self.rng
@@ -118,16 +129,22 @@ class _Episode:
         vendor = rng.choice(("vmx", "svm"))
         tdp = self.tdp and rng.random() < 0.8 and self.fmt in ("64", "la57")
         root, ad = 0, False
+        self.mbec = tdp and vendor == "vmx" and self.xrng.random() < MBEC_SHARE
         if tdp:
             # NPT has L1's paging depth (KVM walks it with vmcb01's CR4: LA57 means 5 levels);
             # EPT's depth is the EPTP's (4 here).
             tfmt = "ept" if vendor == "vmx" else ("la57" if self.fmt == "la57" else "64")
             t = Tables(tfmt, PageAllocator(0x300000, 0x380000), self.events.append)
             full = None if tfmt == "ept" else PT_P | PT_RW | PT_US
-            t.map(0, L2_OFFSET, size=1 << 30, flags=full)
+            # Under MBEC the non-leaf entries may be user-executable; every map of the
+            # table gets the same ones, so that none is rewritten (one write each, as before).
+            xu = self._xu()
+            upper = {lvl: 7 | xu for lvl in range(2, 6)} if xu else None
+            t.map(0, L2_OFFSET, size=1 << 30, flags=full if not xu else 7 | xu, upper=upper)
             for _ in range(rng.randrange(2, 6)):
                 gpa = (1 << 30) + rng.randrange(0, 1 << 24) & ~0xFFF
-                t.map(gpa, rng.randrange(0, 1 << 32) & ~0xFFF, flags=self._flags(tfmt == "ept"))
+                t.map(gpa, rng.randrange(0, 1 << 32) & ~0xFFF,
+                      flags=self._flags(tfmt == "ept") | self._xu(), upper=upper)
             self.tdp_tables = t
             ad = rng.random() < 0.5
             root = t.eptp(ad) if tfmt == "ept" else t.cr3()
@@ -143,7 +160,7 @@ class _Episode:
         self.ev("nested_entry", vendor=vendor, tdp=tdp, root=root, ad=ad,
                 execonly=rng.random() < 0.7, pf_intercept=rng.random() < 0.3,
                 cr0=PG | (CR0_WP if rng.random() < 0.7 else 0), cr3=self.l2.cr3(), cr4=cr4,
-                efer=efer)
+                efer=efer, **({"mbec": True} if self.mbec else {}))
         self.nested = True
         # A PAE L2 whose PDPTEs cannot be loaded fails VM-entry in KVM: L2 never runs from
         # there, so neither does the episode (its tables may hold stale entries: pages of an
@@ -191,6 +208,8 @@ class _Episode:
                     addr = rng.choice(list(t.entries))
                     bits = EPT_BITS if t.fmt == "ept" else GUEST_BITS
                     bit = rng.choice(bits)
+                    if t.fmt == "ept" and self.mbec and self.xrng.random() < 0.2:
+                        bit = 10
                     if t.esize == 4:
                         bit = bit if bit < 32 else 7
                     t.write_entry(addr, t.entries[addr] ^ (1 << bit))
@@ -220,6 +239,7 @@ class _Episode:
         elif self.nested:
             self.ev("nested_exit")
             self.nested = False
+            self.mbec = False
             self.tdp_tables = None
 
     def events_l2_cr0(self) -> int:

@@ -42,7 +42,7 @@ def _encoders() -> dict:
     h = {k: _head(k, n) for k, n in (("reset", 2), ("translate", 2), ("write", 3), ("read", 2),
                                      ("cr0", 2), ("cr3", 1), ("cr4", 1), ("efer", 1),
                                      ("cpl", 1), ("ac", 1), ("pkru", 1), ("invlpg", 1),
-                                     ("nested_entry", 11), ("nested_exit", 0),
+                                     ("nested_entry", 12), ("nested_exit", 0),
                                      ("reset_context", 0))}
     acc = ACCESS_CODE
 
@@ -61,7 +61,8 @@ def _encoders() -> dict:
             h["nested_entry"], int(ev.get("vendor", "vmx") == "svm"),
             int(bool(ev.get("tdp", False))), ev.get("root", 0), int(bool(ev.get("ad", False))),
             int(bool(ev.get("execonly", True))), int(bool(ev.get("pf_intercept", False))),
-            ev["cr0"], ev["cr3"], ev["cr4"], ev["efer"], ev.get("cpl", 0)),
+            ev["cr0"], ev["cr3"], ev["cr4"], ev["efer"], ev.get("cpl", 0),
+            int(bool(ev.get("mbec", False)))),
         "nested_exit": lambda ev: (h["nested_exit"],),
         "reset_context": lambda ev: (h["reset_context"],),
     }

@@ -37,6 +37,10 @@ int h_vmx_entry(void *v, struct h_nested *n)
 	if (n->tdp) {
 		vmcs12->cpu_based_vm_exec_control |= 1u << 31;     /* secondary controls */
 		vmcs12->secondary_vm_exec_control |= 1u << 1;      /* enable EPT */
+		/* Mode-based execute control: what 7.x's nested_ept_mbec_enabled()
+		 * reads; trees without MBEC never look at the bit. */
+		if (n->mbec)
+			vmcs12->secondary_vm_exec_control |= 1u << 22;
 	}
 	/* No VMCS: 7.x's inline nested_vmx_vmexit() reads the exit instruction length
 	 * with VMREAD unless the entry failed; marked so, it passes 0 instead. */

@@ -842,7 +842,8 @@ static void apply(int op, const h_u64 *a)
 		struct h_nested n = { .svm = (int)a[0], .tdp = (int)a[1], .root = a[2],
 				      .ad = (int)a[3], .execonly = (int)a[4],
 				      .pf_intercept = (int)a[5], .cr0 = a[6], .cr3 = a[7],
-				      .cr4 = a[8], .efer = a[9], .cpl = (int)a[10] };
+				      .cr4 = a[8], .efer = a[9], .cpl = (int)a[10],
+				      .mbec = (int)a[11] };
 		int r = h_nested_entry(vcpu, &n);
 		if (r < 0)
 			h_error("nested_entry while L2 runs");

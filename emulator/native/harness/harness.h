@@ -24,6 +24,7 @@ struct h_fault {
 
 struct h_nested {
 	int svm, tdp, ad, execonly, pf_intercept;
+	int mbec;                /* VMX: L1 enables mode-based execute control for EPT */
 	h_u64 root, cr0, cr3, cr4, efer;
 	int cpl;
 };
