@@ -123,8 +123,8 @@ def test_protocol_encodes_every_event_kind():
     assert words({"ev": "translate", "addr": 4096, "access": "fetch"}) == (
         head("translate", 2), 2, 4096)
     assert words({"ev": "nested_entry", "vendor": "svm", "tdp": True, "root": 8, "cr0": 1,
-                  "cr3": 2, "cr4": 3, "efer": 4}) == (head("nested_entry", 11),
-                                                        1, 1, 8, 0, 1, 0, 1, 2, 3, 4, 0)
+                  "cr3": 2, "cr4": 3, "efer": 4}) == (head("nested_entry", 12),
+                                                        1, 1, 8, 0, 1, 0, 1, 2, 3, 4, 0, 0)
     assert len(encode({"ev": "nested_exit"})) == 8
     evs = [{"ev": "reset"}, {"ev": "write", "addr": 8, "val": 1},
            {"ev": "translate", "addr": 0, "access": "read"}]
