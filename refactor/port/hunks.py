@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.lexicon import Vocabulary, declared_types, translate
-from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
+from refactor.port.locals import (added_walker_locals, function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, target_types)
 from refactor.port.target import Target, arity
 from refactor.rules import cite
@@ -58,6 +58,18 @@ class HunkResult:
         return out
 
 
+def _heading(hunk: Hunk) -> str:
+    """The line git would name the hunk's first change by: the nearest line above it that
+    starts with a letter (a function's first line, mostly), else the `@@` heading."""
+    last = hunk.section.strip()
+    for tag, text, _ in hunk.lines:
+        if tag != " ":
+            break
+        if text[:1].isalpha() or text[:1] == "_":
+            last = text.strip()
+    return last
+
+
 def _function_of(hunk: Hunk) -> str | None:
     for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
         if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
@@ -74,6 +86,8 @@ class FileContext:
     patch_types: dict[str, str]
     words: set[str]                # tokens whose differences the layout explains
     defined_by_patch: set[str]
+    # Per function: walker or page-format locals a hunk adds (inlined in the others on a backport).
+    walker_locals: dict = field(default_factory=dict)
 
 
 def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
@@ -98,7 +112,12 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
                 m = re.match(r"^\s*#\s*define\s+(\w+)", text)
                 if m:
                     defined.add(m.group(1))
-    return FileContext(patch_types=types, words=words, defined_by_patch=defined)
+    walker_locals: dict = {}
+    for h in fp.hunks:
+        found = added_walker_locals(h, src)
+        if found:
+            walker_locals.setdefault(_heading(h), []).extend(found)
+    return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals)
 
 
 def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
@@ -239,11 +258,26 @@ def _missing_names(lines: list[str], target: Target, ctx: FileContext) -> list[s
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
               dst: Vocabulary, ctx: FileContext) -> HunkResult:
     inlined = False
+    original = hunk
     if direction == "backport":
         hunk, inlined = inline_added_locals(hunk, src)
     res = _port_hunk(hunk, fp, target, direction, src, dst, ctx)
     if res.status == "conflict" and res.target_start is None:
         res = _retry_with_local_names(hunk, fp, target, direction, src, dst, ctx, res)
+    # A walker local declared by another hunk of the function, still named in the output
+    # (nothing in this hunk's context says what the target calls it): inline it too.
+    elsewhere = ctx.walker_locals.get(_heading(original), []) if direction == "backport" else []
+    if elsewhere and res.status != "conflict":
+        tl = target.lines(res.target_file)
+        lo, hi = function_span(tl, res.target_start)
+        in_function = set(_IDENT.findall("\n".join(tl[lo:hi + 1])))
+        names = set(_IDENT.findall("\n".join(res.new_lines)))
+    if elsewhere and res.status != "conflict" and any(v in names and v not in in_function
+                                                      for v, _init in elsewhere):
+        again, inlined = inline_added_locals(original, src, elsewhere)
+        retry = _port_hunk(again, fp, target, direction, src, dst, ctx)
+        if retry.status != "conflict":
+            res = retry
     if inlined and res.status != "conflict":
         res.rules.append(INLINE_LOCAL)
     if res.status != "conflict" or direction != "backport":

@@ -76,7 +76,7 @@ def inline(line: str, var: str, init: str) -> str:
     line = re.sub(rf"(?<![\w>.]){re.escape(var)}\s*->", lambda _m: deref, line)
     return re.sub(rf"(?<![\w>.]){re.escape(var)}(?!\w)", lambda _m: init, line)
 
-_DECLARES = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|unsigned\s+)?\w+[\s*]+(\w+)\s*(?:=|;|\[)")
+DECLARES = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|unsigned\s+)?\w+[\s*]+(\w+)\s*(?:=|;|\[)")
 
 
 def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[str], learner: Learner,
@@ -114,16 +114,19 @@ def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: li
                 pi += 1
     paired = [(j, t) for m, ps in runs if len(m) == len(ps) for j, t in zip(m, ps) if j is not None]
     # Names the patch declares in lines of its own (not replacing a line) are new locals.
-    fresh = {d.group(1) for m, ps in runs if len(m) != len(ps) for t in ps for d in [_DECLARES.match(t)] if d}
+    fresh = {d.group(1) for m, ps in runs if len(m) != len(ps) for t in ps for d in [DECLARES.match(t)] if d}
     for j, text in paired:
         learner.learn_rename(tr(text, types).text, tlines[j], fresh)
 
 
-def inline_added_locals(hunk: Hunk, vocab: Vocabulary) -> tuple[Hunk, bool]:
+def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
+                        elsewhere: list[tuple[str, str]] = ()) -> tuple[Hunk, bool]:
     """A backported hunk that adds a local only naming a walker or a page format
     (`struct kvm_pagewalk *w = mmu->w;`) where it adds no removed line's replacement: the old
     layout has no such object (the MMU is its own walker), so its uses are written through
-    what it was initialised to and the declaration (with the blank line after it) goes."""
+    what it was initialised to and the declaration (with the blank line after it) goes.
+    `elsewhere`: such locals another hunk of the same function adds (the declaration at the
+    top, the uses further down); they are inlined where this hunk does not declare the name."""
     gone, drop = [], set()
     lines = hunk.lines
     for i, (tag, text, _n) in enumerate(lines):
@@ -143,6 +146,11 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary) -> tuple[Hunk, bool]:
         drop.add(i)
         if i + 1 < len(lines) and lines[i + 1][0] == "+" and not lines[i + 1][1].strip():
             drop.add(i + 1)
+    declared = {v for g, t, _ in lines for d in [DECLARES.match(t)] if d for v in [d.group(1)]}
+    added = "\n".join(t for g, t, _ in lines if g == "+")
+    for var, init in elsewhere:
+        if (var, init) not in gone and var not in declared and re.search(rf"(?<![\w>.]){re.escape(var)}(?!\w)", added):
+            gone.append((var, init))
     if not gone:
         return hunk, False
     out = []
@@ -154,3 +162,13 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary) -> tuple[Hunk, bool]:
                 text = inline(text, var, init)
         out.append((tag, text, n))
     return Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, out), True
+
+
+def added_walker_locals(hunk: Hunk, vocab: Vocabulary) -> list[tuple[str, str]]:
+    """(variable, initialiser) of the walker or page-format locals `inline_added_locals`
+    inlines in this hunk."""
+    new, changed = inline_added_locals(hunk, vocab)
+    if not changed:
+        return []
+    return [h for tag, t, n in hunk.lines if tag == "+" for h in [hoisted(t, vocab)] if h
+            and not any(t2 == t and g == "+" for g, t2, _ in new.lines)]
