@@ -30,6 +30,14 @@ def tree_names(rules: Rules, text: str) -> WalkerNames | None:
     for names in rules.presets.values():
         if names.gva in members and names.ngpa in members:
             return names
+    # One member only (a rewrite that attached no MMU to the nGPA walker, or a wrong rule
+    # that did so): the harness names only the GVA walker, so the tree can still be driven
+    # with its own code; whatever refers to the undeclared walker fails to compile, as it
+    # would in a kernel build.
+    if len(members) == 1:
+        for names in rules.presets.values():
+            if names.gva in members:
+                return names
     if len(members) == 2:
         raise LayoutError(f"{HEADER}: walker members {sorted(members)} match no names preset; "
                           "pass the names used for the rewrite")
