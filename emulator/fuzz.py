@@ -140,7 +140,11 @@ class _Episode:
             # table gets the same ones, so that none is rewritten (one write each, as before).
             xu = self._xu()
             upper = {lvl: 7 | xu for lvl in range(2, 6)} if xu else None
-            t.map(0, L2_OFFSET, size=1 << 30, flags=full if not xu else 7 | xu, upper=upper)
+            # The 1 GiB leaf is what most L2 accesses go through: under MBEC its rights vary
+            # too (XU with or without R/W/XS), so that user/supervisor fetches, XU-only
+            # presence and the XU bit of exit qualifications are all reached.
+            big = self.xrng.choice((7, 7, 7, 5, 3, 1, 0)) | xu if xu else full
+            t.map(0, L2_OFFSET, size=1 << 30, flags=big, upper=upper)
             for _ in range(rng.randrange(2, 6)):
                 gpa = (1 << 30) + rng.randrange(0, 1 << 24) & ~0xFFF
                 t.map(gpa, rng.randrange(0, 1 << 32) & ~0xFFF,
