@@ -429,6 +429,22 @@ class _Rewriter(cst.CSTTransformer):
 
 def derive_source(rules: Rules, names: WalkerNames, source: str | None = None) -> str:
     """The new-layout plumbing as Python source."""
+    return _derive(rules, names, source)[0]
+
+
+def rules_applied(rules: Rules, names: WalkerNames, source: str | None = None) -> dict[str, int]:
+    """Rule id -> how often the derivation applied it (bases, exprs): the entries the model reads.
+
+    The rewriter must read the same entries (tests/test_rule_consumers.py), so that a wrong
+    entry changes the C output and the model alike."""
+    out: dict[str, int] = {}
+    for key, n in _derive(rules, names, source)[1].items():
+        rule_id = key.split(" ")[0]  # "fault-mmu-walker (known_guest_mmu)" reads that entry too
+        out[rule_id] = out.get(rule_id, 0) + n
+    return out
+
+
+def _derive(rules: Rules, names: WalkerNames, source: str | None) -> tuple[str, dict[str, int]]:
     source = source if source is not None else OLD_SOURCE.read_text()
     module = cst.parse_module(source)
     ctx = _Context(rules, names)
@@ -441,7 +457,7 @@ def derive_source(rules: Rules, names: WalkerNames, source: str | None = None) -
               f"(gva={names.gva}, ngpa={names.ngpa}).  Do not edit.\n"
               + _wrap("# rules applied: " + used)
               + _wrap("# narrowed to struct kvm_pagewalk *: " + ", ".join(narrowed)))
-    return header + out.code
+    return header + out.code, rewriter.applied
 
 
 def _wrap(text: str, width: int = 99) -> str:

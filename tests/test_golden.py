@@ -46,7 +46,6 @@ CITED_AS_OTHERS = {
     "guest-mmu-walker": "a guest_mmu read as a walker is part of the field's edit (field-*)",
     "fault-mmu-walker": "vcpu->arch.mmu read as a walker is part of the field's or call's edit",
     "mmu-pointer-walker": "a struct kvm_mmu * read as a walker is part of the field's or call's edit",
-    "walk-mmu-compare": "the rewrite states `mmu != walk_mmu` as a walker comparison (walker-compare)",
     # Gaps: the rewrite applies these rules but its output names another id (kept as it is,
     # since the output must not change silently; see the issue 9 report).
     "walk-mmu-as-builder": "gap: the converted argument's edit names walk-mmu",

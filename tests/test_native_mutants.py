@@ -59,7 +59,7 @@ def test_mutants_that_change_the_c_are_killed_natively(version, monkeypatch, tmp
     d = report.as_dict()
     not_run = sum(r.by == "not executed" for r in report.results)
     assert d["executed"] + d["killed_by"].get("build", 0) + not_run == d["changed_c"]
-    assert d["changed_c"] >= 12      # 15 of 18 on both trees (30 Nov 2026)
+    assert d["changed_c"] >= 12      # 16 of 18 on both trees (30 Nov 2026, walk-mmu-compare read by the rewrite)
     assert f"{d['executed']} executed natively" in report.text()
 
 

@@ -35,6 +35,7 @@ BUILDER_ON_WALKER = cite("walker-builder-field-on-nested-mmu")
 FORMAT_TYPE = cite("rsvd-bits-validate-type")
 WALK_MMU_IS_NESTED = cite("walk-mmu-is-nested")
 NESTED_MMU_COMPARE = cite("nested-mmu-compare")
+WALK_MMU_COMPARE = cite("walk-mmu-compare")
 
 
 def field_rule(name: str) -> str:
@@ -318,6 +319,13 @@ class FunctionRewriter(Conversions):
             return Val(self._wrap(node, new), old=old, rule=rule.id)
         walkers = [v.kind in ("walker_obj", "walker_ptr") for v in (lv, rv)]
         if any(walkers):
+            compare = self.rules.expr(WALK_MMU_COMPARE)
+            if old == squash(compare.old):
+                # The nested-fault test is written by its own entry, as the model reads it
+                # (emulator/derive.py): a wrong entry changes the C and the model alike.
+                var, var_node = (lv, left) if rv.from_member else (rv, right)
+                new = re.sub(r"\bw\b", lambda _: self.as_walker(var, var_node), self.fill(compare.new), count=1)
+                return Val(self._wrap(node, new), old=old, rule=compare.id)
             nested = rv if rv.from_member == walk_only else lv if lv.from_member == walk_only else None
             other = (lv if nested is rv else rv) if nested is not None else None
             if nested is not None and other.from_member is None:
@@ -382,9 +390,9 @@ class FunctionRewriter(Conversions):
         old = squash(self.src(node))
         if lv.from_member and self.rules.vcpu_old[lv.from_member].removed and \
                 self.rules.vcpu_old[lv.from_member].kind == "walker_pointer":
-            return Val("", "drop", old, rule=WALK_MMU_ASSIGN)
+            return self._by_rule(WALK_MMU_ASSIGN, old)
         if lv.kind == "builder_on_walker":
-            return Val("", "drop", old, rule=BUILDER_ON_WALKER)
+            return self._by_rule(BUILDER_ON_WALKER, old)
         if lv.kind == "walker_ptr" and rv.kind != "other":
             r_txt = self.as_walker(rv, right)
         elif lv.kind == "mmu_ptr" and rv.kind in ("walker_obj", "walker_ptr"):
@@ -392,6 +400,11 @@ class FunctionRewriter(Conversions):
         else:
             r_txt = rv.text
         return Val(lv.text + self.between(left, right) + r_txt, old=old, rule=lv.rule or rv.rule)
+
+    def _by_rule(self, rule_id: str, old: str) -> Val:
+        """A statement an [[exprs]] entry rewrites whole; an empty `new` drops it (as the model reads it)."""
+        new = self.fill(self.rules.expr(rule_id).new).strip().rstrip(";")
+        return Val(new, old=old, rule=rule_id) if new else Val("", "drop", old, rule=rule_id)
 
     def on_expression_statement(self, node: Node) -> Val | None:
         inner = [c for c in node.named_children if c.type != "comment"]
