@@ -304,6 +304,9 @@ class Step:
     remove_members: bool | tuple[str, ...] = False  # a list: only these kvm_vcpu_arch members
     walker_init: bool = False
     restructure: tuple[str, ...] = ()  # restructure.toml rule ids in force from this step on
+    # Paragraphs said only when this step's commit applies the rule: (rule id, text, whether
+    # the rule changes behaviour, which drops "No functional change intended.").
+    when: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -333,9 +336,12 @@ def load_steps(rules: Rules) -> list[Step]:
                           move_fields=tuple(raw.get("move_fields", ())), narrow=_flag(raw, "narrow"),
                           remove_members=_flag(raw, "remove_members"),
                           walker_init=raw.get("walker_init", False),
-                          restructure=tuple(raw.get("restructure", ()))))
+                          restructure=tuple(raw.get("restructure", ())),
+                          when=tuple((w["rule"], w["text"].strip(), bool(w.get("functional", False)))
+                                     for w in raw.get("when", ()))))
     known = {r.id for entries in rules.restructure.values() for r in entries}
-    unknown = sorted({r for s in steps for r in s.restructure} - known)
+    unknown = sorted(({r for s in steps for r in s.restructure}
+                      | {w[0] for s in steps for w in s.when}) - known)
     if unknown:
         raise RulesError(f"steps.toml: restructure names ids restructure.toml lacks: {', '.join(unknown)}")
     moving = {n for n, f in rules.mmu_fields.items() if f.dest == "walker" or f.path != n}

@@ -540,3 +540,19 @@ def test_every_step_behaves_as_its_base(tmp_path, monkeypatch):
         assert ("No functional change intended." in message) <= (s.verify.divergences == 0), s.subject
     cover = (tmp_path / "out" / "0000-cover-letter.patch").read_text().replace("\n", " ")
     assert f"{len(made)} of {len(made)} behave as the base" in cover
+
+
+def test_a_rule_paragraph_is_said_only_when_the_commit_applies_the_rule():
+    from refactor.series.message import step_body
+
+    body = "Rename it.\n\nNo functional change intended."
+    when = (("r-same", "Also this.", False), ("r-changes", "And that.", True))
+    assert step_body(body, when, []) == body
+    assert step_body(body, when, ["r-same"]) == "Rename it.\n\nAlso this.\n\nNo functional change intended."
+    assert step_body(body, when, ["r-changes"]) == "Rename it.\n\nAnd that."
+
+
+def test_steps_toml_when_names_rules_restructure_toml_has():
+    steps = load_steps(load_rules())
+    shadow = next(s for s in steps if s.id == "shadow-format")
+    assert [w[0] for w in shadow.when] == ["spte-permission-fault"]

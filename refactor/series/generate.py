@@ -19,7 +19,7 @@ from refactor.plan.rewrite import plan_rewrite
 from refactor.rules import Rules, RulesError, Step, load_rules, load_steps, staged
 from refactor.series.cover import (change_id, changelog, fill_cover, maintainers, previous_branch, previous_range,
                                    record)
-from refactor.series.message import add_note, commit_message, note, subject_line
+from refactor.series.message import add_note, commit_message, note, step_body, subject_line
 from refactor.series.gitops import (PrivateIndex, SeriesError, check_branch, delete_branch, git, identity,
                                     open_repo, prepare_outdir, remove_dir, scratch_dir, snapshot)
 
@@ -173,7 +173,8 @@ def _make_commits(top: Path, base: str, snap: Path, rules: Rules, steps: list[St
             edits = {(e.file, e.start, e.end, e.new, e.rules) for e in plan.edits}
             rule_ids = sorted({r for e in edits - previous_edits for r in e[4]})
             previous_edits = edits
-            tree, commit = priv.commit(parent, commit_message(subject, step.body, names, name, email))
+            body = step_body(step.body, step.when, rule_ids)
+            tree, commit = priv.commit(parent, commit_message(subject, body, names, name, email))
             if tree == parent_tree:
                 result.steps.append(StepResult(step, subject, None, [], []))
                 if progress:

@@ -52,6 +52,24 @@ def subject_line(template: str, names) -> str:
     return subject
 
 
+NFC = "No functional change intended."
+
+
+def step_body(body: str, when, applied) -> str:
+    """The step's body plus the paragraphs of the rules this commit applied.
+
+    A paragraph for a rule that changes behaviour takes "No functional change
+    intended." out: the step body says it for the trees the rule does not touch."""
+    extra = [(text, functional) for rule, text, functional in when if rule in applied]
+    if not extra:
+        return body
+    paras = [p for p in re.split(r"\n[ \t]*\n", body.strip())]
+    functional = any(f for _, f in extra)
+    tail = [p for p in paras if p.strip() == NFC]
+    paras = [p for p in paras if p.strip() != NFC] + [t for t, _ in extra]
+    return "\n\n".join(paras + ([] if functional else tail))
+
+
 def commit_message(subject: str, body: str, names, name: str, email: str) -> str:
     return f"{subject}\n\n{wrap(fill(body, names))}\n\nSigned-off-by: {name} <{email}>\n"
 
