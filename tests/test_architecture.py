@@ -70,7 +70,7 @@ CLI_ENTRY_MODULES = {
 MAX_LINES = 500
 # Modules over MAX_LINES, and why they are not split (yet).
 LONG_MODULES = {
-    "refactor.lint.engine": "PKG's, 517 lines after this session's lint work: Finding/Unit and the "
+    "refactor.lint.engine": "PKG's, 567 lines (carried findings and the patch pre-image): Finding/Unit and the "
                             "reference rules are the natural split (with shapes' private imports)",
 }
 

@@ -46,24 +46,36 @@ def pre_image_sparse(fp: FilePatch) -> bytes:
     return ("\n".join(by_line.get(i, "") for i in range(1, max(by_line) + 1)) + "\n").encode()
 
 
+def hunk_lines(fp: FilePatch, text: str, side: str) -> set[int] | None:
+    """Line numbers in `text` of the hunks' `side` lines ("-": pre-image, "+": post-image).
+
+    Each hunk is looked for near its header's position (shifted by the hunks before
+    it), as `patch` finds it; None when one cannot be found."""
+    other = "+" if side == "-" else "-"
+    lines = text.split("\n")
+    out: set[int] = set()
+    shift = 0
+    for h in fp.hunks:
+        first, length = (h.old_start, h.old_len) if side == "-" else (h.new_start, h.new_len)
+        want = [t for tag, t, _ in h.lines if tag != other]
+        start = (first - 1 if length else first) + shift
+        at = next((start + d for d in sorted(range(-50, 51), key=abs)
+                   if start + d >= 0 and lines[start + d:start + d + len(want)] == want), None)
+        if at is None:
+            return None
+        shift = at - (first - 1 if length else first)
+        out |= {at + i + 1 for i, (tag, _, _) in enumerate(t for t in h.lines if t[0] != other)
+                if tag == side}
+    return out
+
+
 def removed_lines(fp: FilePatch, original: str | None) -> set[int]:
     """Line numbers of the removed lines in the pre-image (where the hunks match `original`)."""
     header = {n for lines in old_numbers(fp) for tag, _, n in lines if tag == "-"}
     if original is None:
         return header
-    lines = original.split("\n")
-    out: set[int] = set()
-    shift = 0
-    for h in fp.hunks:
-        want = [t for tag, t, _ in h.lines if tag != "+"]
-        start = (h.old_start - 1 if h.old_len else h.old_start) + shift
-        at = next((start + d for d in sorted(range(-50, 51), key=abs)
-                   if start + d >= 0 and lines[start + d:start + d + len(want)] == want), None)
-        if at is None:
-            return header
-        shift = at - (h.old_start - 1 if h.old_len else h.old_start)
-        out |= {at + i + 1 for i, (tag, _, _) in enumerate(t for t in h.lines if t[0] != "+") if tag == "-"}
-    return out
+    found = hunk_lines(fp, original, "-")
+    return header if found is None else found
 
 
 def drop_carried(found: list, before: list, renamed: dict[str, str]) -> list:

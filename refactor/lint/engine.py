@@ -24,6 +24,7 @@ from pathlib import Path
 from refactor.frontend.ctype import StructTable
 from refactor.index.indexer import Index, Reference, detect_layout, index_sources, scan_tree
 from refactor.frontend.lexer import tokens
+from refactor.lint.carried import hunk_lines
 from refactor.lint.registry import HANDLERS, LintRule, LintRules, handler, load_lint_rules
 from refactor.frontend.parse import ParsedFile, parse
 from refactor.rules import RulesError, WalkerNames
@@ -522,19 +523,8 @@ def _not_carried(found: list[Finding], patch: Patch, unit: Unit, originals: dict
 
 def _landed(fp: FilePatch, content: bytes) -> set[int]:
     """Line numbers of the added lines in the patched file (hunks found as apply_to finds them)."""
-    lines = content.decode("utf-8", "replace").split("\n")
-    out: set[int] = set()
-    shift = 0
-    for h in fp.hunks:
-        want = [t for tag, t, _ in h.lines if tag != "-"]
-        start = (h.new_start - 1 if h.new_len else h.new_start) + shift
-        at = next((start + d for d in sorted(range(-50, 51), key=abs)
-                   if start + d >= 0 and lines[start + d:start + d + len(want)] == want), None)
-        if at is None:
-            return set(fp.added())
-        shift = at - (h.new_start - 1 if h.new_len else h.new_start)
-        out |= {at + i + 1 for i, (tag, _, _) in enumerate(t for t in h.lines if t[0] != "-") if tag == "+"}
-    return out
+    found = hunk_lines(fp, content.decode("utf-8", "replace"), "+")
+    return set(fp.added()) if found is None else found
 
 
 def _heading_function(section: str) -> str | None:
