@@ -128,7 +128,7 @@ class _Episode:
         rng = self.rng
         vendor = rng.choice(("vmx", "svm"))
         tdp = self.tdp and rng.random() < 0.8 and self.fmt in ("64", "la57")
-        root, ad = 0, False
+        root, ad, tables_readable = 0, False, True
         self.mbec = tdp and vendor == "vmx" and self.xrng.random() < MBEC_SHARE
         if tdp:
             # NPT has L1's paging depth (KVM walks it with vmcb01's CR4: LA57 means 5 levels);
@@ -145,6 +145,10 @@ class _Episode:
             # presence and the XU bit of exit qualifications are all reached.
             big = self.xrng.choice((7, 7, 7, 5, 3, 1, 0)) | xu if xu else full
             t.map(0, L2_OFFSET, size=1 << 30, flags=big, upper=upper)
+            # L2's own tables live behind that leaf: load_pdptrs() translates the PDPTEs'
+            # address as a user write (PFERR_USER_MASK | PFERR_WRITE_MASK), so without
+            # read and write in the leaf the PDPTE load at entry faults on the nested stage.
+            tables_readable = big is None or big & 3 == 3
             for _ in range(rng.randrange(2, 6)):
                 gpa = (1 << 30) + rng.randrange(0, 1 << 24) & ~0xFFF
                 t.map(gpa, rng.randrange(0, 1 << 32) & ~0xFFF,
@@ -169,8 +173,8 @@ class _Episode:
         # A PAE L2 whose PDPTEs cannot be loaded fails VM-entry in KVM: L2 never runs from
         # there, so neither does the episode (its tables may hold stale entries: pages of an
         # earlier L2 are reused).
-        self.ended = fmt == "pae" and not self.pdptes_load(to_l1(self.l2.cr3() & ~0xFFF)
-                                                           + (self.l2.cr3() & 0xFE0))
+        pdptes = to_l1(self.l2.cr3() & ~0xFFF) + (self.l2.cr3() & 0xFE0)
+        self.ended = fmt == "pae" and not (tables_readable and self.pdptes_load(pdptes))
 
     def memory(self) -> dict[int, int]:
         """The guest memory the episode's writes made so far, byte by byte (unwritten: 0)."""
