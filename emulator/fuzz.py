@@ -259,14 +259,34 @@ class _Episode:
         return PG
 
 
-def random_events(seed: int, count: int, episode: tuple[int, int] = (150, 600)) -> Iterator[dict]:
-    """Exactly `count` events, streamed episode by episode (at most 600 held at once)."""
+def random_episodes(seed: int, count: int,
+                    episode: tuple[int, int] = (150, 600)) -> Iterator[list[dict]]:
+    """The stream of random_events() as its episodes (exactly `count` events in all)."""
     rng = random.Random(seed)
     produced = 0
     while produced < count:
         events = episode_events(rng, count - produced, episode)
         produced += len(events)
+        yield events
+
+
+def random_events(seed: int, count: int, episode: tuple[int, int] = (150, 600)) -> Iterator[dict]:
+    """Exactly `count` events, streamed episode by episode (at most 600 held at once)."""
+    for events in random_episodes(seed, count, episode):
         yield from events
+
+
+def compare_episode(events: list[dict], old, new) -> tuple[int, dict, dict] | None:
+    """The first event of one episode on which the two models differ: (index, old result,
+    new result), or None.  Past it the states differ, so the episode is not compared on."""
+    for i, ev in enumerate(events):
+        r_old = old.apply(ev)
+        if "error" in r_old:
+            raise RuntimeError(f"generator produced an inapplicable event: {ev}: {r_old}")
+        r_new = new.apply(ev)
+        if r_old != r_new:
+            return i, r_old, r_new
+    return None
 
 
 def episode_events(rng: random.Random, limit: int,
@@ -311,41 +331,26 @@ def fuzz(seed: int, count: int, make_old, make_new, out_dir: Path | None = None,
     """Run the random stream through both layouts, episode by episode."""
     report = FuzzReport(seed)
     t0 = time.perf_counter()
-    old, new = make_old(), make_new()
-    episode: list[dict] = []
-    skipping = False
     tt = {"old": 0.0, "new": 0.0}
-    for ev in random_events(seed, count):
-        report.events += 1
-        if ev["ev"] == "reset":
-            episode = []
-            skipping = False
-            tt["old"] += old.translate_time
-            tt["new"] += new.translate_time
-            report.translations += old.translations
-            old, new = make_old(), make_new()
-        episode.append(ev)
-        if skipping:
-            continue
-        r_old = old.apply(ev)
-        if "error" in r_old:
-            raise RuntimeError(f"generator produced an inapplicable event: {ev}: {r_old}")
-        r_new = new.apply(ev)
-        if r_old != r_new:
+    for episode in random_episodes(seed, count):
+        old, new = make_old(), make_new()
+        found = compare_episode(episode, old, new)
+        if found is not None:
+            i, r_old, r_new = found
             report.divergences += 1
-            skipping = True       # states differ now: resynchronise at the next reset
             if report.first is None:
-                report.first = jsonable({"event": report.events, "ev": ev, "old": r_old,
-                                         "new": r_new})
-                trace = shrink(list(episode), make_old, make_new, shrink_budget)
+                report.first = jsonable({"event": report.events + i + 1, "ev": episode[i],
+                                         "old": r_old, "new": r_new})
+                trace = shrink(episode[:i + 1], make_old, make_new, shrink_budget)
                 out_dir = out_dir or Path.cwd()
                 out_dir.mkdir(parents=True, exist_ok=True)
                 path = out_dir / f"divergence-seed{seed}.jsonl"
                 report.shrunk_events = write_events(path, trace)
                 report.shrunk = str(path)
-    tt["old"] += old.translate_time
-    tt["new"] += new.translate_time
-    report.translations += old.translations
+        report.events += len(episode)
+        tt["old"] += old.translate_time
+        tt["new"] += new.translate_time
+        report.translations += old.translations
     report.translate_seconds = tt
     report.seconds = time.perf_counter() - t0
     return report

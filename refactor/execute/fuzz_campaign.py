@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from emulator.fuzz import FuzzReport, episode_events, shrink
+from emulator.fuzz import FuzzReport, compare_episode, episode_events, shrink
 from emulator.trace import jsonable, write_events
 
 from . import Unit, current_context, run_units
@@ -96,22 +96,15 @@ def fuzz_unit(state, first: int, episodes: int, limit: int, models: dict) -> dic
     for _ in range(episodes):
         events = episode_events(rng, limit - out["events"])
         old, new = make_old(), make_new()
-        skipping = False
-        for i, ev in enumerate(events):
-            out["events"] += 1
-            if skipping:
-                continue
-            r_old = old.apply(ev)
-            if "error" in r_old:
-                raise RuntimeError(f"generator produced an inapplicable event: {ev}: {r_old}")
-            r_new = new.apply(ev)
-            if r_old != r_new:
-                out["divergences"] += 1
-                skipping = True      # states differ now: resynchronise at the next reset
-                if out["first"] is None:
-                    out["first"] = jsonable({"event": first + out["events"], "ev": ev,
-                                             "old": r_old, "new": r_new})
-                    out["episode"] = events[:i + 1]
+        found = compare_episode(events, old, new)
+        if found is not None:
+            i, r_old, r_new = found
+            out["divergences"] += 1
+            if out["first"] is None:
+                out["first"] = jsonable({"event": first + out["events"] + i + 1, "ev": events[i],
+                                         "old": r_old, "new": r_new})
+                out["episode"] = events[:i + 1]
+        out["events"] += len(events)
         out["old_seconds"] += old.translate_time
         out["new_seconds"] += new.translate_time
         out["translations"] += old.translations
