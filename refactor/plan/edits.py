@@ -26,6 +26,13 @@ class Edit:
         else:
             self.rules = tuple(self.rules)
 
+    @classmethod
+    def span(cls, file: str, data: bytes, start: int, end: int, new: str, rules,
+             why: str = "") -> "Edit":
+        """Replace data[start:end] of `file`: the old text and line come from `data`."""
+        return cls(file, start, end, new, rules, why, data[start:end].decode("utf-8", "replace"),
+                   data.count(b"\n", 0, start) + 1)
+
     @property
     def rule(self) -> str:
         """The ids as one comma-joined string: the `rule` field of the JSON output."""

@@ -48,8 +48,7 @@ def plan_format_params(rel: str, data: bytes, rules: Rules, names: WalkerNames) 
         format_t = f"struct {rules.types[p.get('type_key', 'format')]}"
 
         def add(s, e, new):
-            edits.append(Edit(rel, s, e, new, rule.id, names.fill(rule.why), data[s:e].decode("utf-8", "replace"),
-                              data.count(b"\n", 0, s) + 1))
+            edits.append(Edit.span(rel, data, s, e, new, rule.id, names.fill(rule.why)))
 
         root = parse(rel, data, want_macros=False).main.tree.root_node
         fns = [n for n in top_level(root) if n.type == "function_definition"]
@@ -131,8 +130,7 @@ def plan_const_walker_params(rel: str, data: bytes, rules: Rules, names: WalkerN
             continue
 
         def add(s, e, new):
-            edits.append(Edit(rel, s, e, new, rule.id, names.fill(rule.why), data[s:e].decode("utf-8", "replace"),
-                              data.count(b"\n", 0, s) + 1))
+            edits.append(Edit.span(rel, data, s, e, new, rule.id, names.fill(rule.why)))
 
         root = parse(rel, data, want_macros=False).main.tree.root_node
         fns = [n for n in top_level(root) if n.type == "function_definition"]

@@ -79,7 +79,6 @@ def plan_known_walkers(rel: str, data: bytes, rules: Rules, names: WalkerNames) 
                 new = f"{m.group(1)}.{walker}." if m.group(2) else f"&{m.group(1)}.{walker}"
                 s = region.start_byte + len(seg[:m.start()].encode("utf-8", "surrogateescape"))
                 e = region.start_byte + len(seg[:m.end()].encode("utf-8", "surrogateescape"))
-                edits.append(Edit(rel, s, e, new, rule.id, names.fill(rule.why),
-                                  data[s:e].decode("utf-8", "replace"), data.count(b"\n", 0, s) + 1))
+                edits.append(Edit.span(rel, data, s, e, new, rule.id, names.fill(rule.why)))
     return edits
 

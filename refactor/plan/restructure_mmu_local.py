@@ -27,8 +27,7 @@ from refactor.rules import Rules, WalkerNames
 
 
 def _edit(rel, data, start, end, new, rule, names) -> Edit:
-    return Edit(rel, start, end, new, rule.id, names.fill(rule.why), data[start:end].decode("utf-8", "replace"),
-                data.count(b"\n", 0, start) + 1)
+    return Edit.span(rel, data, start, end, new, rule.id, names.fill(rule.why))
 
 
 def plan_mmu_locals(rel: str, data: bytes, rules: Rules, names: WalkerNames) -> list[Edit]:

@@ -53,8 +53,7 @@ def plan_nested_guards(rel: str, data: bytes, rules: Rules, names: WalkerNames,
         why = names.fill(rule.why)
 
         def add(s, e, new):
-            edits.append(Edit(rel, s, e, new, rule.id, why, data[s:e].decode("utf-8", "replace"),
-                              data.count(b"\n", 0, s) + 1))
+            edits.append(Edit.span(rel, data, s, e, new, rule.id, why))
 
         root = parse(rel, data, want_macros=False).main.tree.root_node
         for ifs in walk_nodes(root):

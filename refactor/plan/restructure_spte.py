@@ -59,8 +59,7 @@ class _Plan:
     def add(self, rel: str, start: int, end: int, new: str) -> None:
         data = self.texts[rel]
         self.edits.setdefault(rel, []).append(
-            Edit(rel, start, end, new, self.rule.id, self.rule.why,
-                 data[start:end].decode("utf-8", "replace"), data.count(b"\n", 0, start) + 1))
+            Edit.span(rel, data, start, end, new, self.rule.id, self.rule.why))
 
     def problem(self, rel: str, node: Node | None, why: str) -> None:
         line = self.texts[rel].count(b"\n", 0, node.start_byte) + 1 if node is not None else 0

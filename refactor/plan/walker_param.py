@@ -27,8 +27,7 @@ from refactor.rules import Rules, WalkerNames
 
 
 def _edit(rel, data, start, end, new, rule) -> Edit:
-    return Edit(rel, start, end, new, rule.id, rule.why, data[start:end].decode("utf-8", "replace"),
-                data.count(b"\n", 0, start) + 1)
+    return Edit.span(rel, data, start, end, new, rule.id, rule.why)
 
 
 def _other(rules: Rules, member: str) -> str | None:
