@@ -65,3 +65,21 @@ def mini_index():
     from refactor.index.indexer import build_index
 
     return build_index(FIXTURE_TREE)
+
+
+@pytest.fixture(scope="module")
+def engine_61():
+    """The native engine of the full 6.1 tree, from the persistent cache (the session's
+    own cache is empty, where the engine would be built cold: minutes, not seconds)."""
+    from emulator.native import build_engine
+    from test_build import full_tree
+
+    old = os.environ.get("KVM_REFACTOR_CACHE")
+    os.environ["KVM_REFACTOR_CACHE"] = str(Path.home() / ".cache" / "kvm-refactor")
+    try:
+        return build_engine(full_tree("6.1"))
+    finally:
+        if old is None:
+            os.environ.pop("KVM_REFACTOR_CACHE", None)
+        else:
+            os.environ["KVM_REFACTOR_CACHE"] = old

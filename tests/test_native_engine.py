@@ -42,21 +42,6 @@ def _persistent_cache(monkeypatch):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
 
 
-@pytest.fixture(scope="module")
-def engine_61():
-    import os
-
-    old = os.environ.get("KVM_REFACTOR_CACHE")
-    os.environ["KVM_REFACTOR_CACHE"] = str(Path.home() / ".cache" / "kvm-refactor")
-    try:
-        return build_engine(full_tree("6.1"))
-    finally:
-        if old is None:
-            os.environ.pop("KVM_REFACTOR_CACHE", None)
-        else:
-            os.environ["KVM_REFACTOR_CACHE"] = old
-
-
 @pytest.mark.parametrize("name", AGREE_61)
 def test_61_agrees_with_the_python_model_on_the_corpus(engine_61, name):
     trace = CORPUS / f"{name}.jsonl"

@@ -111,23 +111,6 @@ def test_mbec_has_no_effect_on_61(engine_61):
     assert results(engine_61.model(), on) == results(engine_61.model(), off)
 
 
-@pytest.fixture(scope="module")
-def engine_61():
-    # The persistent cache, as test_native_engine.py's fixture (conftest gives the session
-    # an empty one, where the engine would be built cold).
-    import os
-
-    old = os.environ.get("KVM_REFACTOR_CACHE")
-    os.environ["KVM_REFACTOR_CACHE"] = str(Path.home() / ".cache" / "kvm-refactor")
-    try:
-        return build_engine(full_tree("6.1"))
-    finally:
-        if old is None:
-            os.environ.pop("KVM_REFACTOR_CACHE", None)
-        else:
-            os.environ["KVM_REFACTOR_CACHE"] = old
-
-
 @pytest.mark.slow
 def test_72_reads_mbec_from_vmcs12(monkeypatch):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
