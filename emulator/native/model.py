@@ -4,8 +4,10 @@ NativeModel has the interface of emulator.machine.Model that run_pair uses
 (apply, translations, translate_time): one event, one round trip.  For
 throughput, `apply_many()`, `stream()` and `run_packed()` send events in
 batches (packed 64-bit words, docs/native-engine.md) and read the answers in
-bulk; `pack()` encodes a stream once for several engines.  The engine stays
-a separate process: whatever the kernel's code does, the tool survives it.
+bulk; `pack()` encodes a stream once for several engines, and `send()` /
+`receive()` run one packed chunk on several engines at the same time.  The
+engine stays a separate process: whatever the kernel's code does, the tool
+survives it.
 """
 from __future__ import annotations
 
@@ -31,7 +33,12 @@ OPS = ("quit", "reset", "translate", "write", "read", "cr0", "cr3", "cr4", "efer
 MAGIC = 0x4B564D << 40
 BATCH_EVENTS = 16384         # events per chunk: fewer chunks, less driver time per event
 PIPE_BYTES = 1 << 20         # asked of the kernel for both pipes (fewer wake-ups)
+# One answer line is at most 64 KiB (harness.c: out[]).  A read of PIPE_BYTES costs ~30 us
+# of CPU whatever it returns (the 1 MiB buffer is mapped and unmapped): fine once per
+# chunk, most of the time of a one-event round trip (apply()).
+LINE_READ = 1 << 16
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 def _head(kind: str, nargs: int) -> int:
@@ -183,7 +190,12 @@ class NativeModel:
                 fcntl.fcntl(fh.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
             except OSError:   # a lower limit (fs.pipe-max-size): the default works too
                 pass
+        try:
+            proc.h_pipe = fcntl.fcntl(proc.stdin.fileno(), _F_GETPIPE_SZ)
+        except OSError:
+            proc.h_pipe = 4096
         proc.h_pending = b""   # answers read but not yet consumed
+        proc.h_writer = None   # send()'s writer thread, when a chunk exceeds the pipe
         return proc
 
     def _died(self, proc: subprocess.Popen) -> EngineError:
@@ -200,15 +212,16 @@ class NativeModel:
         return EngineError(f"native engine for {self.build.tree} exited "
                            f"({proc.poll()}): {err[-1] if err else 'no message'}")
 
-    def _block(self, proc: subprocess.Popen, count: int) -> bytes:
-        """The next COUNT answer lines, as one block (each line ends with a newline)."""
+    def _block(self, proc: subprocess.Popen, count: int, size: int = PIPE_BYTES) -> bytes:
+        """The next COUNT answer lines, as one block (each line ends with a newline);
+        `size`: bytes asked of each read."""
         data = proc.h_pending
         have = data.count(b"\n")
         parts = [data]
         fd = proc.stdout.fileno()
         while have < count:
             try:
-                more = os.read(fd, PIPE_BYTES)
+                more = os.read(fd, size)
             except (OSError, ValueError):
                 more = b""
             if not more:
@@ -238,7 +251,7 @@ class NativeModel:
         except (OSError, ValueError):
             raise self._died(proc) from None
         try:
-            line = self._lines(proc, 1)[0]
+            line = self._block(proc, 1, LINE_READ)[:-1]
         except _Died as died:
             raise died.error from None
         if ev["ev"] == "translate":
@@ -315,6 +328,56 @@ class NativeModel:
         the fast way to compare trees."""
         for lines in self._run_chunks(_chunks(events, BATCH_EVENTS)):
             yield from lines if raw else decode_many(lines)
+
+    def send(self, data: bytes) -> None:
+        """Start one chunk of pack()ed events (receive() reads its answers): several
+        engines are sent their chunk before any is read, so they run at the same time.
+        Counts no translations (the caller knows which of them count)."""
+        proc = self._proc
+        fd = proc.stdin.fileno()
+        if len(data) <= proc.h_pipe:
+            # The engine has read everything before (its answers were all received), so
+            # the pipe is empty and takes the chunk in one write, without a thread.
+            try:
+                os.write(fd, data)
+            except (OSError, ValueError):
+                pass          # the engine died: receive() says so
+            return
+
+        def writer():
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except (OSError, ValueError):
+                pass
+        proc.h_writer = threading.Thread(target=writer, daemon=True)
+        proc.h_writer.start()
+
+    def receive(self, count: int) -> bytes:
+        """The answers of the chunk send() started: COUNT newline-terminated lines in one
+        block.  If the engine died (or was kill()ed), EngineError; the process is gone
+        and the model starts a new one at its next event."""
+        proc = self._proc
+        try:
+            block = self._block(proc, count) if count else b""
+        except _Died as died:
+            self._kill(proc)
+            raise died.error from None
+        finally:
+            if proc.h_writer is not None:
+                proc.h_writer.join(timeout=5)
+                proc.h_writer = None
+        return block
+
+    def kill(self) -> None:
+        """End the running engine at once (from a watchdog thread: a chunk that hangs)."""
+        proc = self._own
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
 
     def _kill(self, proc: subprocess.Popen) -> None:
         if proc.poll() is None:

@@ -7,12 +7,14 @@ on), exactly as emulator/fuzz.py does for the two Python layouts.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from emulator.fuzz import random_events, shrink
+from emulator.native.model import decode, pack
 from emulator.trace import jsonable, read_events, write_events
 
 
@@ -68,7 +70,6 @@ HANG_SECONDS = 20.0   # one event of a walk takes microseconds; this long is a h
 def _apply_watched(model, ev: dict, timeout: float = HANG_SECONDS) -> dict:
     """model.apply(ev), but an event that never returns (a loop in rewritten C) is a bug:
     the engine is closed from a timer, which makes apply() fail."""
-    import threading
 
     hung = threading.Event()
 
@@ -101,67 +102,228 @@ def run_streams(streams: list[Stream], ref, cands: dict[str, object], keep: int 
     """Feed every stream to `ref` and each candidate; (events, tallies, reference bugs).
 
     `keep`: how many divergences per candidate are kept with their episode
-    (all are counted, and all passed to `on_found`).
+    (all are counted, and all passed to `on_found`).  Native engines get the
+    events in chunks of whole episodes (`_Run`); the results are those of one
+    event at a time.
     """
-    tallies = {name: Tally() for name in cands}
-    ref_bugs: list[dict] = []
-    total = 0
+    run = _Run(ref, cands, keep, progress, on_found)
     for stream in streams:
-        episode: list[dict] = []
-        skipping = {name: False for name in cands}
-        for where, ev in stream.events:
-            total += 1
-            if ev["ev"] == "reset":
-                episode = []
-                skipping = dict.fromkeys(cands, False)
-            episode.append(ev)
+        run.stream(stream.events)
+    return run.total, run.tallies, run.ref_bugs
+
+
+CHUNK_EVENTS = 4096   # events per batch (whole episodes): a few ms of engine time
+
+
+def _batched(model) -> bool:
+    return callable(getattr(model, "send", None)) and callable(getattr(model, "receive", None))
+
+
+def _is_fail(raw: bytes) -> bool:
+    """Whether an answer line may be a bug or error result (decoded to be sure)."""
+    return b'"bug"' in raw or b'"error"' in raw
+
+
+class _Run:
+    """run_streams()' state: the loop of one event at a time, fed by chunks.
+
+    A chunk is whole episodes (it starts at a `reset`).  It is packed once and
+    sent to the reference and to every native candidate at once; where a
+    candidate's block of answer lines is byte-identical to the reference's and
+    the reference has no bug, error or failed PDPTE load in it, the chunk is
+    counted in one step (the same harness prints both, so equal results are
+    equal lines).  Otherwise the chunk goes through `_rows`, today's loop over
+    its events, taking each engine's answer from its block (decoded only where
+    the lines differ) or, for a Python model and an engine whose batch failed
+    (it died or hung: its process is restarted), from apply().  A candidate is
+    sent the events of its episode past a divergence too, which one event at a
+    time never sends it: a `reset` makes a fresh vCPU, guest memory and
+    allocator in the engine (harness.c), so nothing of them reaches the next
+    episode.
+    """
+
+    def __init__(self, ref, cands: dict, keep: int, progress, on_found):
+        self.ref, self.cands, self.keep = ref, cands, keep
+        self.progress, self.on_found = progress, on_found
+        self.tallies = {name: Tally() for name in cands}
+        self.ref_bugs: list[dict] = []
+        self.total = 0
+
+    def stream(self, events: Iterable[tuple[str, dict]]) -> None:
+        chunk: list[tuple[str, dict]] = []
+        try:
+            for item in events:
+                if item[1]["ev"] == "reset" and len(chunk) >= CHUNK_EVENTS:
+                    self.chunk(chunk)
+                    chunk = []
+                chunk.append(item)
+        finally:
+            # Also when the stream fails (a bad trace line): the events before it count.
+            if chunk:
+                self.chunk(chunk)
+
+    def chunk(self, items: list[tuple[str, dict]]) -> None:
+        base = self.total
+        batch = None
+        if _batched(self.ref) and items[0][1]["ev"] == "reset":
+            batch = self._batch(items)
+        if batch is None:
+            fails = self._rows(items, base, None, {}, list(self.cands))
+        else:
+            ref_lines, ref_clean, lines, clean = batch
+            todo = [name for name in self.cands if name not in clean]
+            fails = set()
+            if todo or not ref_clean:
+                fails = self._rows(items, base, ref_lines, lines, todo)
+        self.total = base + len(items)
+        if self.progress is not None:
+            for total in range(base - base % 1000 + 1000, self.total + 1, 1000):
+                if total not in fails:   # the loop never reached progress at a reference bug
+                    self.progress(total)
+
+    def _batch(self, items: list[tuple[str, dict]]):
+        """Run the chunk on the reference and every native candidate at once: (reference
+        lines or None if it failed, whether they need no look, {candidate: lines} to look
+        at, candidates done), or None when the chunk cannot be packed."""
+        try:
+            data, n, translations = pack([ev for _, ev in items])
+        except Exception:     # noqa: BLE001 -- one event at a time raises it where it is
+            return None
+        nat = [name for name, m in self.cands.items() if _batched(m)]
+        self.ref.send(data)
+        for name in nat:
+            self.cands[name].send(data)
+        # The hang timer of apply(), for a chunk: what it kills runs again one event at a
+        # time, where the event that hangs is found (the reference is not watched).
+        pending, lock = set(nat), threading.Lock()
+
+        def watchdog():
+            with lock:
+                for name in pending:
+                    self.cands[name].kill()
+        timer = threading.Timer(HANG_SECONDS, watchdog)
+        timer.daemon = True
+        timer.start()
+        blocks: dict[str, bytes | None] = {}
+        try:
             try:
-                r_ref = ref.apply(ev)
-            except RuntimeError as exc:
-                raise RefBug(f"the pristine engine died at {where}: {exc}") from None
-            if "bug" in r_ref or "error" in r_ref:
+                ref_block = self.ref.receive(n)
+                self.ref.translations += translations
+            except RuntimeError:     # died: run again one event at a time, to say where
+                ref_block = None
+            for name in nat:
+                t0 = time.perf_counter()
+                try:
+                    blocks[name] = self.cands[name].receive(n)
+                except RuntimeError:
+                    blocks[name] = None
+                with lock:
+                    pending.discard(name)
+                self.tallies[name].seconds += time.perf_counter() - t0
+        finally:
+            timer.cancel()
+        ref_clean = ref_block is not None and not _is_fail(ref_block) \
+            and b'"pdptrs"' not in ref_block
+        lines, clean = {}, set()
+        for name, block in blocks.items():
+            if block is None:
+                continue
+            if ref_clean and block == ref_block:
+                clean.add(name)
+                self.tallies[name].events += n
+                self.cands[name].translations += translations
+            else:
+                lines[name] = block.split(b"\n")[:-1]
+        ref_lines = ref_block.split(b"\n")[:-1] if ref_block is not None else None
+        return ref_lines, ref_clean, lines, clean
+
+    def _rows(self, items: list[tuple[str, dict]], base: int, ref_lines: list[bytes] | None,
+              lines: dict[str, list[bytes]], names: list[str]) -> set[int]:
+        """One event at a time for candidates NAMES; answers from LINES where given, from
+        apply() otherwise.  The events numbers where the reference failed."""
+        ref = self.ref
+        fails: set[int] = set()
+        episode: list[dict] = []
+        skipping = dict.fromkeys(names, False)
+        for i, (where, ev) in enumerate(items):
+            total = base + i + 1
+            kind = ev["ev"]
+            if kind == "reset":
+                episode = []
+                skipping = dict.fromkeys(names, False)
+            episode.append(ev)
+            raw_ref = None
+            if ref_lines is None:
+                try:
+                    r_ref = ref.apply(ev)
+                except RuntimeError as exc:
+                    raise RefBug(f"the pristine engine died at {where}: {exc}") from None
+            else:
+                raw_ref = ref_lines[i]
+                r_ref = decode(raw_ref) if _is_fail(raw_ref) or (
+                    kind == "nested_entry" and b'"pdptrs"' in raw_ref) else None
+            if r_ref is not None and ("bug" in r_ref or "error" in r_ref):
                 # The reference cannot go on in this episode: note it, skip everyone.  A stub
                 # hit (a path the engine does not provide) makes the run incomplete: the
                 # caller reports it as bad input rather than as a pass.
-                if len(ref_bugs) < 20 or (r_ref.get("stub") and
-                                          not any(b["result"].get("stub") for b in ref_bugs)):
-                    ref_bugs.append({"where": where, "ev": jsonable(ev), "result": jsonable(r_ref)})
-                for name in cands:
+                fails.add(total)
+                bugs = self.ref_bugs
+                if len(bugs) < 20 or (r_ref.get("stub") and
+                                      not any(b["result"].get("stub") for b in bugs)):
+                    bugs.append({"where": where, "ev": jsonable(ev), "result": jsonable(r_ref)})
+                for name in names:
                     skipping[name] = True
                 continue
-            for name, model in cands.items():
-                t = tallies[name]
-                t.events += 1
+            for name in names:
+                self.tallies[name].events += 1
                 if skipping[name]:
                     continue
-                t0 = time.perf_counter()
-                try:
-                    r = _apply_watched(model, ev)
-                except RuntimeError as exc:   # the engine process died: a crash is a result
-                    r = {"bug": f"engine died: {str(exc).splitlines()[0] if str(exc) else exc}"}
-                if "bug" in r and r["bug"].startswith(("hang:", "engine died:")):
-                    revive = getattr(model, "build", None)
-                    if revive is not None:
-                        cands[name] = revive.model()
-                t.seconds += time.perf_counter() - t0
+                cand = lines.get(name)
+                if cand is not None:
+                    if kind == "translate":
+                        self.cands[name].translations += 1
+                    if cand[i] == raw_ref:
+                        continue
+                    r = decode(cand[i])
+                else:
+                    r = self._apply(name, ev)
+                if r_ref is None:
+                    r_ref = decode(raw_ref)
                 if r != r_ref:
                     skipping[name] = True
-                    f = Found(where, total, ev, r_ref, r, list(episode))
-                    t.divergences += 1
-                    t.bugs += f.bug
-                    if len(t.found) < keep:
-                        t.found.append(f)
-                    if on_found is not None:
-                        on_found(name, f)
-            if ev["ev"] == "nested_entry" and r_ref.get("pdptrs") is False:
+                    self._found(name, Found(where, total, ev, r_ref, r, list(episode)))
+            if kind == "nested_entry" and r_ref is not None and r_ref.get("pdptrs") is False:
                 # KVM fails this VM-entry (L2's PDPTEs cannot be loaded); the trace format
                 # lets L2 run on from a state the kernel never continues from, where the
                 # layouts legitimately keep different stale PDPTEs: stop comparing here.
-                for name in cands:
+                for name in names:
                     skipping[name] = True
-            if progress is not None and total % 1000 == 0:
-                progress(total)
-    return total, tallies, ref_bugs
+        return fails
+
+    def _apply(self, name: str, ev: dict) -> dict:
+        """One event on one candidate, as ever: a hang or a death is a bug result, and the
+        engine is revived."""
+        model = self.cands[name]
+        t0 = time.perf_counter()
+        try:
+            r = _apply_watched(model, ev)
+        except RuntimeError as exc:   # the engine process died: a crash is a result
+            r = {"bug": f"engine died: {str(exc).splitlines()[0] if str(exc) else exc}"}
+        if "bug" in r and r["bug"].startswith(("hang:", "engine died:")):
+            revive = getattr(model, "build", None)
+            if revive is not None:
+                self.cands[name] = revive.model()
+        self.tallies[name].seconds += time.perf_counter() - t0
+        return r
+
+    def _found(self, name: str, f: Found) -> None:
+        t = self.tallies[name]
+        t.divergences += 1
+        t.bugs += f.bug
+        if len(t.found) < self.keep:
+            t.found.append(f)
+        if self.on_found is not None:
+            self.on_found(name, f)
 
 
 class _Watched:
