@@ -23,6 +23,10 @@ def plan_restructure(files, defs, rules: Rules, names: WalkerNames, ctx: Context
     return edits
 
 
+# Statements after which control never reaches the next line.
+_NO_FALL_THROUGH = ("return_statement", "goto_statement", "break_statement", "continue_statement")
+
+
 def _attach_member(files, defs, rules, names, step) -> list[Edit]:
     """`vcpu->arch.<member>.w = &vcpu->arch.<walker>;` after the creating calls."""
     info = rules.vcpu_old.get(step["member"])
@@ -48,7 +52,16 @@ def _attach_member(files, defs, rules, names, step) -> list[Edit]:
             arch = m.group(1) if m else "vcpu->arch"
             walker = getattr(names, info.walker)
             stmt, lead = f"\t{arch}.{step['member']}.w = &{arch}.{walker};\n", ""
+            if stmt.strip().encode() in pf.src[body.start_byte + fn.frag.offset:body.end_byte + fn.frag.offset]:
+                continue  # attached already (a second run)
             nxt = last.next_named_sibling
+            if last.type in _NO_FALL_THROUGH:
+                # `return create(...);`: nothing after it runs, so the attachment goes first,
+                # set apart (it needs no result of the call: the walker is the vCPU's own).
+                pos = pf.src.rfind(b"\n", 0, last.start_byte + fn.frag.offset) + 1
+                out.append(Edit(pf.rel, pos, pos, stmt + "\n", step["id"], step["why"], "",
+                                pf.src.count(b"\n", 0, pos) + 1))
+                continue
             if nxt is not None and nxt.type == "if_statement":
                 # Not between `ret = create(...)` and its `if (ret)`: after the check, set apart.
                 last, lead = nxt, "\n"

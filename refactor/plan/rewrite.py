@@ -182,6 +182,15 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                     new = field_rule.path.rsplit(".", 1)[-1]
                     if new != v.name and new not in scope_names:
                         renames[(name, v.name)] = new
+    # A function the tree only declares (defined elsewhere): its struct kvm_mmu * parameters
+    # stay, so a walker passed there is converted to the MMU the rules give for it.
+    for name, decls in protos.items():
+        if name not in defs:
+            for proto in decls:
+                for p in proto.params:
+                    if p.index is not None and p.ctype.name == f"struct {rules.types['mmu']}" \
+                            and p.ctype.depth:
+                        mmu_params.setdefault(name, set()).add(p.index)
     plan.narrowed = sorted(f"{f}:{v}" for f, v in result.narrowed)
     callee_names = {n for n in walker_params} | {n for n in mmu_params}
     prefixes = {p for ps in naming_macros(files).values() for p in ps}

@@ -255,6 +255,8 @@ class FunctionRewriter(Conversions):
         if target is not None:
             walker_idx = self.ctx.walker_params.get(target, set())
             mmu_idx = self.ctx.mmu_param_funcs.get(target, set())
+        else:  # a function the tree declares only: its prototype says what it takes
+            mmu_idx = self.ctx.mmu_param_funcs.get(called, set())
         if fnode.type == "field_expression":
             walker_idx = self.ctx.fnptr_walker.get(raw_text(fnode.child_by_field_name("field")), set())
         for rule in self.rules.calls:
