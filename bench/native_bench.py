@@ -18,6 +18,14 @@ else runs); wall-clock figures and the load average are printed beside them.
   16,384 events (what comparing two trees needs: one `==` per chunk).
 - decoded: apply_many(), answers decoded into result dicts, wall clock.
 - sync: apply(), one pipe round trip per event (what run_pair does).
+- end to end: refactor.verify.run.run_streams() (the loop of `verify`) over the
+  same events, this tree's engine as the pristine reference and one candidate
+  (the same engine, or `--against TREE`'s), against the Python model's own
+  two-layout comparison of the same events (emulator.fuzz.compare_episode per
+  episode with fresh old/new models, as `emulate fuzz` runs it), both timed in
+  this run: wall clock and CPU (this process plus the engines').  `--sync`
+  events also go through run_streams one event at a time (apply(), the loop
+  before batching) for comparison.
 `--cold` builds each engine in an empty cache directory (Kbuild configure and
 prepare, preprocessing, compiling, linking), again (cached), and for a symlink
 farm of the tree with one line added to mmu.c (prepared directory and the
@@ -39,7 +47,10 @@ from emulator.fuzz import random_events  # noqa: E402
 from emulator.machine import old_model  # noqa: E402
 from emulator.native import build_engine  # noqa: E402
 from emulator.native.model import BATCH_EVENTS, pack  # noqa: E402
+from emulator.fuzz import compare_episode  # noqa: E402
+from emulator.machine import new_model  # noqa: E402
 from refactor.rules import load_rules  # noqa: E402
+from refactor.verify.run import Stream, run_streams  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -60,6 +71,60 @@ def python_cpu(events: list[dict]) -> float:
             model = old_model(rules)
         model.apply(ev)
     return time.process_time() - cpu0
+
+
+def episodes(events: list[dict]) -> list[list[dict]]:
+    out: list[list[dict]] = []
+    for ev in events:
+        if ev["ev"] == "reset" or not out:
+            out.append([])
+        out[-1].append(ev)
+    return out
+
+
+def python_compare(events: list[dict]) -> tuple[float, float, int]:
+    """(wall, CPU, divergences) of the Python model's two-layout comparison, per episode
+    with fresh models, as `emulate fuzz` runs it."""
+    rules = load_rules()
+    names = rules.names("upstream")
+    eps = episodes(events)
+    diverged = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for ep in eps:
+        diverged += compare_episode(ep, old_model(rules), new_model(rules, names)) is not None
+    return time.perf_counter() - t0, time.process_time() - c0, diverged
+
+
+class OneAtATime:
+    """A model without send()/receive(): run_streams gives it one event at a time."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, ev):
+        return self.model.apply(ev)
+
+    @property
+    def translations(self):
+        return self.model.translations
+
+    def close(self):
+        self.model.close()
+
+
+def end_to_end(ref_build, cand_build, events: list[dict], label: str, wrap=None):
+    """(wall, CPU of this process and both engines, translations of the candidate,
+    divergences) of run_streams() over EVENTS."""
+    items = [(f"{label} event {i}", ev) for i, ev in enumerate(events, 1)]
+    wrap = wrap or (lambda m: m)
+    ref, cand = wrap(ref_build.model()), wrap(cand_build.model())
+    c0, p0, t0 = children_cpu(), time.process_time(), time.perf_counter()
+    _total, tallies, _bugs = run_streams([Stream(label, iter(items))], ref, {"c": cand})
+    wall, mine = time.perf_counter() - t0, time.process_time() - p0
+    translations = cand.translations
+    ref.close()
+    cand.close()      # waited for: the engines' CPU is counted
+    return wall, mine + children_cpu() - c0, translations, tallies["c"].divergences
 
 
 def task_cpu(pid: int) -> float | None:
@@ -121,6 +186,9 @@ def main() -> None:
     ap.add_argument("--sync", type=int, default=5000,
                     help="events run one round trip each (0: skip)")
     ap.add_argument("--cold", action="store_true", help="also time builds from an empty cache")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="end to end: this tree's engine is the candidate (default: the "
+                         "reference tree's own engine, as a second process)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each CPU measurement; the least is printed (the others "
                          "are the same work slowed by the machine's other jobs)")
@@ -138,6 +206,12 @@ def main() -> None:
         chunks = [pack(events[i:i + BATCH_EVENTS]) for i in range(0, len(events), BATCH_EVENTS)]
         packing = min(packing or 1e9, time.process_time() - p0)
     print(f"pack: {packing:.3f} s CPU for the stream (shared by every tree)")
+    cmp_wall, cmp_cpu, cmp_div = min((python_compare(events) for _ in range(args.repeat)),
+                                     key=lambda r: r[1])
+    print(f"python two-layout compare (emulate fuzz): {cmp_cpu:.3f} s CPU, {cmp_wall:.3f} s "
+          f"wall: {n / cmp_cpu:,.0f} translations/s of CPU, {n / cmp_wall:,.0f}/s wall; "
+          f"{cmp_div} divergences")
+    against = build_engine(args.against) if args.against else None
     for tree in args.tree:
         print(f"\n{tree}")
         if args.cold:
@@ -181,6 +255,23 @@ def main() -> None:
             model.close()
             print(f"  sync: apply() of {len(sub)} events, {wall / len(sub) * 1e6:.0f} us "
                   f"per event wall, {model.translations / wall:,.0f} translations/s")
+        cand = against or build
+        what = f"{build.version} against {'itself' if cand is build else cand.version}"
+        wall, cpu, tr, div = min((end_to_end(build, cand, events, f"seed {args.seed}")
+                                  for _ in range(args.repeat)), key=lambda r: r[1])
+        print(f"  end to end: run_streams() {what}: {wall:.3f} s wall, {cpu:.3f} s CPU "
+              f"(driver and both engines), {div} divergences: {tr / wall:,.0f} translations/s "
+              f"wall = {cmp_wall / wall:.1f}x the Python compare, {tr / cpu:,.0f}/s of CPU = "
+              f"{cmp_cpu / cpu:.1f}x ({load()})")
+        if args.sync:
+            sub = events[:args.sync]
+            subn = sum(1 for ev in sub if ev["ev"] == "translate")
+            s_wall, s_cpu, tr, _div = end_to_end(build, cand, sub, f"seed {args.seed}",
+                                                 OneAtATime)
+            ratio = (s_wall / subn) / (wall / n)
+            print(f"  end to end, one event at a time (apply()): {len(sub)} events, "
+                  f"{s_wall:.3f} s wall, {s_cpu:.3f} s CPU: {tr / s_wall:,.0f} translations/s "
+                  f"wall; the batched loop is {ratio:.0f}x faster per translation")
     print(f"\nend: {load()}")
 
 

@@ -1,0 +1,166 @@
+"""run_streams() batches native engines; its results are those of one event at a time.
+
+The per-event path is today's loop: models without send()/receive() (a Python
+model, or here a native engine behind a wrapper that hides them) get every
+event through apply().  Both paths run the same streams on the real 6.1 engine
+and must give the same tallies, divergences (with their episodes) and
+reference errors.
+"""
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+
+from emulator.fuzz import random_events
+from emulator.native.model import NativeModel
+from refactor.verify.check import CORPUS
+from refactor.verify.run import Stream, corpus_stream, run_streams
+
+GPA = re.compile(rb'^\{"gpa":(\d+)')
+
+
+class PerEvent:
+    """A model with apply() only: run_streams gives it one event at a time."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, ev):
+        return self.model.apply(ev)
+
+    @property
+    def translations(self):
+        return self.model.translations
+
+    def close(self):
+        self.model.close()
+
+
+class Perturbed(NativeModel):
+    """The real engine, except that a translation to a GPA divisible by 53 answers the
+    next GPA: the same change whether the answer comes from apply() or in a block."""
+
+    def apply(self, ev):
+        r = super().apply(ev)
+        if "gpa" in r and r["gpa"] % 53 == 0:
+            r["gpa"] += 1
+        return r
+
+    def receive(self, count):
+        lines = super().receive(count).split(b"\n")
+
+        def bump(m):
+            n = int(m.group(1))
+            return b'{"gpa":%d' % (n + 1 if n % 53 == 0 else n)
+        return b"\n".join(GPA.sub(bump, x) for x in lines)
+
+
+def _errors():
+    """A fuzz stream with events the reference refuses ({"error": ...}) mid-episode."""
+    evs = list(random_events(5, 2500))
+    resets = [i for i, e in enumerate(evs) if e["ev"] == "reset"]
+    evs.insert(resets[2] + 3, {"ev": "nested_exit"})      # L1 runs there
+    evs.insert(resets[1] + 1, {"ev": "nested_exit"})
+    return evs
+
+
+def _streams():
+    return [corpus_stream(sorted(CORPUS.glob("*.jsonl"))),
+            Stream("fuzz", ((f"fuzz {i}", e) for i, e in enumerate(random_events(1, 4000), 1))),
+            Stream("errors", ((f"errors {i}", e) for i, e in enumerate(_errors(), 1)))]
+
+
+def _run(ref, cands):
+    seen, ticks = [], []
+    total, tallies, ref_bugs = run_streams(
+        _streams(), ref, cands, keep=4, progress=ticks.append,
+        on_found=lambda name, f: seen.append((name, f.source, f.event)))
+    found = {name: [(f.source, f.event, f.ev, f.base, f.result, f.episode) for f in t.found]
+             for name, t in tallies.items()}
+    counts = {name: (t.events, t.divergences, t.bugs) for name, t in tallies.items()}
+    translations = {name: m.translations for name, m in cands.items()}
+    return total, counts, found, ref_bugs, seen, ticks, translations
+
+
+def test_batched_run_streams_equals_one_event_at_a_time(engine_61):
+    def cands(wrap):
+        return {"same": wrap(engine_61.model()), "perturbed": wrap(Perturbed(engine_61)),
+                "python": PythonModel()}
+
+    batched = _run(engine_61.model(), cands(lambda m: m))
+    per_event = _run(PerEvent(engine_61.model()), cands(PerEvent))
+    assert batched == per_event
+    total, counts, found, ref_bugs, seen, ticks, translations = batched
+    # The streams have what the paths must agree on: divergences of a batched candidate,
+    # of the Python model, and errors of the reference mid-episode.
+    assert counts["same"][1] == 0 and counts["perturbed"][1] > 0 and counts["python"][1] > 0
+    assert len(found["perturbed"]) == 4 and found["perturbed"][0][4]["gpa"] % 53 == 1
+    resets = [i for i, e in enumerate(random_events(5, 2500)) if e["ev"] == "reset"]
+    assert [b["where"] for b in ref_bugs] == [f"errors {resets[1] + 2}", f"errors {resets[2] + 5}"]
+    assert all("error" in b["result"] for b in ref_bugs)
+    assert ticks == list(range(1000, total + 1, 1000))
+    assert translations["same"] > 0
+
+
+class PythonModel:
+    """The Python model (old layout), a fresh one at each reset."""
+
+    def __init__(self):
+        from refactor.rules import load_rules
+
+        self.rules, self.m, self.translations = load_rules(), None, 0
+
+    def apply(self, ev):
+        from emulator.machine import old_model
+
+        if ev["ev"] == "reset":
+            self.m = old_model(self.rules)
+        self.translations += ev["ev"] == "translate"
+        return self.m.apply(ev)
+
+
+class Echo:
+    """A batched model without an engine: answers {"gpa": addr} to translations; its
+    first batch hangs until the watchdog kills it."""
+
+    def __init__(self, hang_first=False):
+        self.translations, self.hang = 0, hang_first
+        self.killed = threading.Event()
+        self.sent: list[bytes] = []
+
+    @staticmethod
+    def answer(ev):
+        return {"gpa": ev["addr"]} if ev["ev"] == "translate" else {"ok": True}
+
+    def apply(self, ev):
+        self.translations += ev["ev"] == "translate"
+        return self.answer(ev)
+
+    def send(self, data):
+        self.sent.append(data)
+
+    def receive(self, count):
+        if self.hang:
+            self.hang = False
+            if self.killed.wait(10):
+                raise RuntimeError("native engine exited (-9): no message")
+        raise RuntimeError("no block: answer one event at a time")
+
+    def kill(self):
+        self.killed.set()
+
+
+def test_a_hanging_batch_is_run_again_one_event_at_a_time(monkeypatch):
+    from refactor.verify import run
+
+    monkeypatch.setattr(run, "HANG_SECONDS", 0.2)
+    events = list(random_events(3, 700))
+    cand = Echo(hang_first=True)
+    total, tallies, ref_bugs = run_streams([Stream("s", ((str(i), e) for i, e in
+                                                         enumerate(events)))],
+                                           Echo(), {"c": cand})
+    assert cand.killed.is_set() and total == 700 and not ref_bugs
+    assert tallies["c"].events == 700 and tallies["c"].divergences == 0
+    assert cand.translations == sum(e["ev"] == "translate" for e in events)
