@@ -420,6 +420,33 @@ class NativeModel:
             pass
 
 
+def answer_blocks(events: list[dict], models: list) -> list[bytes] | None:
+    """Each native model's answers to EVENTS (one block of lines each), the engines
+    running at the same time; None if a model is not a native engine or an engine died
+    (its process is restarted: the caller runs the events one at a time, which says
+    where).  Translations are the caller's to count; `translate_time` gets the wall
+    time of the round trip."""
+    if not events or not all(isinstance(m, NativeModel) for m in models):
+        return None
+    try:
+        data, n, _translations = pack(events)
+    except Exception:     # noqa: BLE001 -- one event at a time raises it where it is
+        return None
+    t0 = time.perf_counter()
+    for m in models:
+        m.send(data)
+    blocks = []
+    for m in models:
+        try:
+            blocks.append(m.receive(n))
+        except RuntimeError:
+            blocks.append(None)
+    wall = time.perf_counter() - t0
+    for m in models:
+        m.translate_time += wall
+    return None if None in blocks else blocks
+
+
 class NativeBuild:
     """A built engine for one tree."""
 
