@@ -164,3 +164,22 @@ def test_a_hanging_batch_is_run_again_one_event_at_a_time(monkeypatch):
     assert cand.killed.is_set() and total == 700 and not ref_bugs
     assert tallies["c"].events == 700 and tallies["c"].divergences == 0
     assert cand.translations == sum(e["ev"] == "translate" for e in events)
+
+
+def test_compare_episode_of_two_engines_equals_one_event_at_a_time(engine_61):
+    """emulate fuzz --engine native: an episode in one batch, the same first difference."""
+    from emulator.fuzz import compare_episode, random_episodes
+
+    def run(wrap):
+        out = []
+        for ep in random_episodes(2, 3000):
+            old, new = wrap(engine_61.model()), wrap(Perturbed(engine_61))
+            out.append((compare_episode(ep, old, new), old.translations, new.translations))
+            old.close()
+            new.close()
+        return out
+
+    batched, per_event = run(lambda m: m), run(PerEvent)
+    assert batched == per_event
+    assert any(found is not None for found, _, _ in batched)
+    assert any(found is None for found, _, _ in batched)
