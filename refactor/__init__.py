@@ -57,6 +57,9 @@ _EXPORTS = {
     "read_mails": "refactor.port.mail",
     "port_patches": "refactor.port.engine",
     "PortReport": "refactor.port.engine",
+    "prove_port": "refactor.port.proof",
+    "port_source_files": "refactor.port.proof",
+    "PortProof": "refactor.port.proof",
     # verify: the product executed natively (emulator/native)
     "verify_tree": "refactor.verify.check",
     "verify_branch": "refactor.verify.check",

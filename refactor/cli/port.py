@@ -42,6 +42,14 @@ def _slug(subject: str) -> str:
 @click.option("--subject-prefix", default=None, help='e.g. "PATCH 6.12.y"')
 @click.option("--build", is_flag=True,
               help="build KVM of each target with the ported patches applied (in a symlink farm)")
+@click.option("--verify", "verify", is_flag=True,
+              help="run the patched target, and the patched --source tree, on the native engine "
+                   "(docs/port.md, \"Proof on the target\")")
+@click.option("--source", "source", default=None, metavar="TREE",
+              help="with --verify: the full tree the patches were written on")
+@click.option("--events", type=click.IntRange(0), default=20_000, show_default=True,
+              help="with --verify: fuzz events after the corpus")
+@click.option("--seed", type=int, default=1, show_default=True, help="with --verify: fuzz seed")
 @click.option("-j", "--jobs", type=click.IntRange(1), default=None,
               help="worker processes, one target each, and make -j for --build "
                    "(default: the number of cores)")
@@ -49,14 +57,16 @@ def _slug(subject: str) -> str:
               help="port on a Dask scheduler, one target per unit (docs/cluster.md)")
 def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | None, target_names: str | None,
              outdir: str | None, fmt: str, subject_prefix: str | None, build: bool, jobs: int | None,
-             cluster: str | None) -> None:
+             cluster: str | None, verify: bool = False, source: str | None = None,
+             events: int = 20_000, seed: int = 1) -> None:
     """Port PATCHES (mails, an mbox, a git diff, or -) onto each --onto tree.
 
     A new-layout patch onto an old-layout tree is a backport, the reverse a
     forward port; on the same layout the patch is applied with analysis only.
     Each hunk is clean, translated (rule ids), relocated, or a conflict with
     a reason. Exit 0 when every hunk of every patch ported, 1 when some
-    conflict, 2 on bad input. The trees are never written.
+    conflict (or --verify's native proof disagrees or never reaches the
+    changed code), 2 on bad input. The trees are never written.
     """
     from refactor.cli.errors import UserError
     from refactor.errors import PatchError
@@ -69,6 +79,9 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
     from refactor.port.output import analysis_text
     from refactor.errors import RulesError
 
+    if source is not None and not verify:
+        raise UserError("--source is the tree the native proof runs the original patches on: "
+                        "it needs --verify")
     stdin_text = sys.stdin.read() if "-" in patches else None
     try:
         mails = read_inputs(list(patches), stdin_text)
@@ -97,6 +110,8 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
             if not result.ok and not result.errors:
                 click.echo(result.reason or result.log_tail, err=True)
 
+    proofs = _prove(report, mails, source, names, seed, events) if verify else {}
+
     if outdir:
         base = Path(outdir)
         if base.exists() and not base.is_dir():
@@ -108,7 +123,10 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
                 if pr.output:
                     (d / f"{k:04d}-{_slug(pr.mail.subject)}.patch").write_text(pr.output)
     if fmt == "json":
-        click.echo(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        for i, proof in proofs.items():
+            data["targets"][i]["verify"] = proof if isinstance(proof, dict) else proof.as_dict()
+        click.echo(json.dumps(data, indent=2))
     elif fmt == "text" or outdir or len(targets) > 1:
         click.echo(analysis_text(report), nl=False)
     else:
@@ -117,5 +135,40 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
                 click.echo(pr.output, nl=False)
         if report.conflicts:
             click.echo(analysis_text(report), nl=False, err=True)
-    if report.conflicts or failed_build:
+    if any(isinstance(p, dict) and "error" in p for p in proofs.values()):
+        sys.exit(2)
+    if report.conflicts or failed_build or any(
+            not isinstance(p, dict) and p.verdict in ("disagree", "unreached") for p in proofs.values()):
         sys.exit(1)
+
+
+def _prove(report, mails, source: str | None, names: str | None, seed: int, events: int) -> dict:
+    """The native proof per target (index -> Proof, or {"error"/"skipped": why}); each
+    summary on standard error.  A tree the engine cannot build gets one line."""
+    from refactor import VerifyError, port_source_files, prove_port
+
+    out: dict = {}
+    src_files = None
+    for i, tr in enumerate(report.targets):
+        name = tr.target.version
+        if any(p.result == "conflict" for p in tr.patches):
+            out[i] = {"skipped": "some patches conflict: nothing complete to execute"}
+            click.echo(f"port: native proof of {name}: skipped, some patches conflict", err=True)
+            continue
+        if not tr.changed:
+            out[i] = {"skipped": "the ported patches change nothing in the target"}
+            click.echo(f"port: native proof of {name}: skipped, the patches change nothing", err=True)
+            continue
+        try:
+            if source is not None and src_files is None:
+                src_files = port_source_files(mails, Path(source), names)
+            proof = prove_port(tr.target.root, tr.changed, None if source is None else Path(source),
+                          src_files, seed=seed, events=events,
+                          progress=lambda msg: click.echo(f"port: {msg}", err=True))
+        except VerifyError as exc:
+            out[i] = {"error": str(exc)}
+            click.echo(f"port: native proof of {name}: not run: {exc}", err=True)
+            continue
+        out[i] = proof
+        click.echo(proof.text(), err=True, nl=False)
+    return out

@@ -1,0 +1,134 @@
+"""`port --verify`: the ported patch executed on the native engine next to the original.
+
+The fix is written on the real 7.3 text (permission_fault(): EFLAGS.AC no
+longer overrides SMAP, an observable permission change), backported onto the
+full 7.2 tree, and executed there; the source side is 7.2's rewrite to the new
+layout with the original patch (the 7.3 tree here is a subset the engine
+cannot build).  A port edited to read the permissions of the wrong walker must
+be reported as disagreeing.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from refactor.cli.app import main
+from refactor.port.engine import port_patches
+from refactor.port.mail import read_mails
+from refactor import port_source_files, prove_port
+from refactor.port.proof import PROBE_LINE, probe_files
+from test_port import make_mail
+
+MMU_H = "arch/x86/kvm/mmu.h"
+OLD = "\tfault = (fmt->permissions[index] >> pte_access) & 1;\n"
+NEW = "\tfault = (fmt->permissions[index & ~(PFERR_RSVD_MASK >> 1)] >> pte_access) & 1;\n"
+PORTED = "mmu->permissions[index & ~(PFERR_RSVD_MASK >> 1)]"
+# The classic wrong backport: the CPU's walker where the function is handed the one it walks.
+WRONG = "vcpu->arch.walk_mmu->permissions[index & ~(PFERR_RSVD_MASK >> 1)]"
+
+
+def smap_fix(trees) -> str:
+    return make_mail(trees["7.3"], MMU_H, OLD, NEW, "KVM: x86/mmu: Let EFLAGS.AC never override SMAP")
+
+
+def test_probe_sits_at_the_top_of_each_changed_function(trees):
+    report = port_patches(read_mails(smap_fix(trees)), [trees["7.2"]])
+    files = report.targets[0].changed
+    assert PORTED in files[MMU_H].decode()
+    originals = {MMU_H: (trees["7.2"] / MMU_H).read_bytes()}
+    probes = probe_files(files, originals)
+    assert probes.functions == ["permission_fault"] and probes.outside == []
+    [(rel, line)] = probes.sites
+    lines = probes.files[MMU_H].split(b"\n")
+    assert rel == MMU_H and lines[line - 1] == PROBE_LINE
+    assert lines[line - 2] == b"{" and b"permission_fault(" in b"\n".join(lines[line - 6:line - 2])
+    # Nothing but the probe is added.
+    assert probes.files[MMU_H].replace(PROBE_LINE + b"\n", b"") == files[MMU_H]
+    # The engine's answer names the probe by file:line (the bug table's path).
+    assert probes.hit(f'{{"bug":"{MMU_H}:{line}: WARN"}}'.encode()) == "permission_fault"
+    assert probes.hit(f'{{"bug":"{MMU_H}:{line + 1}: WARN"}}'.encode()) is None
+    assert probes.hit(b'{"val":3}') is None
+
+
+def test_a_change_outside_functions_is_listed_not_probed(trees):
+    rel = "arch/x86/include/asm/kvm_host.h"
+    text = (trees["7.2"] / rel).read_text()
+    old = "\tstruct kvm_mmu *walk_mmu;\n"
+    assert text.count(old) == 1
+    files = {rel: text.replace(old, old + "\tbool proof_test_member;\n").encode()}
+    probes = probe_files(files, {rel: text.encode()})
+    assert probes.functions == [] and probes.sites == {}
+    assert [s["file"] for s in probes.outside] == [rel]
+
+
+def test_cli_verify_on_a_tree_the_engine_cannot_build(trees, tmp_path):
+    patch = tmp_path / "fix.patch"
+    patch.write_text(smap_fix(trees))
+    runner = CliRunner()
+    res = runner.invoke(main, ["port", str(patch), "--onto", str(trees["7.2"]), "--verify",
+                               "--format", "json"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    [line] = [ln for ln in res.stderr.splitlines() if "native proof" in ln]
+    assert line.startswith("port: native proof of 7.2.13: not run: ") and "full" in line
+    data = json.loads(res.stdout)
+    assert "error" in data["targets"][0]["verify"]
+    res = runner.invoke(main, ["port", str(patch), "--onto", str(trees["7.2"]),
+                               "--source", str(trees["7.3"])])
+    assert res.exit_code == 2 and "needs --verify" in res.output
+
+
+@pytest.fixture
+def persistent_cache(monkeypatch):
+    # Engines and farms in the persistent cache: built cold they take minutes each.
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
+
+
+@pytest.mark.slow
+def test_backport_proof_on_72_agrees_and_a_wrong_port_disagrees(trees, persistent_cache, tmp_path):
+    """Five native builds of 7.2 (about 90 s each cold here: mmu.h recompiles every unit)."""
+    from refactor.verify.trees import rewrite_variant
+    from test_build import full_tree
+
+    t72 = full_tree("7.2")
+    source = rewrite_variant(t72).src          # 7.2 in the new layout, as 7.3 writes it
+    mails = read_mails(smap_fix(trees))
+    report = port_patches(mails, [t72])
+    tr = report.targets[0]
+    assert tr.patches[0].result == "ported" and tr.patches[0].direction == "backport"
+    src_files = port_source_files(mails, source)
+    assert list(src_files) == [MMU_H]
+
+    good = prove_port(t72, tr.changed, source, src_files, seed=1, events=20_000)
+    assert good.verdict == "agree", good.text()
+    assert good.divergences == 0 and good.bases_differ == 0
+    assert good.functions == ["permission_fault"]
+    assert 0 < good.reached < good.events
+    assert good.reached_by_function == {"permission_fault": good.reached}
+    # The patch's effect is real, and the same on both trees.
+    assert good.effect_target and good.effect_target == good.effect_source
+    ex = good.effect_examples[0]
+    assert ex["unpatched"] != ex["patched"] and ex["on_target"] and ex["on_source"]
+
+    wrong = dict(tr.changed)
+    text = wrong[MMU_H].decode()
+    assert text.count(PORTED) == 1
+    wrong[MMU_H] = text.replace(PORTED, WRONG).encode()
+    bad = prove_port(t72, wrong, source, src_files, seed=1, events=20_000)
+    assert bad.verdict == "disagree", bad.text()
+    assert bad.divergences > 0 and bad.found
+    assert bad.reached == good.reached     # the same events reach the same function
+
+    # The CLI: the same proof as the JSON contract's per-target `verify` object, exit 0.
+    patch = tmp_path / "fix.patch"
+    patch.write_text(smap_fix(trees))
+    res = CliRunner().invoke(main, ["port", str(patch), "--onto", str(t72), "--verify", "--source",
+                                    str(source), "--events", "2000", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    v = json.loads(res.stdout)["targets"][0]["verify"]
+    assert v["verdict"] == "agree" and v["agree"] is True and v["divergences"] == 0
+    assert v["reached"] > 0 and v["events"] > 2000 and v["effect"]["same"] is True
+    assert "verdict: AGREE" in res.stderr
