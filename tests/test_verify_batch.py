@@ -68,7 +68,7 @@ def _errors():
 
 def _streams():
     return [corpus_stream(sorted(CORPUS.glob("*.jsonl"))),
-            Stream("fuzz", ((f"fuzz {i}", e) for i, e in enumerate(random_events(1, 4000), 1))),
+            Stream("fuzz", ((f"fuzz {i}", e) for i, e in enumerate(random_events(1, 2500), 1))),
             Stream("errors", ((f"errors {i}", e) for i, e in enumerate(_errors(), 1)))]
 
 
@@ -102,6 +102,17 @@ def test_batched_run_streams_equals_one_event_at_a_time(engine_61):
     assert all("error" in b["result"] for b in ref_bugs)
     assert ticks == list(range(1000, total + 1, 1000))
     assert translations["same"] > 0
+
+
+def test_a_python_reference_with_batched_candidates_equals_one_event_at_a_time(engine_61):
+    """verify --model: the Python model is the reference, native engines the candidates."""
+    def cands(wrap):
+        return {"native": wrap(engine_61.model()), "perturbed": wrap(Perturbed(engine_61))}
+
+    batched = _run(PythonModel(), cands(lambda m: m))
+    assert batched == _run(PythonModel(), cands(PerEvent))
+    counts = batched[1]
+    assert counts["perturbed"][1] > counts["native"][1] > 0
 
 
 class PythonModel:

@@ -154,8 +154,8 @@ class _Run:
         try:
             for item in events:
                 if item[1]["ev"] == "reset" and len(chunk) >= CHUNK_EVENTS:
-                    self.chunk(chunk)
-                    chunk = []
+                    ready, chunk = chunk, []
+                    self.chunk(ready)
                 chunk.append(item)
         finally:
             # Also when the stream fails (a bad trace line): the events before it count.
@@ -165,7 +165,8 @@ class _Run:
     def chunk(self, items: list[tuple[str, dict]]) -> None:
         base = self.total
         batch = None
-        if _batched(self.ref) and items[0][1]["ev"] == "reset":
+        if items[0][1]["ev"] == "reset" and (
+                _batched(self.ref) or any(_batched(m) for m in self.cands.values())):
             batch = self._batch(items)
         if batch is None:
             fails = self._rows(items, base, None, {}, list(self.cands))
@@ -190,7 +191,9 @@ class _Run:
         except Exception:     # noqa: BLE001 -- one event at a time raises it where it is
             return None
         nat = [name for name, m in self.cands.items() if _batched(m)]
-        self.ref.send(data)
+        by_ref = _batched(self.ref)     # else a Python model: one event at a time
+        if by_ref:
+            self.ref.send(data)
         for name in nat:
             self.cands[name].send(data)
         # The hang timer of apply(), for a chunk: what it kills runs again one event at a
@@ -206,11 +209,13 @@ class _Run:
         timer.start()
         blocks: dict[str, bytes | None] = {}
         try:
-            try:
-                ref_block = self.ref.receive(n)
-                self.ref.translations += translations
-            except RuntimeError:     # died: run again one event at a time, to say where
-                ref_block = None
+            ref_block = None
+            if by_ref:
+                try:
+                    ref_block = self.ref.receive(n)
+                    self.ref.translations += translations
+                except RuntimeError:     # died: run again one event at a time, to say where
+                    ref_block = None
             for name in nat:
                 t0 = time.perf_counter()
                 try:
