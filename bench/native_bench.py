@@ -23,7 +23,9 @@ else runs); wall-clock figures and the load average are printed beside them.
   (the same engine, or `--against TREE`'s), against the Python model's own
   two-layout comparison of the same events (emulator.fuzz.compare_episode per
   episode with fresh old/new models, as `emulate fuzz` runs it), both timed in
-  this run: wall clock and CPU (this process plus the engines').  `--sync`
+  this run: wall clock and CPU (this process plus the engines'); also as a
+  ratio to one Python model's apply() of the events (the `python model`
+  line: half the work of a comparison, no model built per episode).  `--sync`
   events also go through run_streams one event at a time (apply(), the loop
   before batching) for comparison.
 `--cold` builds each engine in an empty cache directory (Kbuild configure and
@@ -262,7 +264,8 @@ def main() -> None:
         print(f"  end to end: run_streams() {what}: {wall:.3f} s wall, {cpu:.3f} s CPU "
               f"(driver and both engines), {div} divergences: {tr / wall:,.0f} translations/s "
               f"wall = {cmp_wall / wall:.1f}x the Python compare, {tr / cpu:,.0f}/s of CPU = "
-              f"{cmp_cpu / cpu:.1f}x ({load()})")
+              f"{cmp_cpu / cpu:.1f}x the Python compare, {py / cpu:.1f}x one Python model "
+              f"alone ({load()})")
         if args.sync:
             sub = events[:args.sync]
             subn = sum(1 for ev in sub if ev["ev"] == "translate")

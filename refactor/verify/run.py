@@ -3,7 +3,10 @@
 Events are generated (or read) once: each goes to the reference model and
 then to every candidate whose state still matches it.  A candidate that
 diverges is skipped until the next `reset` (its state differs from there
-on), exactly as emulator/fuzz.py does for the two Python layouts.
+on), exactly as emulator/fuzz.py does for the two Python layouts.  Native
+engines get the events in chunks of whole episodes and answer in blocks,
+compared byte for byte (`_Run`); the results are those of one event at a
+time.
 """
 from __future__ import annotations
 
@@ -138,8 +141,8 @@ class _Run:
     (it died or hung: its process is restarted), from apply().  A candidate is
     sent the events of its episode past a divergence too, which one event at a
     time never sends it: a `reset` makes a fresh vCPU, guest memory and
-    allocator in the engine (harness.c), so nothing of them reaches the next
-    episode.
+    allocator in the engine (harness.c), so only kernel globals such an event
+    changed could reach the next episode (docs/native-engine.md, Protocol).
     """
 
     def __init__(self, ref, cands: dict, keep: int, progress, on_found):
@@ -157,10 +160,13 @@ class _Run:
                     ready, chunk = chunk, []
                     self.chunk(ready)
                 chunk.append(item)
-        finally:
-            # Also when the stream fails (a bad trace line): the events before it count.
+        except Exception:
+            # A bad trace line: the events before it count, as they did one at a time.
             if chunk:
                 self.chunk(chunk)
+            raise
+        if chunk:
+            self.chunk(chunk)
 
     def chunk(self, items: list[tuple[str, dict]]) -> None:
         base = self.total
