@@ -74,6 +74,12 @@ class Rules:
     registry: dict[str, RuleEntry] = field(default_factory=dict, repr=False)
     families: dict[str, RuleEntry] = field(default_factory=dict, repr=False)  # "field-{field}" -> entry
     stage: "Stage | None" = None  # None: the whole refactor is in force
+    # mappings.toml entries read by one engine only: id -> (the engines that read it, why).
+    consumers: dict[str, tuple[frozenset, str]] = field(default_factory=dict)
+
+    def read_only_by(self, engine: str) -> dict[str, str]:
+        """{id: why} of the mapping entries only `engine` (one of CONSUMERS) reads."""
+        return {i: why for i, (engines, why) in self.consumers.items() if engines == {engine}}
 
     # ---- names ----------------------------------------------------------
     def names(self, spec: str | None = "upstream") -> WalkerNames:
@@ -265,6 +271,7 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         raw={"names": names, "layout": layout, "mappings": mappings},
     )
     rules.calls = [_call_rule(c) for c in mappings.get("calls", [])]
+    rules.consumers = _consumers(mappings)
     restructure_path = directory / "restructure.toml"
     if restructure_path.exists():
         raw_restructure = _read(directory, "restructure.toml")
@@ -276,6 +283,35 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         rules.check_names(p)
     rules.check_cited()
     return rules
+
+
+# The engines that apply a mappings.toml entry to code: the Python model (emulator/derive.py
+# rewrites kvm_old.py) and the rewriter (refactor/plan, the real trees).  Both read every
+# entry unless it says otherwise (tests/test_rule_consumers.py checks the claim).
+CONSUMERS = ("model", "rewriter")
+
+
+def _consumers(mappings: dict) -> dict[str, tuple[frozenset, str]]:
+    """The entries with `consumers = [...]` leaving an engine out, each with its consumers_why."""
+    out = {}
+    for table in ("bases", "exprs", "calls"):
+        for raw in mappings.get(table, []):
+            where = f"mappings.toml [[{table}]] {raw.get('id', '?')}"
+            engines = raw.get("consumers", list(CONSUMERS))
+            why = raw.get("consumers_why", "")
+            if not isinstance(engines, list) or not engines or len(set(engines)) != len(engines) \
+                    or not set(engines) <= set(CONSUMERS):
+                raise RulesError(f"{where}: consumers must be a non-empty list of {', '.join(CONSUMERS)}")
+            if set(engines) == set(CONSUMERS):
+                if why:
+                    raise RulesError(f"{where}: consumers_why is only for an entry whose consumers "
+                                     "leave an engine out")
+                continue
+            if not isinstance(why, str) or not why.strip():
+                raise RulesError(f"{where}: consumers = {engines} needs a consumers_why saying why "
+                                 f"{', '.join(sorted(set(CONSUMERS) - set(engines)))} does not read it")
+            out[raw["id"]] = (frozenset(engines), why.strip())
+    return out
 
 
 def _call_rule(raw: dict) -> CallRule:
