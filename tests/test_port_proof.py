@@ -132,3 +132,25 @@ def test_backport_proof_on_72_agrees_and_a_wrong_port_disagrees(trees, persisten
     assert v["verdict"] == "agree" and v["agree"] is True and v["divergences"] == 0
     assert v["reached"] > 0 and v["events"] > 2000 and v["effect"]["same"] is True
     assert "verdict: AGREE" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_proof_that_never_reaches_the_changed_code_is_not_a_pass(trees, persistent_cache, tmp_path):
+    """kvm_mmu_page_fault() handles the guest's hardware page faults; the traces translate
+    through the walkers and never execute it.  Two native builds (mmu.c alone)."""
+    from test_build import full_tree
+
+    t72 = full_tree("7.2")
+    old = "\tr = RET_PF_INVALID;\n"
+    new = old + "\tif (!VALID_PAGE(vcpu->arch.mmu->root.hpa))\n\t\treturn RET_PF_RETRY;\n"
+    patch = tmp_path / "fix.patch"
+    patch.write_text(make_mail(trees["7.3"], "arch/x86/kvm/mmu/mmu.c", old, new,
+                               "KVM: x86/mmu: Recheck the root before handling a fault"))
+    res = CliRunner().invoke(main, ["port", str(patch), "--onto", str(t72), "--verify",
+                                    "--events", "2000", "--format", "json"])
+    assert res.exit_code == 1, res.output
+    v = json.loads(res.stdout)["targets"][0]["verify"]
+    assert v["functions"] == ["kvm_mmu_page_fault"]
+    assert v["reached"] == 0 and v["verdict"] == "unreached" and v["agree"] is None
+    assert v["effect"]["target"] == 0
+    assert "verdict: UNREACHED" in res.stderr

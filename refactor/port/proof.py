@@ -19,6 +19,7 @@ stream, refactor.verify.run) go through all of them:
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -170,8 +171,9 @@ class PortProof:
                 lines.append(f"  note: the unpatched trees themselves differ on {self.bases_differ} "
                              "events")
             for d in self.found:
-                lines.append(f"  {d['source']}: event {d['event']}: source {d['expected']} "
-                             f"target {d['result']}")
+                lines.append(f"  {d['source']} (event {d['event']}): {json.dumps(jsonable(d['ev']))}")
+                lines.append(f"    patched source: {json.dumps(jsonable(d['expected']))}")
+                lines.append(f"    patched target: {json.dumps(jsonable(d['result']))}")
         if self.outside:
             lines.append(f"  {len(self.outside)} changed lines are outside any function (not probed)")
         for b in self.ref_bugs[:3]:
