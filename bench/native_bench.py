@@ -114,19 +114,20 @@ class OneAtATime:
         self.model.close()
 
 
-def end_to_end(ref_build, cand_build, events: list[dict], label: str, wrap=None):
-    """(wall, CPU of this process and both engines, translations of the candidate,
-    divergences) of run_streams() over EVENTS."""
+def end_to_end(ref_build, cand_build, events: list[dict], label: str, wrap=None, count=1):
+    """(wall, CPU of this process and the engines, translations of a candidate,
+    divergences) of run_streams() over EVENTS with COUNT candidates."""
     items = [(f"{label} event {i}", ev) for i, ev in enumerate(events, 1)]
     wrap = wrap or (lambda m: m)
-    ref, cand = wrap(ref_build.model()), wrap(cand_build.model())
+    ref = wrap(ref_build.model())
+    cands = {str(k): wrap(cand_build.model()) for k in range(count)}
     c0, p0, t0 = children_cpu(), time.process_time(), time.perf_counter()
-    _total, tallies, _bugs = run_streams([Stream(label, iter(items))], ref, {"c": cand})
+    _total, tallies, _bugs = run_streams([Stream(label, iter(items))], ref, cands)
     wall, mine = time.perf_counter() - t0, time.process_time() - p0
-    translations = cand.translations
-    ref.close()
-    cand.close()      # waited for: the engines' CPU is counted
-    return wall, mine + children_cpu() - c0, translations, tallies["c"].divergences
+    translations = cands["0"].translations
+    for m in (ref, *cands.values()):
+        m.close()      # waited for: the engines' CPU is counted
+    return wall, mine + children_cpu() - c0, translations, tallies["0"].divergences
 
 
 def task_cpu(pid: int) -> float | None:
@@ -266,6 +267,12 @@ def main() -> None:
               f"wall = {cmp_wall / wall:.1f}x the Python compare, {tr / cpu:,.0f}/s of CPU = "
               f"{cmp_cpu / cpu:.1f}x the Python compare, {py / cpu:.1f}x one Python model "
               f"alone ({load()})")
+        w3, cpu3, _tr, _div = min((end_to_end(build, cand, events, f"seed {args.seed}", count=3)
+                                   for _ in range(args.repeat)), key=lambda r: r[1])
+        extra = (cpu3 - cpu) / 2
+        print(f"  end to end with 3 candidates: {w3:.3f} s wall, {cpu3:.3f} s CPU; each "
+              f"candidate after the first costs {extra:.3f} s CPU: {n / extra:,.0f} translations/s "
+              f"= {py / extra:.1f}x one Python model (what one more tree of a branch costs)")
         if args.sync:
             sub = events[:args.sync]
             subn = sum(1 for ev in sub if ev["ev"] == "translate")
