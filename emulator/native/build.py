@@ -28,6 +28,7 @@ from pathlib import Path
 
 from refactor.rules import RulesError, load_rules
 
+from .cache import prune_after_build, touch, using
 from .layout import LayoutError, layout_header
 from .prepare import (Hasher, Prepared, PrepareError, dep_paths, find_prepared, first_error,
                       kbuild_output, run, unit_command)
@@ -270,6 +271,7 @@ def preprocess(tree: Path, prep: Prepared, cache: UnitCache, units: list[str], w
         key = cache.lookup(unit)
         if key:
             keys[unit] = key
+            touch(cache.root / "units" / key)   # its last use, for cache.prune()
         else:
             todo.append(unit)
     cmds, made = [], {}
@@ -308,7 +310,18 @@ def preprocess(tree: Path, prep: Prepared, cache: UnitCache, units: list[str], w
 
 def build(tree: Path, cache_dir: Path | None = None, progress=None,
           names=None, jobs: int = 2) -> tuple[Path, str, BuildInfo]:
-    """(executable, kernel version, info) for TREE; raises EngineError."""
+    """(executable, kernel version, info) for TREE; raises EngineError.
+
+    The cache is held (cache.using()) while building, so no prune removes what this build
+    uses; after it, the cache is pruned now and then (cache.prune_after_build())."""
+    root = cache_root(cache_dir)
+    with using(root):
+        out = _build(tree, root, progress, names, jobs)
+    prune_after_build(root)
+    return out
+
+
+def _build(tree: Path, root: Path, progress, names, jobs: int) -> tuple[Path, str, BuildInfo]:
     t0 = time.perf_counter()
     times: dict[str, float] = {}
     tree = Path(tree)
@@ -320,12 +333,12 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         layout_text, layout_desc = layout_header(rules, tree, names)
     except (RulesError, LayoutError) as exc:
         raise EngineError(str(exc)) from None
-    root = cache_root(cache_dir)
     units = [u for u, g in UNITS if (tree / u).is_file() and (HARNESS / g).is_file()]
     try:
         prep, hasher = find_prepared(root, tree, units, jobs, say)
     except PrepareError as exc:
         raise EngineError(str(exc)) from None
+    touch(prep.out)
     times["prepare"] = time.perf_counter() - t0
     version = _kernel_version(tree, prep)
     cache = UnitCache(root, prep, hasher)
@@ -348,6 +361,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
             obj = root / "objs" / f"{okey}.o"
             objs.append(obj)
             if obj.exists():
+                touch(obj)
                 continue
             tag = unit.replace("/", "_")[:-2]
             inc = work / tag
@@ -364,6 +378,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         hkey = _sha(FORMAT, _compiler_version(), " ".join(HARNESS_CFLAGS),
                     (HARNESS / "harness.c").read_bytes(), harness_h)
         harness_o = root / "objs" / f"harness-{hkey}.o"
+        touch(harness_o)
         if not harness_o.exists():
             jobs_c.append((["gcc", "-c", *HARNESS_CFLAGS, f"-I{HARNESS}",
                             str(HARNESS / "harness.c"), "-o", f"{harness_o}.{os.getpid()}.tmp"],
@@ -388,6 +403,7 @@ def build(tree: Path, cache_dir: Path | None = None, progress=None,
         exe = dest / "engine"
         info_units = sorted(ikeys)
         if exe.exists():
+            touch(dest)
             info = json.loads((dest / "info.json").read_text())
             return exe, version, BuildInfo(key, time.perf_counter() - t0, not compiled,
                                            layout_desc, info_units, info["stubs"], times,

@@ -67,6 +67,7 @@ def _register_commands() -> None:
     from refactor.cli.series import series_cmd
     from refactor.cli.port import port_cmd
     from refactor.cli.verify import verify_cmd
+    from refactor.cli.cache import cache_cmd
 
     main.add_command(fetch_tree_cmd)
     main.add_command(rewrite_cmd)
@@ -75,6 +76,7 @@ def _register_commands() -> None:
     main.add_command(port_cmd)
     main.add_command(lint_cmd)
     main.add_command(verify_cmd)
+    main.add_command(cache_cmd)
     try:
         from emulator.cli import emulate
     except ModuleNotFoundError as exc:  # pragma: no cover - partial checkout
