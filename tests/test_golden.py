@@ -142,6 +142,21 @@ def test_walker_to_a_declared_only_function(tmp_path):
     assert "kvm_mmu_free_roots(vcpu, &vcpu->arch.root_mmu, 1);" in out
 
 
+def test_walker_to_an_unknown_function_is_a_human_site(tmp_path):
+    """Neither defined nor declared: the rewrite cannot know what it takes, so it says so
+    (it used to pass the walker struct itself where a pointer was)."""
+    tree = tmp_path / "tree"
+    scratch_tree(tree)
+    (tree / TARGET).write_text("#include <linux/kvm_host.h>\n\n"
+                               "void f(struct kvm_vcpu *vcpu)\n{\n\tunknown_helper(vcpu, vcpu->arch.walk_mmu);\n}\n")
+    from refactor.plan.rewrite import plan_rewrite
+
+    plan = plan_rewrite(tree, "upstream")
+    assert "arch.gva_walk" not in plan.results.get(TARGET, b"").decode()
+    assert any(h.file == TARGET and h.line == 5 and "unknown_helper() is neither defined nor declared"
+               in h.why for h in plan.humans)
+
+
 def test_attach_member_after_a_returned_call(tmp_path):
     # Was a bug: restructure.toml [[attach_member]] inserted the attachment after the last
     # statement calling __kvm_mmu_create, so after `return` when that statement is one.

@@ -204,6 +204,7 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
                   narrower.fnptr if stage.narrow and stage.narrow_only is None else {}, _relevant(rules, extra))
     # Walker-reading parameters that stay struct kvm_mmu *: a walk-only MMU passed there is a human's.
     ctx.blocked_walker = blocked_walker_params(defs, result.blocked, rules)
+    ctx.macro_names = frozenset(narrower.macros)  # function-like macros: defined, untyped
     skip_structs = {rules.types["mmu"], rules.types["vcpu_arch"], rules.types["old_format"]}
     for rel, pf in files.items():
         if not _type_only(index, rel):

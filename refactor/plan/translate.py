@@ -286,6 +286,15 @@ class FunctionRewriter(Conversions):
                                      if not (a.start_byte <= n.start_byte and n.end_byte <= a.end_byte)]
                     continue
                 replaced[a.start_byte] = self.as_mmu(v, a)
+            elif v.kind in ("walker_obj", "walker_ptr") and target is None and fnode.type == "identifier" \
+                    and called not in getattr(self.ctx, "macro_names", ()) \
+                    and squash(v.text) != squash(self.src(a)):
+                # Neither defined nor declared here: whether it takes a walker is unknown.
+                self.human(a, f"{called}() is neither defined nor declared in the tree: whether its "
+                              f"argument {i} takes a walker or a struct kvm_mmu is unknown")
+                replaced[a.start_byte] = self.src(a)  # left as it was, for the human
+                self._changed = [(n, w) for n, w in self._changed
+                                 if not (a.start_byte <= n.start_byte and n.end_byte <= a.end_byte)]
             else:
                 replaced[a.start_byte] = v.text
         args_text = self._splice(args_node, replaced)
