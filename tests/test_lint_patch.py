@@ -174,3 +174,43 @@ def test_a_removed_member_reached_for_its_walker_is_a_move_in_progress():
     new = attach.replace(" \tvcpu->arch.walk_mmu = &vcpu->arch.root_mmu;",
                          " \tstruct kvm_pagewalk *w = &vcpu->arch.gva_walk;")
     assert [f.rule for f in lint_patches(new, "new.patch")] == ["KVM001"]
+
+
+def test_a_translation_moved_to_the_walker_keeps_the_walker_it_had():
+    # Issue 13 item 6: a hunk that moves `mmu->gva_to_gpa(vcpu, mmu, ...)` onto the walker but
+    # does not show where `mmu` comes from.  Without --tree `mmu` is taken for vcpu->arch.mmu
+    # (which varies), but it was the same `mmu` on the removed line: the walker is carried over.
+    old = "\treturn mmu->gva_to_gpa(vcpu, mmu, gva, access, exception);"
+    path, before, after = "arch/x86/kvm/x86.c", "\taccess |= PFERR_WRITE_MASK;", "}"
+    moved = _hunk(path, [old], [old.replace("mmu->gva_to_gpa", "mmu->w->gva_to_gpa")], before, after)
+    assert lint_patches(moved, "moved.patch") == []
+    # The same line added without a removed one is judged as before.
+    added = _hunk(path, [], [old.replace("mmu->gva_to_gpa", "mmu->w->gva_to_gpa")], before, after)
+    assert [(f.rule, f.expression) for f in lint_patches(added, "added.patch")] == [("KVM010", "mmu->w")]
+    # A walker the removed line did not use is the patch's own.
+    varying = _hunk(path, [old], [old.replace("mmu->gva_to_gpa", "vcpu->arch.mmu->w->gva_to_gpa")], before, after)
+    assert [(f.rule, f.expression) for f in lint_patches(varying, "p")] == [("KVM010", "vcpu->arch.mmu->w")]
+    to_ngpa = old.replace("mmu->gva_to_gpa(vcpu, mmu,", "mmu->w->gva_to_gpa(vcpu, &vcpu->arch.ngpa_walk,")
+    ngpa = _hunk(path, [old], [to_ngpa], before, after)
+    assert [(f.rule, f.expression) for f in lint_patches(ngpa, "p")] == [("KVM010", "&vcpu->arch.ngpa_walk")]
+    # Where the hunk shows `mmu`, it is typed: the GVA tables, nothing to report either way.
+    walk_mmu = "\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;"
+    fixed = _hunk(path, [old], [old.replace("mmu->gva_to_gpa", "mmu->w->gva_to_gpa")], walk_mmu, after)
+    assert lint_patches(fixed, "fixed.patch") == []
+
+
+def test_a_removed_member_standing_for_a_walker_names_it():
+    # With --tree, a function whose body names one walker only works with it (KVM013's stage).
+    # In a tree the move is half done in, `vcpu->arch.walk_mmu->w` is the GVA walker: the
+    # function below works with both, and giving it `&vcpu->arch.gva_walk` is no finding.
+    from refactor.index.indexer import index_sources
+    from refactor.lint.engine import function_walkers
+    from refactor.lint.registry import load_lint_rules
+
+    rules = load_lint_rules().rules
+    src = (b"void f(struct kvm_vcpu *vcpu, struct x86_exception *fault)\n{\n\tstruct kvm_pagewalk *w;\n\n"
+           b"\tw = fault->nested_page_fault ? &vcpu->arch.ngpa_walk :\n\t\t\t\t\tvcpu->arch.walk_mmu->w;\n}\n")
+    refs = index_sources({"arch/x86/kvm/x86.c": src}, rules).references
+    names = rules.names("upstream")
+    assert function_walkers(refs, names, rules)["f"] == {"gva", "ngpa"}
+    assert function_walkers(refs, names)["f"] == {"ngpa"}  # by the new names alone

@@ -364,9 +364,16 @@ def unit_findings(unit: Unit, lint: LintRules) -> list[Finding]:
     return fingerprint(unique, unit)
 
 
-def function_walkers(references: list[Reference], names: WalkerNames) -> dict[str, frozenset[str]]:
-    """Function -> roles of the vcpu walkers its body names (code only)."""
+def function_walkers(references: list[Reference], names: WalkerNames, rules=None) -> dict[str, frozenset[str]]:
+    """Function -> roles of the vcpu walkers its body names (code only).
+
+    In a tree the move is half done in, a removed member that stands for a walker
+    (layout.toml: walk_mmu, nested_mmu are the {gva} tables) names that walker too:
+    `w = nested ? &vcpu->arch.{ngpa} : vcpu->arch.walk_mmu->w` works with both walkers.
+    """
     roles = {names.gva: "gva", names.ngpa: "ngpa"}
+    if rules is not None:
+        roles.update({m.name: m.walker for m in rules.vcpu_old.values() if m.removed and m.walker})
     found: dict[str, set[str]] = defaultdict(set)
     for r in references:
         if r.context == "code" and r.function and r.symbol in roles:
@@ -420,7 +427,7 @@ def lint_tree(root: str | Path, names: str | None = None, use_cache: bool = True
 
     unit = Unit(label=str(root), layout=index.layout, names=wn, references=index.references,
                 program=index.program, read=read, parsed=dict(index.files), edits=edits,
-                function_walkers=function_walkers(index.references, wn))
+                function_walkers=function_walkers(index.references, wn, lint.rules))
     if error and warnings is not None:
         warnings.append(error)
     return index, unit_findings(unit, lint)
@@ -452,7 +459,7 @@ def lint_patches(text: str, name: str, tree: Index | None = None, tree_root: str
     patches = parse_patches(text, name)
     state: dict[str, str | None] = {}  # patched files so far, so a series applies in order
     wn = names_for(lint, names, tree.walkers if tree else [], tree.references if tree else [], text)
-    walkers_of = function_walkers(tree.references, wn) if tree is not None else {}
+    walkers_of = function_walkers(tree.references, wn, lint.rules) if tree is not None else {}
     out: list[Finding] = []
     for patch in patches:
         files: dict[str, bytes] = {}

@@ -166,16 +166,7 @@ class Shapes:
             return self.roles[m.group(1)], None
         m = _MMU_W.fullmatch(t)
         if m:
-            base = _strip(m.group(1))
-            # An MMU whose walker is fixed (root_mmu's is {gva}, guest_mmu's {ngpa}; the old
-            # walk_mmu/nested_mmu are the {gva} tables): that walker.  vcpu->arch.mmu varies.
-            fixed = self.mmu_walker_role(base, scope, offset, depth)
-            if fixed is not None:
-                return fixed, None
-            if not self.rules.base_for(base.lstrip("&")).generic or base in self.settings.mmu_pointer_names:
-                return "mmu-w", None
-            btype = scope.lookup(base) if re.fullmatch(r"\w+", base) else None
-            return ("mmu-w" if btype is not None and _is_mmu_type(str(btype), self.lint) else None), None
+            return self.mmu_role(_strip(m.group(1)), scope, offset, depth), None
         if re.fullmatch(r"\w+", t) and depth < 3:
             key = squash(t)
             assigned = [(at, v) for at, target, v in scope.assignments() if target == key and at < offset]
@@ -184,6 +175,18 @@ class Shapes:
                 role, origin = self.role_origin(value, scope, offset, depth + 1)
                 return role, origin if origin is not None else at
         return None, None
+
+    def mmu_role(self, base: str, scope: Scope, offset: int, depth: int = 0) -> str | None:
+        """The role of the walker of the MMU `base` designates; None when it is not an MMU."""
+        # An MMU whose walker is fixed (root_mmu's is {gva}, guest_mmu's {ngpa}; the old
+        # walk_mmu/nested_mmu are the {gva} tables): that walker.  vcpu->arch.mmu varies.
+        fixed = self.mmu_walker_role(base, scope, offset, depth)
+        if fixed is not None:
+            return fixed
+        if not self.rules.base_for(base.lstrip("&")).generic or base in self.settings.mmu_pointer_names:
+            return "mmu-w"
+        btype = scope.lookup(base) if re.fullmatch(r"\w+", base) else None
+        return "mmu-w" if btype is not None and _is_mmu_type(str(btype), self.lint) else None
 
     def mmu_walker_role(self, base: str, scope: Scope, offset: int, depth: int) -> str | None:
         """The walker role of the MMU `base` designates, when layout.toml fixes it."""
@@ -233,14 +236,28 @@ class Shapes:
                 if kind is None:
                     continue
                 src_of = lambda n: pf.text(n, frag)  # noqa: E731
+                arg = src_of(args[s.translate_address_arg])
+                reported: set[str] = set()
                 for target in (fexpr.child_by_field_name("argument"), args[s.translate_walker_arg]):
                     role, origin = self.role_origin(src_of(target), scope, target.start_byte)
+                    if role is None:
+                        # Code from before the move (the call on the MMU, as a patch's removed lines
+                        # have it): `mmu->gva_to_gpa(vcpu, mmu, ...)` walks what `mmu->w` walks after
+                        # it, so a patch that only moves the call to the walker carries its walker over.
+                        role = self.mmu_role(_strip(src_of(target)), scope, target.start_byte)
                     rule = next((r for r in rules if r.match["address"] == kind and role in r.match["walker"]),
                                 None)
-                    if rule is not None:
-                        self.report(rule, pf, frag, target, self.lint.walker_of(rule.fix["walker_of"], self.unit.names),
-                                    origin, arg=src_of(args[s.translate_address_arg]), role=_ROLE_TEXT.get(role, role))
-                        break  # one finding per call: base and argument are usually the same walker
+                    if rule is None or role in reported:
+                        continue  # base and argument are usually the same walker: one finding
+                    reported.add(role)
+                    # carried.py's key: the same address through the same walker, an MMU's walker
+                    # named by its MMU (`mmu` before the move, `mmu->w` after it).
+                    walker = _strip(src_of(target))
+                    m = _MMU_W.fullmatch(walker)
+                    walker = _strip(m.group(1)) if m else walker
+                    self.report(rule, pf, frag, target, self.lint.walker_of(rule.fix["walker_of"], self.unit.names),
+                                origin, arg=arg, role=_ROLE_TEXT.get(role, role),
+                                symbol=f"{squash(arg)}@{squash(walker)}")
 
     # -- KVM012
     def nested_faults(self, rules: list[LintRule]) -> None:
