@@ -55,6 +55,15 @@ def best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[in
         if score > best_score or (score == best_score and best is not None
                                   and abs(start - near) < abs(best - near)):
             best, best_score = start, score
+    if best is not None and best_score < 0.5 and cand:
+        # Lines inserted on the target's side shift the rest of the window: score the most
+        # likely starts by the lines that match in order in a longer window.
+        slack = min(n, 12)
+        for start in sorted(cand, key=lambda c: abs(c - near))[:40]:
+            sm = difflib.SequenceMatcher(None, key, view[start:start + n + slack], autojunk=False)
+            score = sum(b.size for b in sm.get_matching_blocks()) / n
+            if score > best_score:
+                best, best_score = start, score
     return (best, best_score) if best is not None else None
 
 
@@ -245,7 +254,7 @@ def align(kept: list[str], tlines: list[str], start: int) -> tuple[int, int, lis
     """Pair the hunk's lines with the target's around `start`, allowing lines on either side
     to be missing: (first, end) of the target region, 1:1 pairs (i, j), patch lines the target
     lacks, target lines the patch lacks."""
-    lo, hi = max(start - 2, 0), min(start + len(kept) + 3, len(tlines))
+    lo, hi = max(start - 2, 0), min(start + len(kept) + 12, len(tlines))
     a, b = [norm(x) for x in kept], [norm(x) for x in tlines[lo:hi]]
     ops = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
     while ops and ops[0][0] == "insert":

@@ -120,13 +120,18 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
     src, dst = Vocabulary(rules, src_names), Vocabulary(rules, dst_names)
     res = PatchResult(mail=mail, direction=direction)
     edits: dict[str, list[HunkResult]] = {}
+    contexts = {id(fp): file_context(fp, src, dst, target) for fp in mail.patch.files}
+    # What one file of the patch defines (a helper in a header) another may use.
+    defined = set().union(*(c.defined_by_patch for c in contexts.values())) if contexts else set()
+    for c in contexts.values():
+        c.defined_by_patch |= defined
     for fp in mail.patch.files:
         if fp.binary or fp.old_path is None or fp.new_path is None or fp.old_path != fp.new_path:
             res.hunks.append(HunkResult(file=fp.path, target_file=None, old_start=0, status="conflict",
                                         reason="new, deleted, renamed or binary files are not ported: "
                                                "apply that part by hand"))
             continue
-        ctx = file_context(fp, src, dst, target)
+        ctx = contexts[id(fp)]
         for hunk in fp.hunks:
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
             res.hunks.append(h)

@@ -19,21 +19,22 @@ from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
-from refactor.port.lexicon import Vocabulary, declared_types, translate
+from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (added_walker_locals, function_span, hoisted, inline, inline_added_locals,
-                                  learn_replaced_locals, target_types)
-from refactor.port.target import Target, arity
+                                  learn_replaced_locals, match_unseen_locals, pointer_inits, same_object_pairs, target_types,
+                                  through_locals)
+from refactor.port.prereq import (C_WORDS as _C_WORDS, format_members, missing_names, prerequisites,
+                                  redeclared)
+from refactor.port.structs import moved_declarations, struct_lines
+from refactor.port.target import Target
 from refactor.rules import cite
 
 LOCAL_NAMES = cite("port-local-names")
 INLINE_LOCAL = cite("port-inline-local")
 USE_LOCAL = cite("port-use-local")
+SAME_OBJECT = cite("port-same-walker")
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
-_C_WORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for goto if inline "
-    "int long register restrict return short signed sizeof static struct switch typedef union unsigned "
-    "void volatile while bool true false NULL typeof __always_inline".split())
 _FUNC_HEAD = re.compile(r"([A-Za-z_]\w*)\s*\(")
 
 
@@ -91,7 +92,10 @@ class FileContext:
 
 
 def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
-    all_lines = [t for h in fp.hunks for _tag, t, _ in h.lines] + [h.section for h in fp.hunks]
+    # The post-image's declarations last: they say what the added lines mean (a parameter
+    # the patch narrows to a walker is one there, whatever the `@@` headings still say).
+    all_lines = ([h.section for h in fp.hunks] + [t for h in fp.hunks for tag, t, _ in h.lines if tag != "+"]
+                 + [t for h in fp.hunks for tag, t, _ in h.lines if tag == "+"])
     types = declared_types(all_lines, src)
     words = set()
     for v in (src, dst):
@@ -142,27 +146,6 @@ def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: lis
         if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
             best = (frel, win[0], "fuzzy", win[1])
     return best[:3] if best else None
-
-
-def _match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
-                         learner: Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
-    """A layout-typed local the added lines use but the target function lacks, where the
-    hunk's context does not show its declaration: when the target function has exactly one
-    layout-typed variable the hunk never names, that one is its counterpart (`w` for the
-    `mmu` of an old function whose declaration lies outside the hunk)."""
-    lo, hi = function_span(tlines, at)
-    body = "\n".join(tlines[lo:hi + 1])
-    in_target = set(_IDENT.findall(body))
-    hunk_text = "\n".join(t for _tag, t, _ in hunk.lines)
-    hunk_idents = set(_IDENT.findall(hunk_text))
-    added = "\n".join(learner.apply(tr(t, types).text) for tag, t, _ in hunk.lines if tag == "+")
-    # Only names the target file never uses: a function or macro of the file is no local.
-    unseen = [v for v in set(_IDENT.findall(added)) - in_target - file_idents
-              if re.search(rf"(?<![\w>.]){re.escape(v)}\s*(->|!=|==|,|\))", added)
-              and not re.search(rf"\b\w+\s*\*?\s*{re.escape(v)}\s*[=;]", added)]
-    spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
-    if len(unseen) == 1 and len(spare) == 1 and unseen[0] not in learner.subs:
-        learner.add(unseen[0], spare[0])
 
 
 def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
@@ -229,30 +212,13 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
         if len(shown) == 2:
             break
     vocab_t = dst if direction == "forward" else src
-    missing = _missing_names([translate(t, direction, vocab_t, dict(ctx.patch_types), other=dst.names).text
+    missing = missing_names([translate(t, direction, vocab_t, dict(ctx.patch_types), other=dst.names).text
                               for _g, t, _ in hunk.lines], target, ctx)
     res.reason = ((f"missing prerequisite: {'; '.join(missing)}; " if missing else "")
                   + f"context differs for non-layout reasons: {func}() is at {frel}:{line} in the target, "
                   + "but no place in it matches the hunk's lines"
                   + (f" ({'; '.join(shown)})" if shown else ""))
     return res
-
-
-_MEMBER = re.compile(r"(?:->|\.)\s*([A-Za-z_]\w*)")
-
-
-def _missing_names(lines: list[str], target: Target, ctx: FileContext) -> list[str]:
-    """Members and functions a conflicting hunk uses that the target never names: the
-    prerequisite a stable maintainer would have to backport first (`cpu_role` on 5.10)."""
-    text = re.sub(r'"(?:\\.|[^"\\])*"|/\*.*?\*/|//.*', "", "\n".join(lines))
-    known = target.identifiers() | ctx.defined_by_patch | _C_WORDS
-    # Layout names are translated by now: a member still unknown to the target (cpu_role on
-    # 5.10) is one it predates.
-    out = [f"`{m}` is not a member of any struct of the target"
-           for m in dict.fromkeys(_MEMBER.findall(text)) if m not in known]
-    out += [f"{f}() is not defined in the target" for f in dict.fromkeys(_FUNC_HEAD.findall(text))
-            if f not in known and f not in ctx.words]
-    return out[:4]
 
 
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
@@ -288,19 +254,25 @@ def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vo
     gone = [g for g in gone if g]
     if not gone:
         return res
-    lines = []
-    for tag, text, n in hunk.lines:
-        h = hoisted(text, src)
-        if h and h in gone:
-            continue
-        for var, init in gone:
-            text = inline(text, var, init)
-        lines.append((tag, text, n))
-    retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines),
-                       fp, target, direction, src, dst, ctx)
-    if retry.status != "conflict":
-        retry.rules.append(INLINE_LOCAL)
-        return retry
+    for blank_too in (False, True):     # with the blank line that set the declaration off, or not
+        lines, skipped = [], None
+        for tag, text, n in hunk.lines:
+            h = hoisted(text, src)
+            if h and h in gone:
+                skipped = tag
+                continue
+            if blank_too and skipped == tag and not text.strip():
+                skipped = None
+                continue
+            skipped = None
+            for var, init in gone:
+                text = inline(text, var, init)
+            lines.append((tag, text, n))
+        retry = _port_hunk(Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section,
+                                lines), fp, target, direction, src, dst, ctx)
+        if retry.status != "conflict":
+            retry.rules.append(INLINE_LOCAL)
+            return retry
     return res
 
 
@@ -310,13 +282,33 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     res = HunkResult(file=rel, target_file=rel, old_start=hunk.old_start, status="clean")
     pre_raw = [t for tag, t, _ in hunk.lines if tag != "+"]
     func = _function_of(hunk)
+    # Declarations of struct definitions that the old layout lacks (dropped) or keeps.
+    decls = struct_lines(hunk, src) if direction == "backport" else {}
+    human = [d[1] for d in decls.values() if d[0] == "conflict"]
+    if human:
+        res.status, res.reason = "conflict", "; ".join(dict.fromkeys(human))
+        return res
 
     def tr(line: str, types: dict[str, str]):
         vocab = dst if direction == "forward" else src
         return translate(line, direction, vocab, types, other=dst.names)
 
+    pre_tags = [tag for tag, _t, _ in hunk.lines if tag != "+"]
+    pre_at = [i for i, (tag, _t, _) in enumerate(hunk.lines) if tag != "+"]
+
+    def pre_image(types: dict[str, str]):
+        out = [tr(x, types) for x in pre_raw]
+        for k, i in enumerate(pre_at):
+            if decls.get(i, ("",))[0] == "drop":
+                out[k].dropped, out[k].rules = True, [decls[i][1]]
+        # A removed blank line that set off a removed statement the layout drops goes with it.
+        for i in range(1, len(out)):
+            if out[i - 1].dropped and pre_tags[i - 1] == pre_tags[i] == "-" and not pre_raw[i].strip():
+                out[i].dropped = True
+        return out
+
     types = dict(ctx.patch_types)
-    pre_t = [tr(x, types) for x in pre_raw]
+    pre_t = pre_image(types)
     kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
     located = _locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx])
     if located is None:
@@ -340,7 +332,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         # Variables the hunk does not declare take the type the target gives them.
         for var, kind in ttypes.items():
             types.setdefault(var, kind)
-        pre_t = [tr(x, types) for x in pre_raw]
+        pre_t = pre_image(types)
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
     kept = [pre_t[i].text for i in kept_idx]
     for k, j in pairings(kept, tlines, at, how)[2]:
@@ -351,9 +343,13 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         for old_var, new_var in list(learner.subs.items()):
             if _IDENT.fullmatch(old_var) and ttypes.get(new_var) == "walker":
                 types[old_var] = "walker"
-        pre_t = [tr(x, types) for x in pre_raw]
+        pre_t = pre_image(types)
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
         kept = [pre_t[i].text for i in kept_idx]
+    inits = pointer_inits(tlines[lo:hi + 1]) if direction == "backport" else {}
+    # Fields the new layout moved out of struct kvm_mmu: there in the target, not in the patch.
+    moved_here = (moved_declarations(tlines, src) if direction == "backport"
+                  and f"struct {src.rules.types['mmu']} {{" in target.text(frel) else set())
     best = None
     for cand in (pairings(kept, tlines, at, "window"), pairings(kept, tlines, at, "fuzzy")):
         first, _end, pairs, missing, extra = cand
@@ -362,10 +358,18 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             mine = learner.apply(kept[k])
             if mine != tlines[j] and norm(mine) != norm(tlines[j]) and not learner.learn(kept[k], tlines[j]):
                 differing.append((pre_raw[kept_idx[k]], tlines[j]))
-        differing += [(pre_raw[kept_idx[k]], "(not in the target)") for k in missing]
+        # A blank context line beside a line the layout drops separated it from the rest; one
+        # at either end of the hunk only says where a declaration above it ended (a local the
+        # new layout hoists there).
+        differing += [(pre_raw[kept_idx[k]], "(not in the target)") for k in missing
+                      if pre_raw[kept_idx[k]].strip() or pre_tags[kept_idx[k]] != " " or not (
+                          k in (0, len(kept_idx) - 1) or any(0 <= x < len(pre_t) and pre_t[x].dropped
+                                                           for x in (kept_idx[k] - 1, kept_idx[k] + 1)))]
         # A target line the patch lacks is fine when it only names a walker or a format
         # (a forward port onto upstream's style); any other is a difference.
-        allowed = [j for j in extra if direction == "forward" and hoisted(tlines[j], dst)]
+        allowed = [j for j in extra if direction == "forward" and hoisted(tlines[j], dst)
+                   or direction == "backport" and (j in moved_here or dropped_by(
+                       through_locals(tlines[j], inits), src.rules))]
         differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]
         # A pair of unlike lines says less than a line missing on one side: weigh it more.
         cost = sum(1 if a.startswith("(not in") or b.startswith("(not in") or
@@ -381,7 +385,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     rules: list[str] = [r for p in pre_t for r in p.rules]
     if res.differing:
         res.status = "conflict"
-        missing = _missing_names([pre_t[i].text for i in kept_idx]
+        missing = missing_names([pre_t[i].text for i in kept_idx]
                                  + [tr(t, types).text for tag, t, _ in hunk.lines if tag == "+"], target, ctx)
         res.reason = ((f"missing prerequisite: {'; '.join(missing)}; " if missing else "")
                       + "context differs for non-layout reasons: " + "; ".join(
@@ -391,9 +395,23 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     for var, init in filter(None, (hoisted(tlines[j], dst) for j in allowed)):
         learner.add(init, var)
         rules.append(USE_LOCAL)
+    restated: dict[int, int] = {}
+    # A backport's removed line that the new layout has no counterpart for (the patch
+    # dropped it under a rule: walk-mmu-assign) is what the old layout still says: it stays.
+    stays = ({i: r for i, x in enumerate(pre_raw) if pre_tags[i] == "-"
+              for r in [dropped_by(through_locals(x, inits), src.rules)] if r} if direction == "backport" else {})
+    stays.update({k: decls[i][1] for k, i in enumerate(pre_at) if decls.get(i, ("",))[0] == "stay"})
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)
-    _match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
+    if direction == "backport":
+        # Locals the patch declares with their value in any hunk of the same function.
+        patch_inits = pointer_inits([t for h in fp.hunks if _heading(h) == _heading(hunk)
+                                     for _g, t, _ in h.lines] + [t for _g, t, _ in hunk.lines])
+        for var, init in ctx.walker_locals.get(_heading(hunk), []):
+            patch_inits.setdefault(var, init)
+        restated = same_object_pairs(hunk, pre_t, pair_of, tlines, learner, tr, types, src,
+                                     inits, patch_inits)
+    match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 
     # Post-image: the target's own lines for context, translated added lines.
     out: list[str] = []
@@ -403,7 +421,12 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     pi = 0
     this_prev: str | None = None
     prev_patch: str | None = None
-    for tag, text, _ in hunk.lines:
+    blank_goes = False
+    for idx, (tag, text, _) in enumerate(hunk.lines):
+        if blank_goes and tag == "+" and not text.strip():
+            blank_goes = False      # the blank line that set off a statement the layout drops
+            continue
+        blank_goes = False
         if tag != "-":
             prev_patch, this_prev = text, prev_patch
         if tag in (" ", "-"):
@@ -411,16 +434,35 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             pi += 1
             if p.dropped:
                 continue
-            j = pair_of[k]
+            j = pair_of.get(k)
             k += 1
+            if j is None:           # a blank line the target does not have (allowed above)
+                continue
             out.extend(tlines[ti:j])        # target-only lines kept (hoisted locals)
-            if tag == " ":
+            if tag == " " or pi - 1 in stays:
                 out.append(tlines[j])
+                if tag == "-":
+                    rules.append(stays[pi - 1])
+                    blank_goes = True       # nor does the blank line the patch put in its place
             ti = j + 1
+            continue
+        if idx in decls and decls[idx][0] == "rename":     # the field's old name
+            t = tr(text, types)
+            out.append(re.sub(rf"(?<![\w>.]){re.escape(text.split(';')[0].split()[-1])}(?=\s*;)",
+                              decls[idx][2], t.text))
+            rules += t.rules + [decls[idx][1]]
+            continue
+        if idx in decls:            # a declaration the old layout does not have
+            rules.append(decls[idx][1])
+            continue
+        if idx in restated:         # the patch only restated the target's line: it stays
+            out.append(tlines[restated[idx]])
+            rules.append(SAME_OBJECT)
             continue
         t = tr(text, types)
         rules += t.rules
         if t.dropped:
+            blank_goes = True
             continue
         new = learner.apply(t.text)
         if new != t.text:
@@ -432,7 +474,18 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     res.new_lines = out
     res.rules = list(dict.fromkeys(r for r in rules if r))
 
-    missing_pre = _prerequisites(added, target, ctx)
+    missing_pre = prerequisites(added, target, ctx)
+    if direction == "backport":
+        missing_pre += format_members(added, target, src.rules, types)
+    # The target's lines of the function that the port keeps: all but those the hunk replaces.
+    replaced = {pair_of[k] for k, i in enumerate(kept_idx) if pre_tags[i] == "-" and k in pair_of}
+    again = redeclared(added, tlines[lo:hi + 1], [x for j, x in enumerate(tlines[lo:hi + 1], lo)
+                                                  if j not in replaced])
+    if again and not missing_pre:
+        res.status = "conflict"
+        res.reason = (f"the patch restructures {func}(): its lines declare {', '.join(map('`{}`'.format, again))}, "
+                      "which the target's function already declares; port that function by hand")
+        return res
     if missing_pre:
         res.status = "conflict"
         res.reason = "missing prerequisite: " + "; ".join(missing_pre)
@@ -444,33 +497,3 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     else:
         res.status = "translated"
     return res
-
-
-def _prerequisites(added_t: list[str], target: Target, ctx: FileContext) -> list[str]:
-    text = "\n".join(added_t)
-    idents = set(_IDENT.findall(re.sub(r'"(?:\\.|[^"\\])*"|/\*.*?\*/|//.*', "", text)))
-    known = target.identifiers()
-    out = []
-    for ident in sorted(idents - known - _C_WORDS - ctx.defined_by_patch):
-        # Locals the patch declares itself are fine.
-        if re.search(rf"[\w\*\s]\s\**{re.escape(ident)}\s*(=|;|\[|,\s*\w)", text) and not \
-                re.search(rf"\b{re.escape(ident)}\s*\(", text):
-            continue
-        if re.search(rf"\b{re.escape(ident)}\s*:", text):  # a label
-            continue
-        out.append(f"`{ident}` is not defined in the target")
-    for m in _FUNC_HEAD.finditer(text):
-        name = m.group(1)
-        if name in _C_WORDS or name in ctx.defined_by_patch:
-            continue
-        defs = target.definitions(name)
-        arities = {a for _f, _l, a in defs if a is not None}
-        if len(arities) != 1:
-            continue
-        got = arity(text, m.end() - 1)
-        want = next(iter(arities))
-        if got is not None and got != want:
-            f, line, _ = defs[0]
-            out.append(f"{name}() takes {want} arguments in the target ({f}:{line}), "
-                       f"the patch passes {got}")
-    return list(dict.fromkeys(out))

@@ -126,12 +126,81 @@ def _ptr_form(member_kind: str, expr: str) -> str:
 
 # ---- new layout -> old layout (backport) -------------------------------------------
 
+def _drop_call_arg(text: str, function: str, is_walker) -> str:
+    """`text` with the last argument of each call of `function` on it removed where that
+    argument is a walker (`is_walker`) and the call's parentheses close on the same line."""
+    out, pos = [], 0
+    for m in re.finditer(rf"(?<![\w>.]){re.escape(function)}\s*\(", text):
+        if m.start() < pos:
+            continue
+        depth, last_comma, i = 0, None, m.end() - 1
+        while i < len(text):
+            c = text[i]
+            if c in "([":
+                depth += 1
+            elif c in ")]":
+                depth -= 1
+                if depth == 0:
+                    break
+            elif c == "," and depth == 1:
+                last_comma = i
+            i += 1
+        if i == len(text) or last_comma is None or not is_walker(text[last_comma + 1:i].strip()):
+            continue
+        out.append(text[pos:last_comma])
+        pos = i
+    return "".join(out) + text[pos:]
+
+
+def _attach_walker_back(line: str, vocab: Vocabulary, types: dict[str, str]) -> tuple[str | None, str | None]:
+    """restructure.toml [[attach_walker]] / [[attach_member]] inverted: the MMU's walker
+    member (`mmu->w = w;`, `vcpu->arch.nested_mmu.w = ...;`) has no old counterpart, so its
+    assignment goes (returns (None, rule)); the walker parameter of the MMU-creating function
+    and the argument its calls pass go too (returns (new line, rule))."""
+    rules = vocab.rules
+    w = re.escape(vocab.walker_member)
+    m = re.match(rf"^\s*({_CHAIN})(?:->|\.){w}\s*=[^=].*;\s*$", line)
+    if m:
+        for r in rules.restructure.get("attach_member", []):
+            if re.search(rf"(?:->|\.){re.escape(r.params['member'])}$", m.group(1)):
+                return None, r.id
+        first = next(iter(rules.restructure.get("attach_walker", [])), None)
+        if first is not None:
+            return None, first.id
+    for r in rules.restructure.get("attach_walker", []):
+        fn = r.params["function"]
+        if not re.search(rf"(?<![\w>.]){re.escape(fn)}\s*\(", line):
+            continue
+        param = r"\s*".join(re.escape(tok) for tok in re.findall(r"\w+|\S", r.params["param"]))
+        new = re.sub(rf",\s*{param}\s*\)", ")", line)
+        if new == line:
+            walkers = {vocab.names.gva, vocab.names.ngpa}
+
+            def is_walker(arg: str) -> bool:
+                arg = arg.lstrip("&").strip()
+                return (types.get(arg) == "walker" or re.fullmatch(rf"{_CHAIN}(?:->|\.){w}", arg) is not None
+                        or re.fullmatch(r"vcpu->arch\.(\w+)", arg) is not None
+                        and arg.rsplit(".", 1)[1] in walkers)
+            new = _drop_call_arg(line, fn, is_walker)
+        if new != line:
+            return new, r.id
+    return line, None
+
+
 def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     """A new-layout line in old-layout terms (before local names are matched to the target)."""
     rules, names = vocab.rules, vocab.names
     t = Translation(line)
     used: list[str] = []
     sub = _substituter(t, used)
+
+    new, rule = _attach_walker_back(line, vocab, types)
+    if new is None:
+        t.dropped, t.rules = True, [rule]
+        return t
+    if rule:
+        t.text = new
+        used.append(rule)
 
     # 0. Whole expressions that mappings.toml restated (the nested tests): back to their
     #    old form.  In these templates `w` (new) and `mmu` (old) stand for any variable.
@@ -197,14 +266,15 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
 
 # ---- old layout -> new layout (forward port) ---------------------------------------
 
-def _dropped(line: str, rules: Rules) -> str | None:
+def dropped_by(line: str, rules: Rules) -> str | None:
     """The rule under which an old statement has no counterpart (walk-mmu-assign; a builder
     field written on the walk-only MMU), or None."""
     for expr in rules.exprs:
         if expr.new or "= EXPR;" not in expr.old:
             continue
         lhs = expr.old.split("=", 1)[0].strip()
-        m = re.match(r"\s*" + re.escape(lhs).replace("FIELD", r"(\w+)") + r"\s*=[^=]", line)
+        # FIELD: a builder field, or a member of one (root_role.invalid).
+        m = re.match(r"\s*" + re.escape(lhs).replace("FIELD", r"(\w+)(?:\.\w+)*") + r"\s*=[^=]", line)
         if not m:
             continue
         if "FIELD" in lhs:
@@ -223,7 +293,7 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
     used: list[str] = []
     sub = _substituter(t, used)
 
-    gone = _dropped(line, rules)
+    gone = dropped_by(line, rules)
     if gone:
         t.dropped, t.rules = True, [gone]
         return t

@@ -15,6 +15,8 @@ from refactor.frontend.patch import Hunk
 from refactor.port.align import Learner
 from refactor.port.lexicon import Vocabulary, declared_types
 
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+
 
 def function_span(tlines: list[str], at: int) -> tuple[int, int]:
     """First and last line of the function around line `at` (by the kernel's layout)."""
@@ -79,18 +81,16 @@ def inline(line: str, var: str, init: str) -> str:
 DECLARES = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|unsigned\s+)?\w+[\s*]+(\w+)\s*(?:=|;|\[)")
 
 
-def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[str], learner: Learner,
-                           tr, types: dict[str, str]) -> None:
-    """Locals renamed by the layout change in the patch's own replaced lines: a run of
-    removed lines followed by as many added ones pairs 1:1, and where an added line differs
-    from the target's counterpart of the removed one only by a local's name (`w` for `mmu`,
-    `gva_walk` for `mmu`), the target's name is kept.  This is how a patch that moved code to
-    the other layout ports back onto it: as nothing."""
-    runs: list[tuple[list[int | None], list[str]]] = []
+def _replaced_runs(hunk: Hunk, pre_t, pair_of: dict[int, int]):
+    """Runs of removed lines followed by added ones: ([target line of each removed line, None
+    where the layout drops it], [(index in hunk.lines, text) of each added line]), and the
+    patch's text of the removed line paired with each target line."""
+    runs: list[tuple[list[int | None], list[tuple[int, str]]]] = []
     minus: list[int | None] = []
-    plus: list[str] = []
+    removed_text: dict[int, str] = {}
+    plus: list[tuple[int, str]] = []
     pi = k = 0
-    for tag, text, _ in hunk.lines + [(" ", "", 0)]:
+    for idx, (tag, text, _) in enumerate(hunk.lines + [(" ", "", 0)]):
         if tag == "-":
             if plus:
                 runs.append((minus, plus))
@@ -101,9 +101,11 @@ def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: li
                 minus.append(None)
                 continue
             minus.append(pair_of.get(k))
+            if pair_of.get(k) is not None:
+                removed_text[pair_of[k]] = text
             k += 1
         elif tag == "+":
-            plus.append(text)
+            plus.append((idx, text))
         else:
             if minus or plus:
                 runs.append((minus, plus))
@@ -112,11 +114,140 @@ def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: li
                 if not pre_t[pi].dropped:
                     k += 1
                 pi += 1
-    paired = [(j, t) for m, ps in runs if len(m) == len(ps) for j, t in zip(m, ps) if j is not None]
+    return runs, removed_text
+
+
+def learn_replaced_locals(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[str], learner: Learner,
+                          tr, types: dict[str, str]) -> None:
+    """Locals renamed by the layout change in the patch's own replaced lines: a run of
+    removed lines followed by as many added ones pairs 1:1, and where an added line differs
+    from the target's counterpart of the removed one only by a local's name (`w` for `mmu`,
+    `gva_walk` for `mmu`), the target's name is kept.  This is how a patch that moved code to
+    the other layout ports back onto it: as nothing."""
+    runs, _texts = _replaced_runs(hunk, pre_t, pair_of)
+    paired = [(j, t) for m, ps in runs if len(m) == len(ps) for j, (_i, t) in zip(m, ps) if j is not None]
     # Names the patch declares in lines of its own (not replacing a line) are new locals.
-    fresh = {d.group(1) for m, ps in runs if len(m) != len(ps) for t in ps for d in [DECLARES.match(t)] if d}
+    fresh = {d.group(1) for m, ps in runs if len(m) != len(ps) for _i, t in ps for d in [DECLARES.match(t)] if d}
     for j, text in paired:
         learner.learn_rename(tr(text, types).text, tlines[j], fresh)
+
+
+INIT = re.compile(r"^\s*(?:const\s+)?struct\s+\w+\s*\*\s*(\w+)\s*=\s*([^;]+);\s*$")
+
+
+def pointer_inits(lines: list[str]) -> dict[str, str]:
+    """Pointer locals declared with their value and never assigned again: name -> value."""
+    found = {m.group(1): m.group(2).strip() for x in lines for m in [INIT.match(x)] if m}
+    text = "\n".join(lines)
+    return {v: init for v, init in found.items()
+            if not re.search(rf"(?<![\w>.&*]){re.escape(v)}\s*=[^=]", text)}
+
+
+def through_locals(line: str, inits: dict[str, str]) -> str:
+    """`line` with pointer locals declared with their value written as that value
+    (`g_context->sync_spte` is `vcpu->arch.nested_mmu.sync_spte` after
+    `struct kvm_mmu *g_context = &vcpu->arch.nested_mmu;`)."""
+    def one(m: re.Match) -> str:
+        init, arrow = inits[m.group(1)], m.group(2)
+        if arrow and init.startswith("&"):
+            return init[1:] + "."
+        return init + (arrow or "")
+    if not inits:
+        return line
+    pat = rf"(?<![\w>.])({'|'.join(map(re.escape, inits))})(?!\w)(\s*->)?"
+    return re.sub(pat, one, line)
+
+
+def _objects(chain: str, vocab: Vocabulary, inits: dict[str, str], depth: int = 0) -> set[str]:
+    """What an old-layout expression chain may denote, as the walker a mappings.toml base
+    makes of it (`&vcpu->arch.root_mmu`, `vcpu->arch.walk_mmu` and `&vcpu->arch.nested_mmu`
+    all denote the {gva} walker), members reached through it following; a pointer local
+    declared with its value stands for that value."""
+    amp = chain.startswith("&")
+    body = chain[1:] if amp else chain
+    out = {chain}
+    head = re.match(r"[A-Za-z_]\w*", body)
+    if head and head.group(0) in inits and depth < 3:
+        init, rest = inits[head.group(0)], body[head.end():]
+        if not rest:
+            value = init
+        elif init.startswith("&") and rest.startswith("->"):
+            value = init[1:] + "." + rest[2:]
+        else:
+            value = init + rest
+        out |= _objects(("&" if amp else "") + re.sub(r"\s+", "", value), vocab, inits, depth + 1)
+    for base in vocab.member_bases():
+        m = re.match(rf"{re.escape(base.old)}(?:(->|\.)(.*))?$", body)
+        if not m:
+            continue
+        member = base.old.rsplit(".", 1)[-1]
+        vm = vocab.rules.vcpu_old.get(member)
+        pointer = vm is not None and vm.kind in ("walker_pointer", "mmu_pointer")
+        if m.group(2) is None and amp == pointer:
+            continue            # an MMU object, not a pointer to it
+        walkers = [base.new] + ([base.known_guest_mmu] if getattr(base, "known_guest_mmu", None) else [])
+        for new in walkers:
+            new = vocab.names.fill(new)
+            if new.endswith("->w") or "{" in new:
+                continue
+            out.add(f"W:{new}" + (f".{m.group(2)}" if m.group(2) is not None else ""))
+    return out
+
+
+def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[str], learner: Learner,
+                      tr, types: dict[str, str], vocab: Vocabulary, target_inits: dict[str, str],
+                      patch_inits: dict[str, str]) -> dict[int, int]:
+    """Added lines that only restate, in the new layout, the line they replace: the patch's
+    removed line is the target's own (untouched by the translation), the added line is new
+    layout, and, translated back, it differs from the target's line only in expressions that
+    denote the same walker under mappings.toml's bases (`vcpu->arch.gva_walk.x` for
+    `vcpu->arch.walk_mmu->x`, through locals declared with their value on either side).
+    Index of each such added line -> the target line that stays."""
+    from refactor.port.align import chains
+
+    out: dict[int, int] = {}
+    patch_inits = {v: tr(i, types).text for v, i in patch_inits.items()}
+    removed = [t for tag, t, _ in hunk.lines if tag == "-"]
+    params = {}
+    for r in vocab.rules.restructure.get("macro_param", []):
+        params.update({r.params["name"]: set(r.params["from"])})
+
+    def same(x: str, y: str, inits: dict[str, str], line: str) -> bool:
+        if x == y or _objects(x, vocab, inits) & _objects(y, vocab, target_inits):
+            return True
+        # restructure.toml [[macro_param]] inverted: the macro's walker parameter had its old name.
+        return line.lstrip().startswith("#") and y in params.get(x, ())
+
+    runs, removed_text = _replaced_runs(hunk, pre_t, pair_of)
+    for minus, plus in runs:
+        if len(minus) != len(plus):
+            continue
+        spacing = []
+        for j, (idx, text) in zip(minus, plus):
+            if j is None:
+                continue
+            back = tr(text, types).text
+            if learner.apply(back) == learner.apply(tr(removed_text[j], types).text):
+                out[idx] = j        # the same line as the one it replaces, in the target's layout
+                continue
+            # What the added line restates: the target's line where the patch removes it as the
+            # target has it, else the removed line as translated.
+            ref = tlines[j] if tlines[j] in removed else learner.apply(tr(removed_text[j], types).text)
+            for mine, inits in ((back, patch_inits), (learner.apply(back), {**target_inits, **patch_inits})):
+                a, b = chains(mine), chains(ref)
+                if a == b:
+                    # Only the spacing differs: the patch re-indented a line it restated
+                    # (or a continuation line under one).
+                    if mine != tlines[j] and ref == tlines[j]:
+                        spacing.append((idx, j))
+                    break
+                if len(a) == len(b) and all(same(x, y, inits, mine) for x, y in zip(a, b)):
+                    out[idx] = j
+                    break
+        if any(idx in out for _j, (idx, _t) in zip(minus, plus)) or any(
+                tr(t, types).text != t for _i, t in plus):
+            out.update(spacing)
+    return out
 
 
 def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
@@ -140,8 +271,12 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
         while k > 0 and lines[k - 1][0] == "-":
             k -= 1
             removed.append(lines[k][1])
-        if any(HOISTED.match(r) for r in removed):   # replaces a declaration: a rename, not a new local
-            continue
+        t = vocab.rules.types
+        group = {t["walker"]: "pointer", t["mmu"]: "pointer", t["format"]: "format", t["old_format"]: "format"}
+        kind = group.get(HOISTED.match(text).group(1))
+        if any(m and (group.get(m.group(1), m.group(1)) == kind or m.group(2) == h[0])
+               for r in removed for m in [HOISTED.match(r)]):
+            continue        # replaces a declaration of its kind or name: a rename, not a new local
         gone.append(h)
         drop.add(i)
         if i + 1 < len(lines) and lines[i + 1][0] == "+" and not lines[i + 1][1].strip():
@@ -172,3 +307,24 @@ def added_walker_locals(hunk: Hunk, vocab: Vocabulary) -> list[tuple[str, str]]:
         return []
     return [h for tag, t, n in hunk.lines if tag == "+" for h in [hoisted(t, vocab)] if h
             and not any(t2 == t and g == "+" for g, t2, _ in new.lines)]
+
+
+def match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str, str],
+                         learner: Learner, tr, types: dict[str, str], file_idents: set[str]) -> None:
+    """A layout-typed local the added lines use but the target function lacks, where the
+    hunk's context does not show its declaration: when the target function has exactly one
+    layout-typed variable the hunk never names, that one is its counterpart (`w` for the
+    `mmu` of an old function whose declaration lies outside the hunk)."""
+    lo, hi = function_span(tlines, at)
+    body = "\n".join(tlines[lo:hi + 1])
+    in_target = set(_IDENT.findall(body))
+    hunk_text = "\n".join(t for _tag, t, _ in hunk.lines)
+    hunk_idents = set(_IDENT.findall(hunk_text))
+    added = "\n".join(learner.apply(tr(t, types).text) for tag, t, _ in hunk.lines if tag == "+")
+    # Only names the target file never uses: a function or macro of the file is no local.
+    unseen = [v for v in set(_IDENT.findall(added)) - in_target - file_idents
+              if re.search(rf"(?<![\w>.]){re.escape(v)}\s*(->|!=|==|,|\))", added)
+              and not re.search(rf"\b\w+\s*\*?\s*{re.escape(v)}\s*[=;]", added)]
+    spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
+    if len(unseen) == 1 and len(spare) == 1 and unseen[0] not in learner.subs:
+        learner.add(unseen[0], spare[0])
