@@ -1,6 +1,7 @@
 """`series` on a git repository made from the real 7.2 tree."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -473,6 +474,45 @@ def test_recipients_come_from_the_trees_get_maintainer(tmp_path):
     # A tree without the script (the subset tarballs) has no default recipients.
     (repo / "scripts/get_maintainer.pl").unlink()
     assert maintainers(repo, base, "series") == ([], [])
+
+
+def test_a_file_a_step_no_longer_changes_is_newer_than_what_was_built_from_it(tmp_path):
+    """A series run after another starts from the last step's objects: the files step 1 does
+    not change go back to the tree's content, and Kbuild (which compares times) must see them
+    newer than those objects.  Relinked to the tree, they showed the tree's old time."""
+    import os
+
+    from refactor.kernel.build import farm
+
+    tree = tmp_path / "tree"
+    (tree / "arch").mkdir(parents=True)
+    (tree / "arch/a.c").write_text("int a;\n")
+    (tree / "arch/b.c").write_text("int b;\n")
+    os.utime(tree / "arch/a.c", (1_000_000, 1_000_000))
+    dest = farm(tree, tmp_path / "farm", {"arch/a.c": b"int a2;\n", "arch/new.c": b"int n;\n"})
+    assert (dest / "arch/b.c").is_symlink() and (dest / "arch/a.c").read_text() == "int a2;\n"
+    obj = tmp_path / "a.o"
+    obj.write_text("built from a2")
+    farm(tree, dest, {})
+    a = dest / "arch/a.c"
+    assert a.read_text() == "int a;\n" and a.stat().st_mtime >= obj.stat().st_mtime
+    assert not (dest / "arch/new.c").exists()  # a file the tree does not have is gone
+    farm(tree, dest, {"arch/a.c": b"int a2;\n"})
+    assert a.read_text() == "int a2;\n"
+
+
+def test_kbuild_runs_through_ccache_when_installed(monkeypatch):
+    from refactor.kernel import build
+
+    monkeypatch.setattr(build.shutil, "which", lambda c: "/usr/bin/ccache" if c == "ccache" else None)
+    monkeypatch.setattr(build.os.path, "exists", lambda p: p == "/usr/lib/ccache/gcc")
+    monkeypatch.setenv("KVM_REFACTOR_CCACHE", "1")
+    assert build._env()["PATH"].startswith("/usr/lib/ccache" + os.pathsep)
+    monkeypatch.setenv("KVM_REFACTOR_CCACHE", "0")  # turned off: Kbuild's gcc as found on PATH
+    assert build._env()["PATH"] == os.environ["PATH"]
+    monkeypatch.setenv("KVM_REFACTOR_CCACHE", "1")
+    monkeypatch.setattr(build.shutil, "which", lambda c: None)  # not installed
+    assert build.ccache_links() is None
 
 
 def test_build_dirs_are_keyed_by_repository_base_and_config(tmp_path):

@@ -58,9 +58,33 @@ def _key(tree: Path) -> str:
     return hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:12]
 
 
-def _run(cmd: list[str], cwd: Path, log=None) -> subprocess.CompletedProcess:
+# Where distributions put ccache's compiler links (`gcc` -> ccache).
+_CCACHE_LINKS = ("/usr/lib/ccache", "/usr/lib64/ccache", "/usr/local/lib/ccache")
+
+
+def ccache_links() -> str | None:
+    """ccache's directory of compiler links when ccache is installed (KVM_REFACTOR_CCACHE=0: off).
+
+    Put first on PATH, Kbuild's `gcc` is ccache: a file compiled before with the same
+    preprocessed text and flags (a series' step built by an earlier run) is taken from the
+    cache, with its warnings replayed.  Kbuild's command lines do not change, so an
+    output directory built without ccache is not rebuilt because of it.
+    """
+    if os.environ.get("KVM_REFACTOR_CCACHE", "1") == "0" or shutil.which("ccache") is None:
+        return None
+    return next((d for d in _CCACHE_LINKS if os.path.exists(os.path.join(d, "gcc"))), None)
+
+
+def _env() -> dict[str, str]:
     env = dict(os.environ, LC_ALL="C")
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    links = ccache_links()
+    if links:
+        env["PATH"] = links + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def _run(cmd: list[str], cwd: Path, log=None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
 
 
 def kbuild_reason(text: str, src: Path) -> str | None:
@@ -140,7 +164,10 @@ def build_kvm(src: Path, out: Path, jobs: int = 2, config: str = "builtin") -> B
 def farm(tree: Path, dest: Path, files: dict[str, bytes], originals: set[str] | None = None) -> Path:
     """A symlink farm of `tree` at `dest` with `files` (relative path -> content) real.
 
-    Files written by an earlier call and not in `files` now are linked back.
+    A file written by an earlier call and not in `files` now gets the tree's content
+    back as a real file: relinked, it would show the tree file's old time, older than the
+    objects built from the written version, and Kbuild, which compares times, would keep
+    those (a series run after another starts from the last step's objects).
     """
     tree = tree.resolve()
     if not dest.exists():
@@ -153,11 +180,12 @@ def farm(tree: Path, dest: Path, files: dict[str, bytes], originals: set[str] | 
         os.replace(tmp, dest)
     marker = dest / ".kvm-refactor-written"
     previous = set(marker.read_text().split("\n")) - {""} if marker.exists() else set()
+    files = dict(files)
     for rel in previous - set(files):
-        target = dest / rel
-        if target.exists() and not target.is_symlink():
-            target.unlink()
-            target.symlink_to(tree / rel)
+        if (tree / rel).is_file():
+            files[rel] = (tree / rel).read_bytes()
+        elif (dest / rel).is_file() and not (dest / rel).is_symlink():
+            (dest / rel).unlink()  # a file the tree does not have
     for rel, data in files.items():
         target = dest / rel
         if target.is_symlink():

@@ -42,6 +42,9 @@ TESTS = BUILD + (
     Requirement("git", "git", command="git"),
     # `python3 -m venv` (make's first step) needs ensurepip, which Debian splits off.
     Requirement("python3 venv", "python3-venv", module="ensurepip"),
+    # Not needed to build, but the series' per-step Kbuild test compiles the same step states
+    # on every run: with ccache (refactor/kernel/build.py) a rerun takes them from its cache.
+    Requirement("ccache", "ccache", command="ccache"),
 )
 
 
