@@ -75,8 +75,8 @@ def test_every_entry_the_model_reads_the_rewriter_reads(reads):
     assert not missing, (f"mapping entries the Python model applies but the rewrite of 6.1/7.2 never "
                          f"reads: {missing}; a wrong one changes the model but not the C (if that is "
                          "meant, say consumers = [\"model\"] with a consumers_why in rules/mappings.toml)")
-    stale = sorted(set(model_only) & rewriter)
-    assert not stale, f"rules/mappings.toml says only the model reads them, but the rewriter does: {stale}"
+    stale = sorted(set(model_only) & rewriter) + sorted(set(model_only) - model)
+    assert not stale, f"rules/mappings.toml says only the model reads them, but it is not so: {stale}"
 
 
 def test_entries_only_the_rewriter_reads_are_the_ones_rules_name(reads, tmp_path):
