@@ -182,3 +182,30 @@ def test_cross_version_differences_of_the_trees_are_not_the_ports(persistent_cac
     # The fix never fires on these events (no PAE CR3 of 0): the report says what that means.
     assert v["effect"] == dict(v["effect"], target=0, source=0, same=True)
     assert "changes no result on these events" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_patch_the_layouts_execute_differently_is_reported(trees, persistent_cache):
+    """A 7.3 patch marking every fault of L2's own walk nested ports onto 7.2 word for word
+    (`walk-mmu-compare`), but the layouts then inject differently: without nested TDP
+    7.2 takes vcpu->arch.mmu's hook (a #PF into L2), the new layout the nested walker's,
+    which is NULL there (a host crash).  Only a bug on the source side, seen with the
+    patched target as the reference, shows it.  Three builds of mmu.c."""
+    from refactor.verify.trees import rewrite_variant
+    from test_build import full_tree
+
+    t72 = full_tree("7.2")
+    source = rewrite_variant(t72).src
+    rel = "arch/x86/kvm/mmu/paging_tmpl.h"
+    old = "\twalker->fault.nested_page_fault = w != &vcpu->arch.gva_walk;\n"
+    new = "\twalker->fault.nested_page_fault = w != &vcpu->arch.gva_walk || is_guest_mode(vcpu);\n"
+    mails = read_mails(make_mail(trees["7.3"], rel, old, new, "KVM: x86/mmu: Mark L2 walk faults nested"))
+    tr = port_patches(mails, [t72]).targets[0]
+    assert tr.patches[0].result == "ported"
+    assert "mmu != vcpu->arch.walk_mmu || is_guest_mode(vcpu);" in tr.changed[rel].decode()
+    proof = prove_port(t72, tr.changed, source, port_source_files(mails, source), events=5_000)
+    assert proof.functions == ["FNAME(walk_addr_generic)"] and proof.reached > 0
+    assert proof.verdict == "disagree" and proof.divergences > 0 and proof.effect_mismatch > 0
+    first = proof.found[0]
+    assert "NULL function pointer" in first["expected"]["bug"]
+    assert first["result"]["fault"]["to"] == "L2" and first["result"]["fault"]["nested"] is True
