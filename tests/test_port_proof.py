@@ -79,6 +79,14 @@ def test_cli_verify_on_a_tree_the_engine_cannot_build(trees, tmp_path):
     res = runner.invoke(main, ["port", str(patch), "--onto", str(trees["7.2"]),
                                "--source", str(trees["7.3"])])
     assert res.exit_code == 2 and "needs --verify" in res.output
+    # A target where the patch conflicts (6.1: a WARN_ON between the context lines) is not
+    # executed: nothing complete to run; the exit status is the conflict's.
+    res = runner.invoke(main, ["port", str(patch), "--onto", str(trees["6.1"]), "--verify",
+                               "--format", "json"])
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["targets"][0]["verify"] == {
+        "skipped": "some patches conflict: nothing complete to execute"}
+    assert "port: native proof of 6.1" in res.stderr and "skipped" in res.stderr
 
 
 @pytest.fixture
