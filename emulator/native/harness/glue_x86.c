@@ -88,6 +88,21 @@ void h_init(void)
 
 static unsigned long h_max(unsigned long a, unsigned long b) { return a > b ? a : b; }
 
+/* One allocation serves as vcpu_vmx and as vcpu_svm (and kvm_vmx/kvm_svm). */
+static unsigned long h_vcpu_size, h_kvm_size;
+
+/* In KVM a vCPU belongs to one vendor.  A trace may enter VMX and then SVM in
+ * one episode: the vendor part then starts zeroed, as a new vCPU's would, not
+ * with the other vendor's bytes (vmx->fail = 1 read as svm->nested.vmcb02.ptr,
+ * wherever a layout change puts the two fields at one offset). */
+static void h_fresh_vendor_part(struct kvm_vcpu *vcpu, void *nested_ops)
+{
+	if (nested_ops == h_nested_ops_now)
+		return;
+	memset((char *)vcpu + sizeof(*vcpu), 0, h_vcpu_size - sizeof(*vcpu));
+	memset((char *)vcpu->kvm + sizeof(*vcpu->kvm), 0, h_kvm_size - sizeof(*vcpu->kvm));
+}
+
 void *h_vcpu_new(int tdp, int maxphyaddr)
 {
 	unsigned long vsize = sizeof(struct kvm_vcpu), ksize = sizeof(struct kvm);
@@ -101,6 +116,8 @@ void *h_vcpu_new(int tdp, int maxphyaddr)
 		vsize = h_max(vsize, h_svm_vcpu_size()), ksize = h_max(ksize, h_svm_kvm_size());
 	vcpu = h_zalloc(vsize);
 	vcpu->kvm = h_zalloc(ksize);
+	h_vcpu_size = vsize;
+	h_kvm_size = ksize;
 	memset(&vcpu->arch.regs_avail, 0xff, sizeof(vcpu->arch.regs_avail));
 	vcpu->arch.last_vmentry_cpu = -1;
 	ctxt = h_zalloc(sizeof(*ctxt));
@@ -298,11 +315,13 @@ int h_nested_entry(void *v, struct h_nested *n)
 	if (n->svm) {
 		if (!h_svm_entry)
 			h_trap("nested SVM not built in this engine");
+		h_fresh_vendor_part(vcpu, h_svm_nested_ops());
 		h_use_vendor(h_svm_nested_ops());
 		h_svm_entry(vcpu, n);
 	} else {
 		if (!h_vmx_entry)
 			h_trap("nested VMX not built in this engine");
+		h_fresh_vendor_part(vcpu, h_vmx_nested_ops());
 		h_use_vendor(h_vmx_nested_ops());
 		h_vmx_entry(vcpu, n);
 	}
