@@ -141,8 +141,10 @@ class _Run:
     (it died or hung: its process is restarted), from apply().  A candidate is
     sent the events of its episode past a divergence too, which one event at a
     time never sends it: a `reset` makes a fresh vCPU, guest memory and
-    allocator in the engine (harness.c), so only kernel globals such an event
-    changed could reach the next episode (docs/native-engine.md, Protocol).
+    allocator in the engine (harness.c), so only process-wide state such an
+    event changed (kernel globals, the nested vendor patched in) could reach the
+    next episode, as the reference's does one event at a time
+    (docs/native-engine.md, Protocol).
     """
 
     def __init__(self, ref, cands: dict, keep: int, progress, on_found):
