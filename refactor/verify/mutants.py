@@ -4,10 +4,11 @@ The mutated rules go through the real rewrite (plan_rewrite) on a tree; when
 the C output differs from the correct rewrite's, the result is built by the
 native engine and run against the pristine tree on the corpus and a fuzz
 campaign.  A mutant is killed by a divergence, by a build failure (the C
-does not compile: the compile oracle kills it), or by the rewrite refusing
-the rules.  A mutant whose C output equals the correct rewrite's is
-equivalent on that tree, and the report says why (the mutated entry matched
-nothing there, or mapped to the same text).
+does not compile while the correct rewrite's does: the compile oracle kills
+it), or by the rewrite refusing the rules.  A mutant whose C output equals
+the correct rewrite's is equivalent on that tree, and the report says why
+(the mutated entry matched nothing there, or mapped to the same text, and
+the mutant's `equivalent_where`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ class RuleMutant:
     file: str          # file in rules/
     old: str           # exact TOML text to replace (must occur once)
     new: str
+    # Where the mutant is expected to leave the C output unchanged, and why (the report
+    # prints it beside the mechanical reason when the C output is the same).
+    equivalent_where: str = ""
 
 
 MUTANTS: list[RuleMutant] = [
@@ -37,7 +41,10 @@ MUTANTS: list[RuleMutant] = [
                "mmu_is_nested() asks whether the fault MMU is root_mmu",
                "mappings.toml",
                'new = "vcpu->arch.mmu == &vcpu->arch.guest_mmu"',
-               'new = "vcpu->arch.mmu == &vcpu->arch.root_mmu"'),
+               'new = "vcpu->arch.mmu == &vcpu->arch.root_mmu"',
+               "equivalent on a tree whose mmu_is_nested() already reads `vcpu->arch.mmu == "
+               "&vcpu->arch.guest_mmu` (7.x): the entry's `old` text (`walk_mmu == &nested_mmu`) "
+               "occurs nowhere, so neither the right nor the wrong `new` is written"),
     RuleMutant("nested-fault-test-ngpa", "walk-mmu-compare", "the nested-fault test compares against the nGPA walker",
                "mappings.toml", 'new = "w != &vcpu->arch.{gva}"', 'new = "w != &vcpu->arch.{ngpa}"'),
     RuleMutant("translate-gpa-test-gva", "nested-mmu-compare", "kvm_translate_gpa()'s nested_mmu test becomes "
@@ -59,7 +66,13 @@ MUTANTS: list[RuleMutant] = [
                'old = "vcpu->arch.nested_mmu"\nnew = "vcpu->arch.{ngpa}"'),
     RuleMutant("root-mmu-walker-ngpa", "root-mmu-walker", "root_mmu used as a walker mapped to the nGPA walker",
                "mappings.toml", 'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{gva}"',
-               'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{ngpa}"'),
+               'old = "vcpu->arch.root_mmu"\nnew = "vcpu->arch.{ngpa}"',
+               "equivalent on 6.1 and 7.2: they reach root_mmu's walker only through a moved "
+               "field (`root_mmu.cpu_role.ext.valid = 0` in kvm_mmu_after_set_cpuid(), rewritten "
+               "by field-cpu_role through layout.toml's root_mmu -> {gva} attachment, which "
+               "root-mmu-attached-to-ngpa mutates) and through `&root_mmu` arguments rewritten "
+               "by function rules (narrow-local, invalidate-addr-takes-walker); no "
+               "`vcpu->arch.root_mmu` stands where a walker object is expected"),
     RuleMutant("known-guest-mmu-gva", "fault-mmu-walker", "nested EPT/NPT setup (mmu known to be &guest_mmu) "
                "writes into the GVA walker", "mappings.toml",
                'known_guest_mmu = "vcpu->arch.{ngpa}"', 'known_guest_mmu = "vcpu->arch.{gva}"'),
@@ -70,7 +83,9 @@ MUTANTS: list[RuleMutant] = [
                'old = "vcpu->arch.walk_mmu"          # where a struct kvm_mmu * is still required\n'
                'new = "&vcpu->arch.guest_mmu"'),
     RuleMutant("mbec-call-wrong", "mbec-on-walker", "a wrong `calls` mapping: mmu_has_mbec() on a walker becomes "
-               "is_cr4_smap()", "mappings.toml", 'new = "is_cr4_smep"', 'new = "is_cr4_smap"'),
+               "is_cr4_smap()", "mappings.toml", 'new = "is_cr4_smep"', 'new = "is_cr4_smap"',
+               "equivalent on a tree without mmu_has_mbec() (6.1: MBEC for nested EPT came "
+               "later): the `calls` entry has no call to rewrite"),
     RuleMutant("permissions-left-behind", "field-permissions", "permissions[] stays in struct kvm_mmu", "layout.toml",
                '[mmu_fields.permissions]\ndest = "walker"\npath = "fmt.permissions"',
                '[mmu_fields.permissions]\ndest = "mmu"\npath = "permissions"'),
@@ -192,8 +207,12 @@ def _diff_summary(correct: dict[str, bytes], mutated: dict[str, bytes]) -> list[
 
 def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, seed: int = 1,
                events: int = 20_000, corpus: Path | None = None, cache_dir: Path | None = None,
-               work: Path | None = None, progress=None, rules_dir: Path = RULES) -> MutantResult:
-    """Apply one mutant to `tree` (`correct`: the correct plan) and execute it if it changed C."""
+               work: Path | None = None, progress=None, rules_dir: Path = RULES,
+               correct_build=None) -> MutantResult:
+    """Apply one mutant to `tree` (`correct`: the correct plan) and execute it if it changed C.
+
+    `correct_build()` returns None when the correct rewrite's engine builds, else its first
+    error: a mutant's build failure is a kill only when the correct rewrite builds."""
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
     from refactor.rules import RulesError, load_rules
@@ -213,6 +232,8 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
         why = (f"edits citing {m.rule} give the same text here" if cited else
                f"no edit of this tree's rewrite cites {m.rule}: the rewrite does not use the "
                "edited entry here")
+        if m.equivalent_where:
+            why += f" ({m.equivalent_where})"
         return MutantResult(m.name, m.what, str(tree), False, "equivalent",
                             f"same C output as the correct rewrite: {why}")
     sites = _diff_summary(correct.results, plan.results)
@@ -228,8 +249,15 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
         if not str(exc).startswith(str(variant.src)):
             raise       # not the mutant's build (the pristine engine died...): bad input
         if any(k in str(exc) for k in ("cannot compile", "cannot link", "cannot preprocess")):
-            # The pristine engine was built before: the mutant's C does not compile.
-            return MutantResult(m.name, m.what, str(tree), True, "build", str(exc)[:300],
+            # The pristine engine was built before; the correct rewrite must build too, or
+            # the failure is not the mutant's doing.
+            broken = correct_build() if correct_build else None
+            if broken:
+                return MutantResult(m.name, m.what, str(tree), False, "not executed",
+                                    f"the correct rewrite does not build either: {broken[:200]}",
+                                    len(plan.results), sites)
+            detail = str(exc)[:300] + (" (the correct rewrite builds)" if correct_build else "")
+            return MutantResult(m.name, m.what, str(tree), True, "build", detail,
                                 len(plan.results), sites)
         # The engine cannot take this tree (e.g. its layout reader finds no walker pair):
         # no verdict on the C, so not a kill.
@@ -261,6 +289,7 @@ def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, eve
         known = ", ".join(m.name for m in MUTANTS)
         raise VerifyError(f"unknown mutant in {list(only)} (known: {known})")
     from .check import build_native
+    from .trees import make_farm
 
     build_native(tree, cache_dir, None)    # the pristine tree must build: a failure here is not a kill
     report = MutantsReport(str(tree))
@@ -271,13 +300,24 @@ def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, eve
         shutil.copytree(RULES, snapshot)
         rules = load_rules(snapshot)
         correct = plan_rewrite(tree, names, rules, build_index(tree, rules))
+        built: list[str | None] = []
+
+        def correct_build() -> str | None:
+            if not built:      # once per run, and only if a mutant fails to build
+                try:
+                    build_native(make_farm(tree, "mutant", correct.results), cache_dir, progress)
+                    built.append(None)
+                except VerifyError as exc:
+                    built.append(str(exc))
+            return built[0]
+
         for m in chosen:
             if progress:
                 progress(f"mutant {m.name}")
             try:
                 result = run_mutant(m, tree, correct, names, seed=seed, events=events,
                                     corpus=corpus, cache_dir=cache_dir, progress=progress,
-                                    rules_dir=snapshot)
+                                    rules_dir=snapshot, correct_build=correct_build)
                 result.rule = m.rule
                 report.results.append(result)
             except MutantError as exc:
