@@ -12,6 +12,7 @@ tree, BUG()/WARN() as results (a farm with one injected BUG_ON).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -286,3 +287,36 @@ def test_bug_on_and_warn_on_are_results_with_file_and_line(engine_61, tmp_path):
     assert warn["bug"] == f"arch/x86/kvm/mmu/mmu.c:{line + 1}: WARN"
     # After a BUG the engine still answers.
     assert model.apply({"ev": "invlpg", "addr": 0x3000})["ok"] is True
+
+
+@pytest.mark.slow
+def test_a_formatted_warn_of_72_is_a_result_not_a_stub(tmp_path):
+    """7.x compiles WARN(cond, fmt, ...) and WARN_ONCE() into a call of the WARN_trap static
+    call, not a trapping instruction: the engine must report it as a WARN with its
+    file:line, as it does WARN_ON(), and go on (it used to hit a missing stub)."""
+    from refactor.kernel.build import farm
+
+    tree = full_tree("7.2")
+    mmu = (tree / "arch/x86/kvm/mmu/mmu.c").read_text()
+    head = "void kvm_mmu_invlpg(struct kvm_vcpu *vcpu, gva_t gva)\n{\n"
+    assert head in mmu
+    mmu = mmu.replace(head, head + '\tWARN(gva == 0x2000, "h %lx", gva);\n'
+                      '\tWARN_ONCE(gva == 0x3000, "h once");\n')
+    line = mmu[:mmu.index('WARN(gva == 0x2000')].count("\n") + 1
+    old = os.environ.get("KVM_REFACTOR_CACHE")
+    os.environ["KVM_REFACTOR_CACHE"] = str(Path.home() / ".cache" / "kvm-refactor")
+    try:
+        engine = build_engine(farm(tree, tmp_path / "farm",
+                                   {"arch/x86/kvm/mmu/mmu.c": mmu.encode()}))
+    finally:
+        if old is None:
+            os.environ.pop("KVM_REFACTOR_CACHE")
+        else:
+            os.environ["KVM_REFACTOR_CACHE"] = old
+    model = engine.model()
+    model.apply({"ev": "reset"})
+    assert model.apply({"ev": "invlpg", "addr": 0x2000})["bug"] == (
+        f"arch/x86/kvm/mmu/mmu.c:{line}: WARN")
+    assert model.apply({"ev": "invlpg", "addr": 0x3000})["bug"] == (
+        f"arch/x86/kvm/mmu/mmu.c:{line + 1}: WARN")
+    assert model.apply({"ev": "invlpg", "addr": 0x4000})["ok"] is True

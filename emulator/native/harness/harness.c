@@ -310,6 +310,22 @@ static const char *sym_of(void *addr, char *buf, size_t n)
 	return buf;
 }
 
+/* file:line of the bug_entry E; its flags say whether it is a WARN. */
+static void entry_site(char *e, char *out, size_t n, int *is_warning)
+{
+	int size, off_file, off_line, off_flags;
+	h_bug_layout(&size, &off_file, &off_line, &off_flags);
+	const char *file = "?";
+	if (off_file >= 0) {
+		int fd = *(int *)(e + off_file);
+		file = e + off_file + fd;
+	}
+	unsigned line = *(unsigned short *)(e + off_line);
+	unsigned flags = *(unsigned short *)(e + off_flags);
+	*is_warning = flags & 1;
+	snprintf(out, n, "%s:%u", file, line);
+}
+
 /* file:line and flags of a BUG()/WARN() site, or 0 if RIP is not one. */
 static int bug_site(unsigned long rip, char *out, size_t n, int *is_warning)
 {
@@ -319,21 +335,37 @@ static int bug_site(unsigned long rip, char *out, size_t n, int *is_warning)
 		int disp = *(int *)e;
 		if ((unsigned long)(e + disp) != rip)
 			continue;
-		const char *file = "?";
-		if (off_file >= 0) {
-			int fd = *(int *)(e + off_file);
-			file = e + off_file + fd;
-		}
-		unsigned line = *(unsigned short *)(e + off_line);
-		unsigned flags = *(unsigned short *)(e + off_flags);
-		*is_warning = flags & 1;
-		snprintf(out, n, "%s:%u", file, line);
+		entry_site(e, out, n, is_warning);
 		return 1;
 	}
 	return 0;
 }
 
 static char warn_text[200];
+
+static void record_warn(const char *where)
+{
+	if (!warned && !h_state.quiet)
+		snprintf(bugmsg, sizeof(bugmsg), "%s: WARN%s%s", where,
+			 warn_text[0] ? ": " : "", warn_text);
+	warned |= !h_state.quiet;
+	warn_text[0] = 0;
+}
+
+/*
+ * x86-64 trees with HAVE_ARCH_BUG_FORMAT_ARGS (7.x) compile WARN(cond, fmt, ...) into a
+ * call of static_call(WARN_trap)(bug_entry, args...) instead of a trapping instruction;
+ * the kernel's __WARN_trap() reports it and returns.  The trampoline lands here, so such a
+ * WARN is a result like any other rather than a call into a missing stub.
+ */
+void h_warn_trap(char *bug, ...)
+{
+	char where[256];
+	int is_warning = 0;
+	entry_site(bug, where, sizeof(where), &is_warning);
+	record_warn(where);
+}
+asm(".text\n.globl __SCT__WARN_trap\n__SCT__WARN_trap:\n jmp h_warn_trap\n");
 
 static void on_signal(int sig, siginfo_t *si, void *uc_)
 {
@@ -346,12 +378,7 @@ static void on_signal(int sig, siginfo_t *si, void *uc_)
 	if ((sig == SIGILL || sig == SIGTRAP) && bug_site(rip, where, sizeof(where), &is_warning)) {
 		if (is_warning) {
 			/* WARN: recorded as the event's result; execution goes on as in the kernel. */
-			if (!warned && !h_state.quiet) {
-				snprintf(bugmsg, sizeof(bugmsg), "%s: WARN%s%s", where,
-					 warn_text[0] ? ": " : "", warn_text);
-			}
-			warned |= !h_state.quiet;
-			warn_text[0] = 0;
+			record_warn(where);
 			unsigned char *ip = (unsigned char *)rip;
 			uc->uc_mcontext.gregs[REG_RIP] += (ip[0] == 0x0f && ip[1] == 0x0b) ? 2 : 3;
 			return;
