@@ -21,8 +21,8 @@ from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (added_walker_locals, function_span, hoisted, inline, inline_added_locals,
-                                  learn_replaced_locals, match_unseen_locals, pointer_inits, same_object_pairs, target_types,
-                                  through_locals)
+                                  learn_replaced_locals, match_unseen_locals, pointer_inits,
+                                  same_object_pairs, target_types, through_locals)
 from refactor.port.prereq import (C_WORDS as _C_WORDS, format_members, missing_names, prerequisites,
                                   redeclared)
 from refactor.port.structs import moved_declarations, struct_lines
@@ -328,7 +328,14 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     t = src.rules.types
     learner.type_kinds = {t["mmu"]: "pointer", t["walker"]: "pointer", t["format"]: "format",
                           t["old_format"]: "format"}
+    inits = pointer_inits(tlines[lo:hi + 1]) if direction == "backport" else {}
+    patch_inits: dict[str, str] = {}
     if direction == "backport":
+        # Locals the patch declares with their value in any hunk of the same function.
+        patch_inits = pointer_inits([t for h in fp.hunks if _heading(h) == _heading(hunk)
+                                     for _g, t, _ in h.lines] + [t for _g, t, _ in hunk.lines])
+        for var, init in ctx.walker_locals.get(_heading(hunk), []):
+            patch_inits.setdefault(var, init)
         # Variables the hunk does not declare take the type the target gives them.
         for var, kind in ttypes.items():
             types.setdefault(var, kind)
@@ -346,7 +353,6 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         pre_t = pre_image(types)
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
         kept = [pre_t[i].text for i in kept_idx]
-    inits = pointer_inits(tlines[lo:hi + 1]) if direction == "backport" else {}
     # Fields the new layout moved out of struct kvm_mmu: there in the target, not in the patch.
     moved_here = (moved_declarations(tlines, src) if direction == "backport"
                   and f"struct {src.rules.types['mmu']} {{" in target.text(frel) else set())
@@ -404,11 +410,6 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)
     if direction == "backport":
-        # Locals the patch declares with their value in any hunk of the same function.
-        patch_inits = pointer_inits([t for h in fp.hunks if _heading(h) == _heading(hunk)
-                                     for _g, t, _ in h.lines] + [t for _g, t, _ in hunk.lines])
-        for var, init in ctx.walker_locals.get(_heading(hunk), []):
-            patch_inits.setdefault(var, init)
         restated = same_object_pairs(hunk, pre_t, pair_of, tlines, learner, tr, types, src,
                                      inits, patch_inits)
     match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
@@ -475,16 +476,16 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     res.rules = list(dict.fromkeys(r for r in rules if r))
 
     missing_pre = prerequisites(added, target, ctx)
-    if direction == "backport":
-        missing_pre += format_members(added, target, src.rules, types)
+    missing_pre += format_members(added, target, src.rules, types) if direction == "backport" else []
     # The target's lines of the function that the port keeps: all but those the hunk replaces.
     replaced = {pair_of[k] for k, i in enumerate(kept_idx) if pre_tags[i] == "-" and k in pair_of}
     again = redeclared(added, tlines[lo:hi + 1], [x for j, x in enumerate(tlines[lo:hi + 1], lo)
-                                                  if j not in replaced])
+                                                  if j not in replaced], tuple(src.rules.types.values()))
     if again and not missing_pre:
         res.status = "conflict"
-        res.reason = (f"the patch restructures {func}(): its lines declare {', '.join(map('`{}`'.format, again))}, "
-                      "which the target's function already declares; port that function by hand")
+        m = next((_FUNC_HEAD.search(x) for x in tlines[lo:hi] if x[:1].isalpha() and not x.endswith(";")), None)
+        res.reason = (f"the patch restructures {m.group(1) if m else func}(): its lines declare {', '.join(again)},"
+                      " which the target's function already declares; port that function by hand")
         return res
     if missing_pre:
         res.status = "conflict"

@@ -202,6 +202,16 @@ def to_old(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         t.text = new
         used.append(rule)
 
+    # restructure.toml [[locals]] own_name: a local named like a vCPU walker holds that walker
+    # (struct kvm_pagewalk *ngpa_walk = &vcpu->arch.ngpa_walk;).  Where the patch does not show
+    # its declaration, it is read as the walker itself.
+    own = next((r for r in rules.restructure.get("locals", []) if r.params.get("kind") == "own_name"), None)
+    for name in (names.gva, names.ngpa) if own else ():
+        if name in types or re.search(rf"\*\s*{name}\s*[=;,)]", t.text):
+            continue
+        sub(rf"(?<![\w>.&]){name}\s*->", f"vcpu->arch.{name}.", own.id)
+        sub(rf"(?<![\w>.&]){name}(?![\w.]|\s*->)", f"&vcpu->arch.{name}", own.id)
+
     # 0. Whole expressions that mappings.toml restated (the nested tests): back to their
     #    old form.  In these templates `w` (new) and `mmu` (old) stand for any variable.
     for expr in rules.exprs:

@@ -21,7 +21,7 @@ _IDENT = re.compile(r"[A-Za-z_]\w*")
 def function_span(tlines: list[str], at: int) -> tuple[int, int]:
     """First and last line of the function around line `at` (by the kernel's layout)."""
     def head(i: int) -> bool:
-        return tlines[i][:1].isalpha() and "(" in tlines[i]
+        return (tlines[i][:1].isalpha() or tlines[i][:1] == "_") and "(" in tlines[i]
 
     # A hunk that starts at (or just above) a function's first line is in that function,
     # not in the one before it.
@@ -212,8 +212,11 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
     for r in vocab.rules.restructure.get("macro_param", []):
         params.update({r.params["name"]: set(r.params["from"])})
 
+    # mappings.toml [[calls]]: the call the new layout makes where the old one made another.
+    calls = {(c.new, c.function) for c in vocab.rules.calls}
+
     def same(x: str, y: str, inits: dict[str, str], line: str) -> bool:
-        if x == y or _objects(x, vocab, inits) & _objects(y, vocab, target_inits):
+        if x == y or (x, y) in calls or _objects(x, vocab, inits) & _objects(y, vocab, target_inits):
             return True
         # restructure.toml [[macro_param]] inverted: the macro's walker parameter had its old name.
         return line.lstrip().startswith("#") and y in params.get(x, ())

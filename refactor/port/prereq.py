@@ -96,9 +96,10 @@ _DECLARES = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|unsigned\s+)?\w+[\s*]+(\w
 _PARAM = re.compile(r"(\w+)\s*(?:,|\))")
 
 
-def redeclared(added: list[str], body: list[str], kept: list[str]) -> list[str]:
-    """Locals the ported lines declare that the target function already declares (as a
-    parameter or a local it keeps): the patch restructured the function there."""
+def redeclared(added: list[str], body: list[str], kept: list[str], types: tuple[str, ...]) -> list[str]:
+    """MMU, walker or page-format locals (`types`: their struct names) the ported lines
+    declare that the target function already declares (as a parameter or a local it keeps):
+    the patch restructured the function there."""
     have = set()
     head = []
     for line in body:
@@ -110,6 +111,6 @@ def redeclared(added: list[str], body: list[str], kept: list[str]) -> list[str]:
     out = []
     for line in added:
         m = _DECLARES.match(line)
-        if m and m.group(1) in have and not line.lstrip().startswith("return"):
+        if m and m.group(1) in have and re.match(rf"\s*(?:const\s+)?struct\s+(?:{'|'.join(types)})\b", line):
             out.append(m.group(1))
     return out
