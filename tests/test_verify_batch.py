@@ -34,6 +34,10 @@ class PerEvent:
     def translations(self):
         return self.model.translations
 
+    @property
+    def build(self):       # what run_streams revives a dead or hung engine from
+        return getattr(self.model, "build", None)
+
     def close(self):
         self.model.close()
 
@@ -199,3 +203,70 @@ def test_compare_episode_of_two_engines_equals_one_event_at_a_time(engine_61):
     assert batched == per_event
     assert any(found is not None for found, _, _ in batched)
     assert any(found is None for found, _, _ in batched)
+
+
+FAKE_ENGINE = r'''#!PYTHON
+"""A stand-in engine speaking the protocol: {"gpa": addr} for translations, exit 3 at
+the address DIE (a crash of the kernel's code that the harness could not turn into a
+result)."""
+import os, struct, sys
+DIE = int(sys.argv[0].rsplit("-", 1)[1], 16)
+data = b""
+while True:
+    more = os.read(0, 1 << 16)
+    if not more:
+        break
+    data += more
+    out = []
+    while len(data) >= 8:
+        head, = struct.unpack_from("<Q", data)
+        nargs, op = (head >> 8) & 0xFF, head & 0xFF
+        if len(data) < 8 * (nargs + 1):
+            break
+        args = struct.unpack_from(f"<{nargs}Q", data, 8)
+        data = data[8 * (nargs + 1):]
+        if op == 0:
+            sys.exit(0)
+        if op == 2 and args[1] == DIE:
+            os.write(1, b"".join(out))
+            sys.stderr.write("Segmentation fault in the stand-in\n")
+            sys.exit(3)
+        out.append(b'{"gpa":%d}\n' % args[1] if op == 2 else b'{"ok":true}\n')
+    os.write(1, b"".join(out))
+'''
+
+
+def test_an_engine_that_dies_in_a_batch_gives_the_per_event_results(tmp_path):
+    """A candidate engine that exits mid-chunk: the chunk is replayed one event at a time,
+    the death is a bug result at its event and the engine is revived, as before."""
+    import sys
+
+    from emulator.native.model import NativeBuild
+
+    def build(die):
+        path = tmp_path / f"engine-{die:x}"
+        path.write_text(FAKE_ENGINE.replace("PYTHON", sys.executable))
+        path.chmod(0o755)
+        return NativeBuild(tmp_path, "fake", path, None)
+
+    events = [{"ev": "reset"}] + [{"ev": "translate", "access": "read", "addr": a * 4096}
+                                  for a in range(1, 40)]
+    events += [{"ev": "reset"}, {"ev": "write", "addr": 8, "val": 1},
+               {"ev": "translate", "access": "read", "addr": 0xdead000}]
+    events += [{"ev": "translate", "access": "read", "addr": a} for a in range(5)]
+    events += [{"ev": "reset"}, {"ev": "translate", "access": "read", "addr": 7}]
+
+    def run(wrap):
+        good, dying = build(0xffff), build(0xdead000)
+        stream = Stream("s", ((f"s:{i}", e) for i, e in enumerate(events, 1)))
+        cands = {"dying": wrap(dying.model())}
+        total, tallies, bugs = run_streams([stream], wrap(good.model()), cands)
+        t = tallies["dying"]
+        return (total, t.events, t.divergences, t.bugs, bugs,
+                [(f.source, f.result) for f in t.found], type(cands["dying"]).__name__)
+
+    batched = run(lambda m: m)
+    assert batched[:6] == run(PerEvent)[:6]
+    assert batched[3] == 1 and batched[5][0][0] == "s:43"
+    assert batched[5][0][1]["bug"].startswith("engine died: native engine for")
+    assert batched[6] == "NativeModel"        # revived
