@@ -179,10 +179,11 @@ class _Run:
         if batch is None:
             fails = self._rows(items, base, None, {}, list(self.cands))
         else:
-            ref_lines, ref_clean, lines, clean = batch
+            ref_block, ref_clean, lines, clean = batch
             todo = [name for name in self.cands if name not in clean]
             fails = set()
             if todo or not ref_clean:
+                ref_lines = ref_block.split(b"\n")[:-1] if ref_block is not None else None
                 fails = self._rows(items, base, ref_lines, lines, todo)
         self.total = base + len(items)
         if self.progress is not None:
@@ -192,7 +193,7 @@ class _Run:
 
     def _batch(self, items: list[tuple[str, dict]]):
         """Run the chunk on the reference and every native candidate at once: (reference
-        lines or None if it failed, whether they need no look, {candidate: lines} to look
+        block or None if it failed, whether it needs no look, {candidate: lines} to look
         at, candidates done), or None when the chunk cannot be packed."""
         try:
             data, n, translations = pack([ev for _, ev in items])
@@ -247,8 +248,7 @@ class _Run:
                 self.cands[name].translations += translations
             else:
                 lines[name] = block.split(b"\n")[:-1]
-        ref_lines = ref_block.split(b"\n")[:-1] if ref_block is not None else None
-        return ref_lines, ref_clean, lines, clean
+        return ref_block, ref_clean, lines, clean
 
     def _rows(self, items: list[tuple[str, dict]], base: int, ref_lines: list[bytes] | None,
               lines: dict[str, list[bytes]], names: list[str]) -> set[int]:
