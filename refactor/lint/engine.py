@@ -11,93 +11,29 @@ Two sources of findings, both declared in rules/lint.toml:
 
 A patch is indexed from its post-image (the whole patched file when --tree
 has it, else its hunks at their new line numbers) and only findings on
-added lines are kept.
+added lines are kept.  The units and findings are refactor/lint/findings.py,
+the reference rules refactor/lint/references.py, the shapes
+refactor/lint/shapes.py; this module runs them on trees and patches.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from refactor.frontend.ctype import StructTable
-from refactor.index.indexer import Index, Reference, detect_layout, index_sources, scan_tree
 from refactor.frontend.lexer import tokens
-from refactor.lint.carried import hunk_lines
-from refactor.lint.registry import HANDLERS, LintRule, LintRules, handler, load_lint_rules
-from refactor.frontend.parse import ParsedFile, parse
-from refactor.rules import RulesError, WalkerNames
-from refactor.index.program import Program, squash
 from refactor.frontend.patch import FilePatch, Patch, parse_patches
+from refactor.index.indexer import Index, Reference, detect_layout, index_sources, scan_tree
+from refactor.index.program import Program
+from refactor.lint.carried import hunk_lines
+from refactor.lint.findings import Finding, Unit, fingerprint, function_walkers
+from refactor.lint.references import reference_findings
+from refactor.lint.registry import HANDLERS, LintRules, load_lint_rules
+from refactor.rules import RulesError, WalkerNames
 
-
-@dataclass
-class Finding:
-    rule: str
-    name: str
-    severity: str
-    file: str
-    line: int
-    column: int  # 1-based, as compilers print it
-    message: str
-    help: str
-    expression: str
-    function: str | None = None
-    fix: str | None = None  # suggested replacement of `expression` ("" = delete the statement)
-    patch: str | None = None  # label of the patch (patches only)
-    fingerprint: str = ""
-    symbol: str | None = None  # the name the rule matched (not in the output: carried.py's key)
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None and k != "symbol"}
-
-
-@dataclass
-class Unit:
-    """What one lint run looks at: a tree, or the files of one patch."""
-
-    label: str
-    layout: str
-    names: WalkerNames
-    references: list[Reference]
-    program: Program
-    read: object  # rel -> bytes | None
-    parsed: dict[str, ParsedFile] = field(default_factory=dict)
-    only_lines: dict[str, set[int]] | None = None  # a patch: its added lines
-    typed: bool = True  # False: a patch read without its tree (judge untyped bases by shape)
-    patch: str | None = None
-    edits: list | None = None  # old-layout tree: refactor.plan.rewrite's planned edits (the fixes)
-    # A patch: per file, (first line, last line, function of git's hunk heading) of each hunk.
-    sections: dict[str, list[tuple[int, int, str | None]]] = field(default_factory=dict)
-    # Function -> roles of the walkers its body names (from the tree): the walker it works with.
-    function_walkers: dict[str, frozenset[str]] = field(default_factory=dict)
-    covered_edits: set[int] = field(default_factory=set)  # planned edits already reported by a rule
-    moving: bool = False  # a patch for a tree that still has the old layout (old, or a move half done)
-    _src: dict[str, bytes | None] = field(default_factory=dict)
-    _lines: dict[str, list[bytes]] = field(default_factory=dict)
-
-    def source(self, rel: str) -> bytes | None:
-        if rel not in self._src:
-            self._src[rel] = self.read(rel)
-        return self._src[rel]
-
-    def parsed_file(self, rel: str) -> ParsedFile | None:
-        if rel not in self.parsed:
-            src = self.source(rel)
-            if src is None:
-                return None
-            self.parsed[rel] = parse(rel, src)
-        return self.parsed[rel]
-
-    def line_text(self, rel: str, line: int) -> str:
-        lines = self._lines.get(rel)
-        if lines is None:  # split once per file: per finding it was quadratic in a patch's size
-            lines = self._lines[rel] = (self.source(rel) or b"").split(b"\n")
-        return lines[line - 1].decode("utf-8", "replace") if 0 < line <= len(lines) else ""
-
-    def wanted(self, rel: str, line: int) -> bool:
-        return self.only_lines is None or line in self.only_lines.get(rel, ())
+# Finding and Unit live in refactor/lint/findings.py; imported from here by older callers.
+__all__ = ["Finding", "Unit", "function_walkers", "lint_patches", "lint_tree", "names_for", "unit_findings"]
 
 
 # ---- walker names ---------------------------------------------------------
@@ -139,210 +75,6 @@ def names_for(lint: LintRules, spec: str | None, walkers: list[str], refs: list[
     return rules.names("upstream")
 
 
-# ---- findings from index references --------------------------------------
-
-def _is_mmu_type(type_text: str | None, lint: LintRules) -> bool:
-    return bool(type_text) and type_text.split()[:2] == ["struct", lint.rules.types["mmu"]]
-
-
-def _strip(expr: str) -> str:
-    expr = squash(expr)
-    while expr.startswith("(") and expr.endswith(")"):
-        expr = expr[1:-1]
-    return expr
-
-
-def _base_word(ref: Reference, unit: Unit) -> str | None:
-    """The last name of the base of a member access (`w` in `(w)->cpu_role`)."""
-    if ref.base is not None:
-        parts = re.split(r"->|\.", _strip(ref.base))
-        return parts[-1].strip("()&*") if parts else None
-    src = unit.source(ref.file) or b""
-    m = re.search(rb"(\w+)\s*\)?\s*(?:->|\.)\s*$", src[max(0, ref.start - 80):ref.start])
-    return m.group(1).decode() if m else None
-
-
-def _on_mmu(ref: Reference, unit: Unit, lint: LintRules) -> bool:
-    """Is the base of this field reference a struct kvm_mmu?"""
-    if ref.use == "member-declaration":
-        return _is_mmu_type(ref.base_type, lint)
-    if ref.base_type is not None:
-        return _is_mmu_type(ref.base_type, lint)
-    # Untyped: a base that is itself a new-layout name (a walker, mmu->w, w->fmt) is not an MMU.
-    word = _base_word(ref, unit)
-    rules = lint.rules
-    if word is not None and word in (set(rules.new_member_names(unit.names)) | {unit.names.gva, unit.names.ngpa}):
-        return False
-    if word is not None and re.fullmatch(r"\w+", word):
-        # Text the parser could not type: the nearest declaration of the base above it.
-        src = unit.source(ref.file) or b""
-        decls = re.findall(rb"struct\s+(\w+)\s*\*+\s*" + word.encode() + rb"\s*[;=,)]", src[:ref.start])
-        if decls:
-            return decls[-1].decode() == rules.types["mmu"]
-    if ref.via == "token" or ref.base is None:
-        return unit.layout == "old"  # the index saw a member access in unreadable text
-    base = _strip(ref.base).lstrip("&")
-    if not rules.base_for(base).generic:
-        return True  # vcpu->arch.mmu / root_mmu / guest_mmu / walk_mmu / nested_mmu
-    return unit.layout == "old" or (not unit.typed and base in lint.settings.mmu_pointer_names)
-
-
-def _ref_matches(rule: LintRule, ref: Reference, unit: Unit, lint: LintRules) -> bool:
-    m = rule.match
-    if "pattern" in m or ref.context != "code" or ref.use == "text":
-        return False
-    if m.get("kind") and ref.kind != m["kind"]:
-        return False
-    rules = lint.rules
-    if m.get("removed") and not (ref.symbol in rules.vcpu_old and rules.vcpu_old[ref.symbol].removed):
-        return False
-    if "type" in m and ref.symbol != rules.types[m["type"]]:
-        return False
-    if "dest" in m:
-        f = rules.mmu_fields.get(ref.symbol)
-        if f is None or f.dest != m["dest"]:
-            return False
-        if m.get("renamed") and f.path == f.name:
-            return False
-    if m.get("base") == "mmu" and not _on_mmu(ref, unit, lint):
-        return False
-    return True
-
-
-def _ref_fix(rule: LintRule, ref: Reference, unit: Unit, lint: LintRules) -> str | None:
-    fix, names, rules = rule.fix, unit.names, lint.rules
-    if "expr" in fix:
-        return lint.expr_new(fix["expr"], names)
-    if ref.use == "member-declaration":
-        if ref.kind == "vcpu_member":
-            return lint.member_fix(ref.symbol, names)
-        return f"move to {lint.field_destination(ref.symbol)}" if ref.symbol in rules.mmu_fields else None
-    if fix.get("field"):
-        if ref.base is None:
-            # Read by the lexer only: the base is the word before `->`/`.` in the text.
-            word = _base_word(ref, unit)
-            src = unit.source(ref.file) or b""
-            if word is None:
-                return None
-            return lint.field_fix(word, ref.symbol, names, src[:ref.start].rstrip().endswith(b"->"))
-        arrow = "->" in ref.expression[len(ref.base):len(ref.base) + 4]
-        return lint.field_fix(ref.base, ref.symbol, names, arrow, ref.known_target)
-    if not fix.get("by_use"):
-        return None
-    expr = ref.expression
-    if ref.via == "token":
-        m = re.search(rf"\w+(?:->|\.)arch\.{ref.symbol}\b", expr)
-        if not m:
-            return None
-        expr = m.group()
-    if rules.base_for(expr).generic:
-        return None
-    line = unit.line_text(ref.file, ref.line)
-    use = ref.use
-    after = re.search(re.escape(expr) + r"\s*(->|\.)\s*(\w+)", line)
-    if ref.via == "token":
-        # Text the parser could not read: take the use from the line itself.
-        use = ("write" if re.search(re.escape(expr) + r"\s*=[^=]", line)
-               else "base" if after else "address" if re.search(r"&\s*" + re.escape(expr), line) else "read")
-    if use == "write" and fix.get("write"):
-        return lint.expr_new(fix["write"], names)
-    if use in ("compare", "address"):
-        cmp = lint.compare_rule(rule, line)
-        if cmp:
-            return lint.expr_new(cmp, names)
-    if use == "base" and after and after.group(2) in rules.mmu_fields:
-        fname = after.group(2)
-        access = expr + after.group(1) + fname
-        if (fix.get("builder_field") and not rules.mmu_fields[fname].moves_to_walker
-                and re.search(re.escape(access).replace("\\.", "\\s*\\.\\s*") + r"[\w.>\s-]*=[^=]", line)):
-            return lint.expr_new(fix["builder_field"], names)
-        return lint.field_fix(expr, fname, names, after.group(1) == "->")
-    if use == "address":
-        return lint.pointer_fix("&" + expr, names)
-    member = rules.vcpu_old[ref.symbol]
-    # The old member was a pointer (walk_mmu): its value becomes a pointer to the walker.
-    return lint.pointer_fix(expr, names) if member.kind.endswith("pointer") else names.fill(rules.base_for(expr).new)
-
-
-def _fix_text(fix: str | None) -> str:
-    if fix is None:
-        return "see rules/mappings.toml"
-    fix = fix.strip("\n")
-    if "\n" in fix:
-        fix = fix.split("\n", 1)[0] + " ..."
-    return f"`{fix}`" if fix else "delete the statement"
-
-
-def _finding(rule: LintRule, unit: Unit, file: str, line: int, column: int, expr: str,
-             function: str | None, fix: str | None, values: dict[str, str]) -> Finding:
-    values = {**unit.names.as_dict(), "expr": expr, "fix": _fix_text(fix), **values}
-    template = rule.old_message if unit.layout == "old" and rule.old_message else rule.message
-    return Finding(rule=rule.id, name=rule.name, severity=rule.severity, file=file, line=line,
-                   column=column, message=rule.render(template, values),
-                   help=rule.render(rule.help, values), expression=expr, function=function,
-                   fix=fix, patch=unit.patch, symbol=values.get("symbol"))
-
-
-def reference_findings(unit: Unit, lint: LintRules) -> list[Finding]:
-    rules = [r for r in lint.items if not r.patterns and r.applies(unit.layout)]
-    by_file: dict[str, list] = defaultdict(list)
-    for e in unit.edits or []:
-        by_file[e.file].append(e)
-    covered = unit.covered_edits
-    out = []
-    for ref in unit.references:
-        if ref.context != "code" or not unit.wanted(ref.file, ref.line) or _bridge(ref, unit, lint):
-            continue
-        for rule in rules:
-            if _ref_matches(rule, ref, unit, lint):
-                fix = _ref_fix(rule, ref, unit, lint)
-                expr = ref.expression if ref.via == "tree" else ref.symbol
-                # On an old-layout tree the rewriter's own edit is the fix: same rules, whole statement.
-                edit = next((e for e in by_file.get(ref.file, ()) if e.old and e.start <= ref.start
-                             and ref.end <= e.end), None)
-                if edit is not None:
-                    covered.add(id(edit))
-                    expr, fix = " ".join(edit.old.split())[:200], _edit_new(edit)
-                out.append(_finding(rule, unit, ref.file, ref.line, ref.column + 1, expr,
-                                    ref.function, fix, {"symbol": ref.symbol}))
-                break
-    return out
-
-
-def _bridge(ref: Reference, unit: Unit, lint: LintRules) -> bool:
-    """A removed vCPU member reached for its walker (`vcpu->arch.nested_mmu.w`) in a patch
-    for a tree that still has the member: code of a move in progress, valid only while both
-    layouts are there (the old layout has no walker to reach), and the patch removing the
-    member rewrites it.  In a patch for the new layout it is reported as any other use."""
-    rules = lint.rules
-    if not unit.moving or ref.kind != "vcpu_member" \
-            or ref.symbol not in rules.vcpu_old or not rules.vcpu_old[ref.symbol].removed:
-        return False
-    walker = [n for n, f in rules.new_fields.items() if rules.types["walker"] in f.type]
-    after = (unit.source(ref.file) or b"")[ref.end:ref.end + 40].decode("utf-8", "replace")
-    return bool(walker) and re.match(rf"\s*(?:\.|->)\s*(?:{'|'.join(walker)})\b", after) is not None
-
-
-@handler("rewrite-site")
-def rewrite_sites(shapes, rules: list[LintRule]) -> None:
-    """Planned edits of an old-layout tree that no reference rule reported (run after them)."""
-    unit = shapes.unit
-    for e in unit.edits or []:
-        if id(e) in unit.covered_edits or not unit.wanted(e.file, e.line):
-            continue
-        src = unit.source(e.file) or b""
-        line = src.count(b"\n", 0, e.start) + 1
-        col = e.start - (src.rfind(b"\n", 0, e.start) + 1) + 1
-        shapes.out.append(_finding(rules[0], unit, e.file, line, col, " ".join(e.old.split())[:200], None,
-                                   _edit_new(e), {"edit_rule": e.rule, "why": e.why}))
-
-
-def _edit_new(edit) -> str:
-    from refactor.plan.edits import DROP
-
-    return "" if edit.new == DROP else edit.new
-
-
 def unit_findings(unit: Unit, lint: LintRules) -> list[Finding]:
     from refactor.lint.shapes import Shapes
 
@@ -362,35 +94,6 @@ def unit_findings(unit: Unit, lint: LintRules) -> list[Finding]:
             unique.append(f)
     unique.sort(key=lambda f: (f.patch or "", f.file, f.line, f.column, f.rule))
     return fingerprint(unique, unit)
-
-
-def function_walkers(references: list[Reference], names: WalkerNames, rules=None) -> dict[str, frozenset[str]]:
-    """Function -> roles of the vcpu walkers its body names (code only).
-
-    In a tree the move is half done in, a removed member that stands for a walker
-    (layout.toml: walk_mmu, nested_mmu are the {gva} tables) names that walker too:
-    `w = nested ? &vcpu->arch.{ngpa} : vcpu->arch.walk_mmu->w` works with both walkers.
-    """
-    roles = {names.gva: "gva", names.ngpa: "ngpa"}
-    if rules is not None:
-        roles.update({m.name: m.walker for m in rules.vcpu_old.values() if m.removed and m.walker})
-    found: dict[str, set[str]] = defaultdict(set)
-    for r in references:
-        if r.context == "code" and r.function and r.symbol in roles:
-            found[r.function].add(roles[r.symbol])
-    return {fn: frozenset(v) for fn, v in found.items()}
-
-
-def fingerprint(findings: list[Finding], unit: Unit) -> list[Finding]:
-    """Stable across line shifts: rule, file, function, the line's text, and its occurrence."""
-    seen: dict[str, int] = defaultdict(int)
-    for f in findings:
-        # Not the expression: a tree's finding may show the rewriter's whole statement, a patch's the reference.
-        body = "\0".join([f.rule, f.file, f.function or "", squash(unit.line_text(f.file, f.line))])
-        h = hashlib.sha1(body.encode()).hexdigest()[:16]
-        seen[h] += 1
-        f.fingerprint = f"{h}:{seen[h]}"
-    return findings
 
 
 # ---- entry points -------------------------------------------------------

@@ -237,7 +237,8 @@ def load_lint_rules(directory: str | Path | None = None) -> LintRules:
     directory = Path(directory) if directory else RULES_DIR
     rules = load_rules(directory)
     data = read_rules_file(directory, "lint.toml")  # with the user's --rules overlay
-    import refactor.lint.shapes  # noqa: F401  (registers the pattern handlers checked below)
+    import refactor.lint.references  # noqa: F401  (these two register the pattern handlers checked below)
+    import refactor.lint.shapes  # noqa: F401
 
     items = [_check(item, rules, f"lint.toml rule {item.get('id', i)}")
              for i, item in enumerate(data.get("rule", []))]

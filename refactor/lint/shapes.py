@@ -14,7 +14,7 @@ from tree_sitter import Node
 
 from refactor.frontend.ctype import text
 from refactor.frontend.lexer import tokens
-from refactor.lint.engine import Finding, Unit, _finding, _is_mmu_type, _strip
+from refactor.lint.findings import Finding, Unit, bare_expr, is_mmu_type, make_finding
 from refactor.lint.registry import LintRule, LintRules, handler
 from refactor.frontend.parse import ParsedFile
 from refactor.index.program import Scope, function_name, squash
@@ -151,7 +151,7 @@ class Shapes:
         if name == _HUNK_FUNCTION_NAME:
             name = self.enclosing_function(pf.rel, line)
         expr = " ".join(pf.text(node, frag).split())
-        self.out.append(_finding(rule, self.unit, pf.rel, line, col, expr, name, fix, values))
+        self.out.append(make_finding(rule, self.unit, pf.rel, line, col, expr, name, fix, values))
 
     # -- what an expression designates
     def role(self, expr: str, scope: Scope, offset: int, depth: int = 0) -> str | None:
@@ -160,13 +160,13 @@ class Shapes:
 
     def role_origin(self, expr: str, scope: Scope, offset: int, depth: int = 0) -> tuple[str | None, int | None]:
         """The role, and the offset of the assignment that gave a local its walker."""
-        t = _strip(expr)
+        t = bare_expr(expr)
         m = _ARCH_MEMBER.fullmatch(t)
         if m and m.group(1) in self.roles:
             return self.roles[m.group(1)], None
         m = _MMU_W.fullmatch(t)
         if m:
-            return self.mmu_role(_strip(m.group(1)), scope, offset, depth), None
+            return self.mmu_role(bare_expr(m.group(1)), scope, offset, depth), None
         if re.fullmatch(r"\w+", t) and depth < 3:
             key = squash(t)
             assigned = [(at, v) for at, target, v in scope.assignments() if target == key and at < offset]
@@ -186,7 +186,7 @@ class Shapes:
         if not self.rules.base_for(base.lstrip("&")).generic or base in self.settings.mmu_pointer_names:
             return "mmu-w"
         btype = scope.lookup(base) if re.fullmatch(r"\w+", base) else None
-        return "mmu-w" if btype is not None and _is_mmu_type(str(btype), self.lint) else None
+        return "mmu-w" if btype is not None and is_mmu_type(str(btype), self.lint) else None
 
     def mmu_walker_role(self, base: str, scope: Scope, offset: int, depth: int) -> str | None:
         """The walker role of the MMU `base` designates, when layout.toml fixes it."""
@@ -197,7 +197,7 @@ class Shapes:
         if re.fullmatch(r"\w+", base) and depth < 3:
             assigned = [(at, v) for at, target, v in scope.assignments() if target == base and at < offset]
             if assigned:
-                return self.mmu_walker_role(_strip(assigned[-1][1]), scope, offset, depth + 1)
+                return self.mmu_walker_role(bare_expr(assigned[-1][1]), scope, offset, depth + 1)
         return None
 
     def address_kind(self, node: Node, scope: Scope) -> str | None:
@@ -244,7 +244,7 @@ class Shapes:
                         # Code from before the move (the call on the MMU, as a patch's removed lines
                         # have it): `mmu->gva_to_gpa(vcpu, mmu, ...)` walks what `mmu->w` walks after
                         # it, so a patch that only moves the call to the walker carries its walker over.
-                        role = self.mmu_role(_strip(src_of(target)), scope, target.start_byte)
+                        role = self.mmu_role(bare_expr(src_of(target)), scope, target.start_byte)
                     rule = next((r for r in rules if r.match["address"] == kind and role in r.match["walker"]),
                                 None)
                     if rule is None or role in reported:
@@ -252,9 +252,9 @@ class Shapes:
                     reported.add(role)
                     # carried.py's key: the same address through the same walker, an MMU's walker
                     # named by its MMU (`mmu` before the move, `mmu->w` after it).
-                    walker = _strip(src_of(target))
+                    walker = bare_expr(src_of(target))
                     m = _MMU_W.fullmatch(walker)
-                    walker = _strip(m.group(1)) if m else walker
+                    walker = bare_expr(m.group(1)) if m else walker
                     self.report(rule, pf, frag, target, self.lint.walker_of(rule.fix["walker_of"], self.unit.names),
                                 origin, arg=arg, role=_ROLE_TEXT.get(role, role),
                                 symbol=f"{squash(arg)}@{squash(walker)}")
@@ -405,9 +405,9 @@ class Shapes:
                     fix = None  # no drop-in replacement: translate with the walker itself
                 elif not expr.startswith("&"):
                     fix = fix.lstrip("&")
-                self.out.append(_finding(rule, self.unit, rel, line, col, expr, fn, fix,
-                                         {"role": _ROLE_TEXT.get(role, role), "callee": fn or "?",
-                                          "stage": _ROLE_TEXT.get(stage, stage)}))
+                self.out.append(make_finding(rule, self.unit, rel, line, col, expr, fn, fix,
+                                             {"role": _ROLE_TEXT.get(role, role), "callee": fn or "?",
+                                              "stage": _ROLE_TEXT.get(stage, stage)}))
                 taken.add((rel, line))
 
     # -- KVM020
@@ -459,7 +459,7 @@ class Shapes:
         ctype = scope.type_of(arg)
         if ctype is not None:
             return ctype.depth == 1 and ctype.struct == self.rules.types["mmu"]
-        t = _strip(pf.text(arg, frag))
+        t = bare_expr(pf.text(arg, frag))
         m = _ARCH_MEMBER.fullmatch(t)
         if m and m.group(1) in self.rules.vcpu_old and not self.rules.vcpu_old[m.group(1)].removed:
             kind = self.rules.vcpu_old[m.group(1)].kind
