@@ -17,6 +17,7 @@ from refactor.port.diff import region_diff
 from refactor.port.hunks import HunkResult, file_context, port_hunk
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
+from refactor.port.prereq import restructured_by
 from refactor.port.target import Target, load_target
 from refactor.rules import Rules, RulesError, WalkerNames, load_rules
 
@@ -134,6 +135,12 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
         ctx = contexts[id(fp)]
         for hunk in fp.hunks:
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
+            restructured = restructured_by([t for _g, t, _ in hunk.lines] + [hunk.section], rules) \
+                if h.status == "conflict" and direction in ("backport", "forward") else []
+            if restructured:
+                h.reason = (f"{h.reason}; the refactor restructured this code (restructure.toml "
+                            f"{', '.join(restructured)}): it has no line-for-line counterpart on the "
+                            f"{'old' if direction == 'backport' else 'new'} layout, port it by hand")
             res.hunks.append(h)
             if h.status != "conflict":
                 edits.setdefault(h.target_file, []).append(h)

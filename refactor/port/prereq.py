@@ -114,3 +114,29 @@ def redeclared(added: list[str], body: list[str], kept: list[str], types: tuple[
         if m and m.group(1) in have and re.match(rf"\s*(?:const\s+)?struct\s+(?:{'|'.join(types)})\b", line):
             out.append(m.group(1))
     return out
+
+
+# restructure.toml keys that name the functions a rule restructured.
+_RESTRUCTURED = ("function", "to", "dispatcher", "then_mmu", "walker_first", "merge", "rename", "inner",
+                 "old", "new", "bitmask", "helper", "hook")
+
+
+def restructured_by(texts: list[str], rules) -> list[str]:
+    """Ids of the restructure.toml rules whose functions the lines name: code the refactor
+    restructured, with no line-for-line counterpart in the other layout (the rules the port
+    inverts, [[attach_walker]] and [[attach_member]], aside)."""
+    words = set(_IDENT.findall("\n".join(texts)))
+    out = []
+    for kind, entries in rules.restructure.items():
+        if kind in ("attach_walker", "attach_member"):
+            continue
+        for r in entries:
+            names = set()
+            for key in _RESTRUCTURED + (("from",) if kind == "walker_init" else ()):
+                value = r.params.get(key)
+                values = (list(value) + list(value.values()) if isinstance(value, dict)
+                          else value if isinstance(value, list) else [value])
+                names |= {v for v in values if isinstance(v, str) and re.fullmatch(r"[A-Za-z_]\w*", v)}
+            if names & words:
+                out.append(r.id)
+    return out
