@@ -217,3 +217,25 @@ def test_a_patch_the_layouts_execute_differently_is_reported(trees, persistent_c
     first = proof.found[0]
     assert "NULL function pointer" in first["expected"]["bug"]
     assert first["result"]["fault"]["to"] == "L2" and first["result"]["fault"]["nested"] is True
+
+
+@pytest.mark.parametrize("flag", ["--build", "--verify"])
+def test_build_and_verify_refuse_a_target_with_local_changes(tmp_path, flag):
+    """A git target is ported at HEAD, but --build and --verify compile the files on disk:
+    with tracked changes they would test code the port never read."""
+    import shutil
+    import subprocess
+
+    tree = tmp_path / "tree"
+    shutil.copytree(Path(__file__).parent.parent / "fixtures" / "mini-kvm", tree)
+    for cmd in (["init", "-q"], ["add", "."],
+                ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "base"]):
+        subprocess.run(["git", "-C", str(tree), *cmd], check=True)
+    mmu = next(tree.rglob("mmu.c"))
+    mmu.write_text(mmu.read_text() + "\n/* local */\n")
+    patch = tmp_path / "p.patch"
+    patch.write_text("not read: the tree is refused first\n")
+    res = CliRunner().invoke(main, ["port", str(patch), "--onto", str(tree), flag])
+    assert res.exit_code == 2, res.output
+    assert "uncommitted changes" in res.output and "reads HEAD" in res.output
+    assert "Traceback" not in res.output

@@ -27,6 +27,21 @@ def _slug(subject: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", subject).strip("-")[:52] or "patch"
 
 
+def _refuse_dirty(trees: list[str]) -> None:
+    """A git tree is ported at its HEAD but built from the files on disk: with local changes
+    --build and --verify would test something the port never read."""
+    from refactor.apply.inplace import check_git
+    from refactor.cli.errors import UserError
+    from refactor.errors import TreeError
+
+    for tree in trees:
+        try:
+            check_git(Path(tree), [])
+        except TreeError as exc:
+            raise UserError(f"{exc} (the port reads HEAD; --build and --verify build the files "
+                            "on disk)") from None
+
+
 @click.command("port")
 @rules_option
 @click.argument("patches", nargs=-1, required=True)
@@ -82,6 +97,8 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
     if source is not None and not verify:
         raise UserError("--source is the tree the native proof runs the original patches on: "
                         "it needs --verify")
+    if build or verify:
+        _refuse_dirty([*targets, *([source] if source else [])])
     stdin_text = sys.stdin.read() if "-" in patches else None
     try:
         mails = read_inputs(list(patches), stdin_text)
