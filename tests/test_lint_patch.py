@@ -214,3 +214,8 @@ def test_a_removed_member_standing_for_a_walker_names_it():
     names = rules.names("upstream")
     assert function_walkers(refs, names, rules)["f"] == {"gva", "ngpa"}
     assert function_walkers(refs, names)["f"] == {"ngpa"}  # by the new names alone
+    # A function naming removed members only compares them (6.1's mmu_is_nested()): it does
+    # not walk, and calling it in an nGPA-stage function (kvm_translate_gpa()) is no finding.
+    src = b"static inline bool g(struct kvm_vcpu *vcpu)\n{\n\treturn vcpu->arch.walk_mmu == &vcpu->arch.nested_mmu;\n}\n"
+    refs = index_sources({"arch/x86/kvm/mmu.h": src}, rules).references
+    assert "g" not in function_walkers(refs, names, rules)

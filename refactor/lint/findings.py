@@ -116,18 +116,22 @@ def make_finding(rule: LintRule, unit: Unit, file: str, line: int, column: int, 
 def function_walkers(references: list[Reference], names: WalkerNames, rules=None) -> dict[str, frozenset[str]]:
     """Function -> roles of the vcpu walkers its body names (code only).
 
-    In a tree the move is half done in, a removed member that stands for a walker
-    (layout.toml: walk_mmu, nested_mmu are the {gva} tables) names that walker too:
-    `w = nested ? &vcpu->arch.{ngpa} : vcpu->arch.walk_mmu->w` works with both walkers.
+    In a tree the move is half done in, a function naming a walker may reach the
+    other through a removed member that stands for it (layout.toml: walk_mmu and
+    nested_mmu are the {gva} tables): `w = nested ? &vcpu->arch.{ngpa} :
+    vcpu->arch.walk_mmu->w` works with both walkers.  A function naming removed
+    members only (`mmu_is_nested()` compares walk_mmu) is not taken to walk.
     """
     roles = {names.gva: "gva", names.ngpa: "ngpa"}
-    if rules is not None:
-        roles.update({m.name: m.walker for m in rules.vcpu_old.values() if m.removed and m.walker})
+    old = {m.name: m.walker for m in rules.vcpu_old.values() if m.removed and m.walker} if rules is not None else {}
     found: dict[str, set[str]] = defaultdict(set)
+    through_old: dict[str, set[str]] = defaultdict(set)
     for r in references:
         if r.context == "code" and r.function and r.symbol in roles:
             found[r.function].add(roles[r.symbol])
-    return {fn: frozenset(v) for fn, v in found.items()}
+        elif r.context == "code" and r.function and r.symbol in old:
+            through_old[r.function].add(old[r.symbol])
+    return {fn: frozenset(v | through_old[fn]) for fn, v in found.items()}
 
 
 def fingerprint(findings: list[Finding], unit: Unit) -> list[Finding]:
