@@ -332,7 +332,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     patch_inits: dict[str, str] = {}
     if direction == "backport":
         # Locals the patch declares with their value in any hunk of the same function.
-        patch_inits = pointer_inits([t for h in fp.hunks if _heading(h) == _heading(hunk)
+        fn = _FUNC_HEAD.findall(_heading(hunk))[:1]       # git cuts `@@` headings: compare names
+        patch_inits = pointer_inits([t for h in fp.hunks if fn and _FUNC_HEAD.findall(_heading(h))[:1] == fn
                                      for _g, t, _ in h.lines] + [t for _g, t, _ in hunk.lines])
         for var, init in ctx.walker_locals.get(_heading(hunk), []):
             patch_inits.setdefault(var, init)
@@ -353,8 +354,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         pre_t = pre_image(types)
         kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
         kept = [pre_t[i].text for i in kept_idx]
-    # Fields the new layout moved out of struct kvm_mmu: there in the target, not in the patch.
-    moved_here = (moved_declarations(tlines, src) if direction == "backport"
+    moved_here = (moved_declarations(tlines, src) if direction == "backport"  # not in the patch's context
                   and f"struct {src.rules.types['mmu']} {{" in target.text(frel) else set())
     best = None
     for cand in (pairings(kept, tlines, at, "window"), pairings(kept, tlines, at, "fuzzy")):
