@@ -270,3 +270,38 @@ def test_an_engine_that_dies_in_a_batch_gives_the_per_event_results(tmp_path):
     assert batched[3] == 1 and batched[5][0][0] == "s:43"
     assert batched[5][0][1]["bug"].startswith("engine died: native engine for")
     assert batched[6] == "NativeModel"        # revived
+
+
+class _Fake:
+    """A stand-in engine: a fixed answer per translated address; ADDR 0x5000 answers
+    `late` only after 0x1000 was translated (a divergence that needs its episode)."""
+
+    translations, translate_time = 0, 0.0
+
+    def __init__(self, answers: dict[int, dict], late: dict):
+        self.answers, self.late, self.primed = answers, late, False
+
+    def apply(self, ev: dict) -> dict:
+        addr = ev.get("addr")
+        self.primed |= addr == 0x1000
+        if addr == 0x5000 and self.primed:
+            return self.late
+        return self.answers.get(addr, {"ok": True})
+
+
+def test_a_shrunk_divergence_is_one_the_pristine_engine_survives(tmp_path):
+    """The shrinker must not keep a cut whose first difference comes where the pristine
+    engine itself fails (verify stops comparing there): it used to write such a trace
+    (the WARN at 0x2000, one line apart), which reproduced nothing of the divergence."""
+    from emulator.trace import read_events
+    from refactor.verify.run import Found, shrink_found
+
+    warn = {0x2000: {"bug": "paging_tmpl.h:374: WARN"}}
+    moved = {0x2000: {"bug": "paging_tmpl.h:375: WARN"}}
+    episode = [{"ev": "reset"}] + [{"ev": "translate", "addr": a, "access": "read"}
+                                   for a in (0x1000, 0x2000, 0x3000, 0x5000)]
+    found = Found("test", 5, episode[-1], {"gpa": 1}, {"gpa": 2}, episode)
+    out, n = shrink_found(found, lambda: _Fake(warn, {"gpa": 1}),
+                          lambda: _Fake(moved, {"gpa": 2}), tmp_path / "cut.jsonl", budget=5.0)
+    assert [ev.get("addr") for _, ev in read_events(out)] == [None, 0x1000, 0x5000]
+    assert n == 3

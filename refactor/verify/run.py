@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 from emulator.fuzz import random_events, shrink
 from emulator.native.model import decode, pack
-from emulator.trace import jsonable, read_events, write_events
+from emulator.trace import TraceError, jsonable, read_events, write_events
 
 
 @dataclass
@@ -358,20 +358,26 @@ def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 3
 
     `kind(ev, ref_result, cand_result)`: when given, a cut is kept only if the first
     difference it shows is of the same kind as the original's (not just any difference)."""
-    still = None
-    if kind is not None:
-        want = kind(found.ev, found.base, found.result)
+    want = kind(found.ev, found.base, found.result) if kind is not None else None
 
-        def still(events):
-            ref, cand = make_ref(), _Watched(make_cand())
+    def still(events):
+        # A cut reproduces only what run_streams would report: a difference while the
+        # pristine engine is well (its bug or error stops the comparison of the episode,
+        # so a cut where it fails first, say a WARN one line off, shows nothing).
+        ref, cand = make_ref(), _Watched(make_cand())
+        try:
             for ev in events:
                 a = ref.apply(ev)
-                if "error" in a:
+                if "error" in a or "bug" in a:
                     return False
                 b = cand.apply(ev)
                 if a != b:
-                    return kind(ev, a, b) == want
+                    return kind is None or kind(ev, a, b) == want
+                if ev["ev"] == "nested_entry" and a.get("pdptrs") is False:
+                    return False
+        except TraceError:      # a cut that makes the trace invalid is not a reproduction
             return False
+        return False
     trace = shrink(found.episode, make_ref, lambda: _Watched(make_cand()), budget, still)
     out.parent.mkdir(parents=True, exist_ok=True)
     return out, write_events(out, trace)
