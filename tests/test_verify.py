@@ -207,6 +207,28 @@ def test_function_spans_name_kernel_definitions_and_fname():
     assert sm.sites(["kvm_translate_gpa"])[0]["line"] == 10
 
 
+def test_a_bug_in_an_untouched_file_points_at_the_rewritten_caller(tmp_path):
+    """A BUG_ON in a callee the variant left alone (translate_nested_gpa() in x86.c) names
+    the rewritten caller in another file (kvm_translate_gpa() in mmu.h) and its site: the
+    native 6.1 run of the issue's step-6 test used to name no function at all."""
+    old = (b"static inline gpa_t kvm_translate_gpa(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu)\n"
+           b"{\n\tif (mmu != &vcpu->arch.nested_mmu)\n\t\treturn gpa;\n"
+           b"\treturn translate_nested_gpa(vcpu, gpa);\n}\n")
+    new = old.replace(b"mmu != &vcpu->arch.nested_mmu", b"w != &vcpu->arch.gva_walk")
+    x86 = (b"int x;\n\ngpa_t translate_nested_gpa(struct kvm_vcpu *vcpu, gpa_t gpa)\n{\n"
+           b"\tBUG_ON(!mmu_is_nested(vcpu));\n\treturn gpa;\n}\n")
+    (tmp_path / "arch/x86/kvm").mkdir(parents=True)
+    (tmp_path / "arch/x86/kvm/x86.c").write_bytes(x86)
+    files, originals = {"arch/x86/kvm/mmu.h": new}, {"arch/x86/kvm/mmu.h": old}
+    result = '{"bug": "arch/x86/kvm/x86.c:5: BUG"}'
+    assert SiteMap(files, originals).locate(result) == []
+    sm = SiteMap(files, originals, root=tmp_path)
+    located = sm.locate(result)
+    assert located == ["translate_nested_gpa"]
+    assert sm.with_neighbours(located) == ["translate_nested_gpa", "kvm_translate_gpa"]
+    assert [s["line"] for s in sm.sites(sm.with_neighbours(located))] == [3]
+
+
 # -- the native engine on real trees ----------------------------------------------------------
 
 def _full_tree(version: str) -> Path:

@@ -203,7 +203,7 @@ def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: 
                           seconds=round(t.seconds, 1))
         if t.found:
             plan = v.plan if v.plan is not None or site_plans is None else site_plans(i, v)
-            sitemap = SiteMap(v.files, v.originals, plan)
+            sitemap = SiteMap(v.files, v.originals, plan, root=v.src)
             for k, f in enumerate(t.found):
                 d = Divergence(v.name, f.source, f.event, f.ev, f.base, f.result, f.bug)
                 if k == 0 or (f.bug and not any(x.bug for x in step.found)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 _NAME = re.compile(rb"(\w+\s*\(\s*\w+\s*\)|\w+)\s*\(")
 _LOCATION = re.compile(r"((?:[\w.+-]+/)*[\w.+-]+\.[ch]):(\d+)")
@@ -72,9 +73,14 @@ def _hunks(old: bytes, new: bytes) -> list[tuple[int, int, int, str, str]]:
 class SiteMap:
     """Sites of one variant, by (file, function)."""
 
-    def __init__(self, files: dict[str, bytes], originals: dict[str, bytes], plan=None):
+    def __init__(self, files: dict[str, bytes], originals: dict[str, bytes], plan=None,
+                 root: Path | None = None):
         self.files = files
         self.spans = {rel: function_spans(data) for rel, data in files.items()}
+        # Where the files the variant left alone are read: a BUG_ON sits as often in an
+        # untouched callee (translate_nested_gpa() in x86.c) as in a rewritten function.
+        self.root = root
+        self._other: dict[str, list[Span]] = {}
         self.by_function: dict[str, list[dict]] = {}
         if plan is not None and plan.edits and plan.results == files:
             for e in plan.edits + list(getattr(plan, "post_edits", [])):
@@ -112,12 +118,29 @@ class SiteMap:
         out = []
         for m in _LOCATION.finditer(text):
             path, line = m.group(1), int(m.group(2))
+            matched = False
             for rel, spans in self.spans.items():
                 if rel == path or rel.endswith("/" + path) or path.endswith("/" + rel):
+                    matched = True
                     fn = function_at(spans, line)
                     if fn and fn not in out:
                         out.append(fn)
+            if not matched:
+                fn = function_at(self._unchanged_spans(path), line)
+                if fn and fn not in out:
+                    out.append(fn)
         return out
+
+    def _unchanged_spans(self, rel: str) -> list[Span]:
+        if rel not in self._other:
+            data = b""
+            if self.root is not None and ".." not in Path(rel).parts:
+                try:
+                    data = (self.root / rel).read_bytes()
+                except OSError:
+                    pass
+            self._other[rel] = function_spans(data)
+        return self._other[rel]
 
     def with_neighbours(self, functions: list[str]) -> list[str]:
         """`functions` plus the site-holding functions that call one of them or that one
