@@ -44,7 +44,8 @@ def test_mutants_that_change_the_c_are_killed_natively(version, monkeypatch, tmp
     from test_build import full_tree
 
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
-    report = run_mutants(full_tree(version), "upstream", seed=1, events=20_000)
+    report = run_mutants(full_tree(version), "upstream", seed=1, events=20_000,
+                         out_dir=tmp_path / "out")
     assert len(report.results) == len(MUTANTS)
     assert report.survivors == 0, [r for r in report.results if not r.killed]
     by = {r.name: r.by for r in report.results}
@@ -64,6 +65,9 @@ def test_mutants_that_change_the_c_are_killed_natively(version, monkeypatch, tmp
             # Changed C is executed natively: never counted as killed without running.
             assert r.changed_c and r.changed_files > 0 and r.executed, r
             assert r.killed and r.by in ("divergence", "bug"), r
+            # Each kill keeps its own shrunk trace (they used to overwrite one file).
+            assert r.trace and Path(r.trace).parent.name == r.name, r
+            assert Path(r.trace).is_file() and r.trace in report.text()
     if version == "7.2":      # the wrong `calls` mapping: MBEC's user-exec bit (EPT bit 10)
         assert by["mbec-call-wrong"] == "divergence"
     d = report.as_dict()

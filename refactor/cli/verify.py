@@ -58,7 +58,7 @@ def verify_cmd(tree: Path, names: str, branch: str | None, base: str, seed: int,
             from refactor.verify.mutants import run_mutants
 
             result = run_mutants(tree, names, seed=seed, events=count, only=list(only) or None,
-                                 progress=say)
+                                 progress=say, out_dir=Path(out_dir) if out_dir else None)
             click.echo(json.dumps(result.as_dict(), indent=1) if fmt == "json" else result.text())
             sys.exit(0 if result.survivors == 0 else 1)
         if fidelity:

@@ -141,6 +141,7 @@ class MutantResult:
     changed_files: int = 0
     sites: list[dict] = field(default_factory=list)
     rule: str = ""
+    trace: str | None = None   # the shrunk trace of the killing divergence, when written
 
     @property
     def changed_c(self) -> bool | None:
@@ -156,7 +157,7 @@ class MutantResult:
         return {"name": self.name, "rule": self.rule, "what": self.what, "tree": self.tree,
                 "changed_c": self.changed_c, "executed": self.executed, "killed": self.killed,
                 "by": self.by, "detail": self.detail, "changed_files": self.changed_files,
-                "sites": self.sites[:10]}
+                "sites": self.sites[:10], "trace": self.trace}
 
 
 @dataclass
@@ -185,6 +186,8 @@ class MutantsReport:
                      "NOT RUN" if r.by == "not executed" else "SURVIVED")
             changed = {True: "yes", False: "no", None: "-"}[r.changed_c]
             how = f"{r.by}: {r.detail}" if r.killed else r.detail
+            if r.trace:
+                how += f" (shrunk trace: {r.trace})"
             lines.append(f"{r.name:<32} {changed:<9} {state:<10} {how}".rstrip())
         d = self.as_dict()
         by = ", ".join(f"{n} by {k}" for k, n in d["killed_by"].items())
@@ -242,7 +245,9 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
     variant.src = make_farm(tree, "mutant", plan.results)
     try:
         report = run_variants(tree, str(tree), [variant], seed=seed, events=events,
-                              out_dir=work or Path(tempfile.gettempdir()) / "kvm-refactor-mutants",
+                              # One directory per mutant: their traces have the same names.
+                              out_dir=(work or Path(tempfile.gettempdir()) / "kvm-refactor-mutants")
+                              / m.name,
                               corpus=corpus, cache_dir=cache_dir, keep=1, shrink_budget=5.0,
                               progress=progress)
     except VerifyError as exc:
@@ -270,7 +275,7 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
         d = step.found[0]
         return MutantResult(m.name, m.what, str(tree), True, "bug" if d.bug else "divergence",
                             f"{d.source}: {d.ev.get('ev')} -> {str(d.result)[:160]}",
-                            len(plan.results), sites)
+                            len(plan.results), sites, trace=d.trace)
     return MutantResult(m.name, m.what, str(tree), False, "survived",
                         f"{step.events} events, {step.translations} translations, no divergence",
                         len(plan.results), sites)
@@ -278,7 +283,8 @@ def run_mutant(m: RuleMutant, tree: Path, correct, names: str = "upstream", *, s
 
 def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, events: int = 20_000,
                 only: list[str] | None = None, corpus: Path | None = None,
-                cache_dir: Path | None = None, progress=None) -> MutantsReport:
+                cache_dir: Path | None = None, progress=None,
+                out_dir: Path | None = None) -> MutantsReport:
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
     from refactor.rules import load_rules
@@ -317,7 +323,8 @@ def run_mutants(tree: str | Path, names: str = "upstream", *, seed: int = 1, eve
             try:
                 result = run_mutant(m, tree, correct, names, seed=seed, events=events,
                                     corpus=corpus, cache_dir=cache_dir, progress=progress,
-                                    rules_dir=snapshot, correct_build=correct_build)
+                                    rules_dir=snapshot, correct_build=correct_build,
+                                    work=out_dir)
                 result.rule = m.rule
                 report.results.append(result)
             except MutantError as exc:
