@@ -52,7 +52,7 @@ from emulator.native.model import BATCH_EVENTS, pack  # noqa: E402
 from emulator.fuzz import compare_episode  # noqa: E402
 from emulator.machine import new_model  # noqa: E402
 from refactor.rules import load_rules  # noqa: E402
-from refactor.verify.run import Stream, run_streams  # noqa: E402
+from refactor.verify.run import PerEvent, Stream, run_streams  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -95,23 +95,6 @@ def python_compare(events: list[dict]) -> tuple[float, float, int]:
     for ep in eps:
         diverged += compare_episode(ep, old_model(rules), new_model(rules, names)) is not None
     return time.perf_counter() - t0, time.process_time() - c0, diverged
-
-
-class OneAtATime:
-    """A model without send()/receive(): run_streams gives it one event at a time."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def apply(self, ev):
-        return self.model.apply(ev)
-
-    @property
-    def translations(self):
-        return self.model.translations
-
-    def close(self):
-        self.model.close()
 
 
 def end_to_end(ref_build, cand_build, events: list[dict], label: str, wrap=None, count=1):
@@ -277,7 +260,7 @@ def main() -> None:
             sub = events[:args.sync]
             subn = sum(1 for ev in sub if ev["ev"] == "translate")
             s_wall, s_cpu, tr, _div = end_to_end(build, cand, sub, f"seed {args.seed}",
-                                                 OneAtATime)
+                                                 PerEvent)
             ratio = (s_wall / subn) / (wall / n)
             print(f"  end to end, one event at a time (apply()): {len(sub)} events, "
                   f"{s_wall:.3f} s wall, {s_cpu:.3f} s CPU: {tr / s_wall:,.0f} translations/s "

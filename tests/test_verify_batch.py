@@ -16,30 +16,9 @@ import pytest
 from emulator.fuzz import random_episodes, random_events
 from emulator.native.model import NativeModel
 from refactor.verify.check import CORPUS
-from refactor.verify.run import Stream, corpus_stream, run_streams
+from refactor.verify.run import PerEvent, Stream, corpus_stream, run_streams
 
 GPA = re.compile(rb'^\{"gpa":(\d+)')
-
-
-class PerEvent:
-    """A model with apply() only: run_streams gives it one event at a time."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def apply(self, ev):
-        return self.model.apply(ev)
-
-    @property
-    def translations(self):
-        return self.model.translations
-
-    @property
-    def build(self):       # what run_streams revives a dead or hung engine from
-        return getattr(self.model, "build", None)
-
-    def close(self):
-        self.model.close()
 
 
 class Perturbed(NativeModel):

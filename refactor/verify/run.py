@@ -339,6 +339,29 @@ class _Run:
             self.on_found(name, f)
 
 
+class PerEvent:
+    """A model seen through apply() only: run_streams gives it one event at a time.  The
+    per-event loop is the reference the batched one must equal (tests) and the peer it is
+    measured against (bench/native_bench.py)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, ev):
+        return self.model.apply(ev)
+
+    @property
+    def translations(self):
+        return self.model.translations
+
+    @property
+    def build(self):       # what run_streams revives a dead or hung engine from
+        return getattr(self.model, "build", None)
+
+    def close(self):
+        self.model.close()
+
+
 class _Watched:
     """A candidate model whose events run under the hang timer (for the shrinker)."""
 
