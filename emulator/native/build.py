@@ -32,7 +32,7 @@ from .cache import prune_after_build, touch, using
 from .layout import LayoutError, layout_header
 from .prepare import (Hasher, Prepared, PrepareError, dep_paths, find_prepared, first_error,
                       kbuild_output, run, unit_command)
-from .stubs import stub_source
+from .link import LinkError, link
 
 HARNESS = Path(__file__).resolve().parent / "harness"
 # (kernel unit, glue appended to it); the vendor units give nested VMX/SVM.
@@ -53,8 +53,18 @@ REPLACED = {"arch/x86/kvm/vmx/nested.c": ("H_VMX_VMEXIT", ("__nested_vmx_vmexit"
             "arch/x86/kvm/svm/nested.c": ("H_SVM_VMEXIT", ("nested_svm_vmexit",))}
 # -O1: the kernel units are 80-100k lines each and most of their functions never
 # run here; -O1 compiles them in about half the time of -O2 (docs/native-engine.md).
+# No -w: it silences -Werror= too.  What the kernel's own build makes an error (its
+# Makefile's -Werror= list; KVM builds with -Werror) and what GCC 14 makes one by default
+# stays an error here: a rewrite that calls an undeclared function must not compile into a
+# call of a trapping stub.  Other warnings are left on (user-space compilation of kernel
+# code has a few harmless ones) but never shown: the compiler's output is read only when it
+# fails.  -Wno-address-of-packed-member: the kernel's own flag (90 a unit otherwise).
+ERROR_FLAGS = ["-Werror=implicit-function-declaration", "-Werror=implicit-int",
+               "-Werror=return-type", "-Werror=strict-prototypes",
+               "-Werror=incompatible-pointer-types", "-Werror=int-conversion",
+               "-Werror=designated-init", "-Wno-address-of-packed-member"]
 CFLAGS = ["-O1", "-fno-pie", "-mcmodel=small", "-fno-strict-aliasing", "-fno-common",
-          "-std=gnu11", "-fno-stack-protector", "-mno-red-zone", "-w"]
+          "-std=gnu11", "-fno-stack-protector", "-mno-red-zone", *ERROR_FLAGS]
 HARNESS_CFLAGS = ["-O2", "-fno-pie", "-Wall", "-Wno-unused-function"]
 # Flags of the tree's own command line that change what the C means (not how it is
 # placed or hardened): taken from the unit's Kbuild command.
@@ -348,54 +358,13 @@ def _build(tree: Path, root: Path, progress, names, jobs: int) -> tuple[Path, st
         t1 = time.perf_counter()
         ikeys = preprocess(tree, prep, cache, units, work, jobs)
         times["preprocess"] = time.perf_counter() - t1
-        harness_h = (HARNESS / "harness.h").read_bytes()
-        common = _sha(FORMAT, _compiler_version(), " ".join(CFLAGS), layout_text, harness_h)
-        objs, jobs_c, compiled = [], [], []
-        for unit, glue in UNITS:
-            if unit not in ikeys:
-                continue
-            udir = root / "units" / ikeys[unit]
-            meta = json.loads((udir / "meta.json").read_text())
-            okey = _sha(common, ikeys[unit], glue, (HARNESS / glue).read_bytes(),
-                        meta.get("ops", ""))
-            obj = root / "objs" / f"{okey}.o"
-            objs.append(obj)
-            if obj.exists():
-                touch(obj)
-                continue
-            tag = unit.replace("/", "_")[:-2]
-            inc = work / tag
-            inc.mkdir()
-            (inc / "layout.h").write_text(layout_text)
-            (inc / "ops.h").write_text(meta.get("ops", ""))
-            (inc / "kernel.c").write_text(_unit_text(udir))
-            src = inc / "unit.c"
-            src.write_text(f'#include "{inc / "kernel.c"}"\n#include "{HARNESS / glue}"\n')
-            jobs_c.append((["gcc", "-c", *CFLAGS, *meta["flags"], *meta.get("defines", []),
-                            f"-I{HARNESS}", f"-I{inc}", str(src), "-o", f"{obj}.{os.getpid()}.tmp"],
-                           unit, None))
-            compiled.append(unit)
-        hkey = _sha(FORMAT, _compiler_version(), " ".join(HARNESS_CFLAGS),
-                    (HARNESS / "harness.c").read_bytes(), harness_h)
-        harness_o = root / "objs" / f"harness-{hkey}.o"
-        touch(harness_o)
-        if not harness_o.exists():
-            jobs_c.append((["gcc", "-c", *HARNESS_CFLAGS, f"-I{HARNESS}",
-                            str(HARNESS / "harness.c"), "-o", f"{harness_o}.{os.getpid()}.tmp"],
-                           "harness.c", None))
+        recipe = {"units": [[u, ikeys[u], g] for u, g in UNITS if u in ikeys],
+                  "layout": layout_text, "harness": harness_digest()}
+        objs, jobs_c, compiled = unit_objects(root, recipe, work)
+        harness_o, job = harness_object(root)
+        jobs_c += job
         t1 = time.perf_counter()
-        if jobs_c:
-            (root / "objs").mkdir(parents=True, exist_ok=True)
-            say(f"compiling {', '.join(w for _c, w, _d in jobs_c)}")
-            _parallel(jobs_c, jobs)
-            for cmd, what, _cwd in jobs_c:
-                out = Path(cmd[-1])
-                if what == "harness.c":
-                    # The harness gives way to the tree: what a kernel unit defines wins.
-                    proc = run(["objcopy", "--weaken", str(out)])
-                    if proc.returncode != 0:
-                        raise EngineError(f"objcopy failed: {first_error(proc.stderr)}")
-                os.replace(out, out.with_suffix("").with_suffix(""))   # X.o.PID.tmp -> X.o
+        compile_all(root, jobs_c, jobs, say)
         times["compile"] = time.perf_counter() - t1
         objs.append(harness_o)
         key = _sha(FORMAT, *[o.name for o in objs])[:16]
@@ -404,12 +373,15 @@ def _build(tree: Path, root: Path, progress, names, jobs: int) -> tuple[Path, st
         info_units = sorted(ikeys)
         if exe.exists():
             touch(dest)
+            if not (dest / "recipe.json").exists():     # an engine built before probes
+                _write_atomic(dest / "recipe.json", json.dumps(recipe))
             info = json.loads((dest / "info.json").read_text())
             return exe, version, BuildInfo(key, time.perf_counter() - t0, not compiled,
                                            layout_desc, info_units, info["stubs"], times,
                                            compiled)
         t1 = time.perf_counter()
-        stubs = link(objs, work, layout_desc, info_units, version, tree, say)
+        stubs = link_engine(objs, work, layout_desc, info_units, version, tree, say)
+        (work / "engine-dir" / "recipe.json").write_text(json.dumps(recipe))
         times["link"] = time.perf_counter() - t1
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(dest, ignore_errors=True)
@@ -420,68 +392,84 @@ def _build(tree: Path, root: Path, progress, names, jobs: int) -> tuple[Path, st
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _symbols(objs: list[Path]) -> tuple[set[str], set[str]]:
-    defined, undefined = set(), set()
-    proc = run(["nm", "-P"] + [str(o) for o in objs])
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) < 2 or parts[0].endswith(":"):
+def harness_digest() -> str:
+    """What the harness sources are: an engine's recipe (recipe.json) records it, so a probe
+    of the engine (probe.py) is refused once the harness has changed."""
+    return _sha(*[p.read_bytes() for p in sorted(HARNESS.glob("*.[ch]")) if p.name != "probe.c"])
+
+
+def unit_objects(root: Path, recipe: dict, work: Path, variant: tuple[str, ...] = (),
+                 edit=None) -> tuple[list[Path], list, list[str]]:
+    """(objects, compile jobs, units to compile) of a recipe's units ([unit, content key,
+    glue] and the layout header); `variant`: extra compiler flags, `edit`: (tag, function)
+    applied to each unit's text (the probe's; the tag is part of the objects' keys)."""
+    layout_text = recipe["layout"]
+    harness_h = (HARNESS / "harness.h").read_bytes()
+    flags = CFLAGS + list(variant)
+    common = _sha(FORMAT, _compiler_version(), " ".join(flags), layout_text, harness_h,
+                  edit[0] if edit else "")
+    objs, jobs_c, compiled = [], [], []
+    for unit, ikey, glue in recipe["units"]:
+        udir = root / "units" / ikey
+        meta = json.loads((udir / "meta.json").read_text())
+        okey = _sha(common, ikey, glue, (HARNESS / glue).read_bytes(), meta.get("ops", ""))
+        obj = root / "objs" / f"{okey}.o"
+        objs.append(obj)
+        if obj.exists():
+            touch(obj)
             continue
-        name, kind = parts[0], parts[1]
-        if kind == "U":
-            undefined.add(name)
-        elif kind.isupper() or kind in "vw":
-            defined.add(name)
-    return defined, undefined - defined
+        tag = unit.replace("/", "_")[:-2]
+        inc = work / tag
+        inc.mkdir()
+        (inc / "layout.h").write_text(layout_text)
+        (inc / "ops.h").write_text(meta.get("ops", ""))
+        text = _unit_text(udir)
+        (inc / "kernel.c").write_text(edit[1](text) if edit else text)
+        src = inc / "unit.c"
+        src.write_text(f'#include "{inc / "kernel.c"}"\n#include "{HARNESS / glue}"\n')
+        jobs_c.append((["gcc", "-c", *flags, *meta["flags"], *meta.get("defines", []),
+                        f"-I{HARNESS}", f"-I{inc}", str(src), "-o", f"{obj}.{os.getpid()}.tmp"],
+                       unit, None))
+        compiled.append(unit)
+    return objs, jobs_c, compiled
 
 
-def _call_only(objs: list[Path], names: set[str]) -> set[str]:
-    """Undefined symbols that are called somewhere (PLT32 relocations): functions."""
-    called = set()
-    proc = run(["readelf", "-rW"] + [str(o) for o in objs])
-    for line in proc.stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 5 and parts[2] == "R_X86_64_PLT32":
-            sym = parts[4].split("@")[0]
-            if sym in names:
-                called.add(sym)
-    return called
+def harness_object(root: Path, source: str = "harness.c", weaken: bool = True
+                   ) -> tuple[Path, list]:
+    """(object, [its compile job] or []) of a harness file compiled on its own."""
+    text = (HARNESS / source).read_bytes()
+    hkey = _sha(FORMAT, _compiler_version(), " ".join(HARNESS_CFLAGS), text,
+                (HARNESS / "harness.h").read_bytes())
+    name = "harness" if source == "harness.c" else source[:-2]
+    obj = root / "objs" / f"{name}-{hkey}.o"
+    touch(obj)
+    if obj.exists():
+        return obj, []
+    return obj, [(["gcc", "-c", *HARNESS_CFLAGS, f"-I{HARNESS}", str(HARNESS / source),
+                   "-o", f"{obj}.{os.getpid()}.tmp"], source if weaken else f"{source} (strong)",
+                  None)]
 
 
-_LIBC: set[str] | None = None
+def compile_all(root: Path, jobs_c: list, jobs: int, say) -> None:
+    """Run compile jobs, then put each object in place (harness.c weakened first)."""
+    if not jobs_c:
+        return
+    (root / "objs").mkdir(parents=True, exist_ok=True)
+    say(f"compiling {', '.join(w for _c, w, _d in jobs_c)}")
+    _parallel(jobs_c, jobs)
+    for cmd, what, _cwd in jobs_c:
+        out = Path(cmd[-1])
+        if what == "harness.c":
+            # The harness gives way to the tree: what a kernel unit defines wins.
+            proc = run(["objcopy", "--weaken", str(out)])
+            if proc.returncode != 0:
+                raise EngineError(f"objcopy failed: {first_error(proc.stderr)}")
+        os.replace(out, out.with_suffix("").with_suffix(""))   # X.o.PID.tmp -> X.o
 
 
-def _libc_symbols() -> set[str]:
-    """What the C library defines: left to it (memcpy, memset, strlen...)."""
-    global _LIBC
-    if _LIBC is None:
-        proc = run(["gcc", "-print-file-name=libc.so.6"])
-        path = proc.stdout.strip()
-        nm = run(["nm", "-D", "--defined-only", path])
-        _LIBC = {ln.split()[-1].split("@")[0] for ln in nm.stdout.splitlines() if ln.strip()}
-    return _LIBC
-
-
-def link(objs: list[Path], work: Path, layout_desc: dict, units: list[str], version: str,
-         tree: Path, say) -> int:
-    """Stubs for what is still undefined, then the executable in WORK/engine-dir; the
-    number of stubs."""
-    out = work / "engine-dir"
-    out.mkdir()
-    _defined, undefined = _symbols(objs)
-    undefined -= _libc_symbols()
-    functions = _call_only(objs, undefined)
-    stubs_c = out / "stubs.c"
-    stubs_c.write_text(stub_source(sorted(undefined), functions))
-    stubs_o = out / "stubs.o"
-    _parallel([(["gcc", "-c", "-O1", "-fno-pie", "-w", str(stubs_c), "-o", str(stubs_o)],
-                "stubs.c", None)])
-    say(f"linking ({len(undefined)} stubs)")
-    proc = run(["gcc", "-no-pie", "-rdynamic", "-o", str(out / "engine"),
-                *[str(o) for o in objs], str(stubs_o), "-ldl"])
-    if proc.returncode != 0:
-        raise EngineError(f"cannot link the engine: {first_error(proc.stderr)}")
-    info = {"layout": layout_desc, "units": units, "stubs": len(undefined),
-            "version": version, "tree": str(tree), "objects": [o.name for o in objs]}
-    (out / "info.json").write_text(json.dumps(info, indent=2))
-    return len(undefined)
+def link_engine(objs: list[Path], work: Path, layout_desc: dict, units: list[str],
+                version: str, tree: Path, say) -> int:
+    try:
+        return link(objs, work, layout_desc, units, version, tree, say)
+    except LinkError as exc:
+        raise EngineError(str(exc)) from None

@@ -259,6 +259,12 @@ class NativeModel:
             self.translations += 1
         return decode(line)
 
+    def functions_run(self, episode: list[dict]) -> list[str]:
+        """The tree's functions that ran in the last event of EPISODE (from its reset on):
+        replayed on this build's probe engine, built on first use (probe.py)."""
+        from .probe import functions_run
+        return functions_run(self.build.path, episode, pack)
+
     def run_packed(self, chunks: Iterable[tuple[bytes, int, int]]) -> Iterator[bytes]:
         """Answer lines (bytes, no newline) for chunks of pack()ed events, pipelined: a
         writer thread sends the next chunk while this one's answers are read.  If the
