@@ -92,6 +92,24 @@ def test_batched_run_streams_equals_one_event_at_a_time(engine_61):
     model.close()
 
 
+def test_candidates_that_answer_as_a_failing_reference_count_as_one_event_at_a_time(engine_61):
+    """Chunks where the reference errs or fails a PDPTE load, and every candidate answered
+    line for line as it did: counted from the reference's few stopping lines (_ref_scan),
+    the same events, translations, reference bugs and progress as the per-event loop."""
+    def cands(wrap):
+        return {"a": wrap(engine_61.model()), "b": wrap(engine_61.model())}
+
+    batched = _run(engine_61.model(), cands(lambda m: m))
+    per_event = _run(PerEvent(engine_61.model()), cands(PerEvent))
+    assert batched == per_event
+    total, counts, _found, ref_bugs, _seen, _ticks, translations = batched
+    assert len(ref_bugs) == 2 and counts["a"][1:] == (0, 0)
+    # The stops leave events and translations uncompared: fewer than the stream has.
+    assert counts["a"][0] == total - 2
+    assert 0 < translations["a"] < sum(e["ev"] == "translate" for s in _streams()
+                                       for _w, e in s.events)
+
+
 def test_a_python_reference_with_batched_candidates_equals_one_event_at_a_time(engine_61):
     """verify --model: the Python model is the reference, native engines the candidates."""
     def cands(wrap):

@@ -10,6 +10,7 @@ time.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -122,6 +123,10 @@ def _batched(model) -> bool:
     return callable(getattr(model, "send", None)) and callable(getattr(model, "receive", None))
 
 
+# What may stop a comparison in a reference answer (decoded to be sure).
+_STOP = re.compile(rb'"(?:bug|error|pdptrs)"')
+
+
 def _is_fail(raw: bytes) -> bool:
     """Whether an answer line may be a bug or error result (decoded to be sure)."""
     return b'"bug"' in raw or b'"error"' in raw
@@ -177,14 +182,22 @@ class _Run:
                 _batched(self.ref) or any(_batched(m) for m in self.cands.values())):
             batch = self._batch(items)
         if batch is None:
-            fails = self._rows(items, base, None, {}, list(self.cands))
+            fails, _ = self._rows(items, base, None, {}, list(self.cands))
         else:
-            ref_block, ref_clean, lines, clean = batch
-            todo = [name for name in self.cands if name not in clean]
+            ref_block, ref_clean, lines, clean, same, translations = batch
+            todo = [name for name in self.cands if name not in clean and name not in same]
             fails = set()
             if todo or not ref_clean:
-                ref_lines = ref_block.split(b"\n")[:-1] if ref_block is not None else None
-                fails = self._rows(items, base, ref_lines, lines, todo)
+                if todo or ref_block is None:
+                    ref_lines = ref_block.split(b"\n")[:-1] if ref_block is not None else None
+                    fails, compared = self._rows(items, base, ref_lines, lines, todo)
+                else:
+                    fails, compared = self._ref_scan(items, base, ref_block, translations)
+                # A candidate that answered as the reference did, line for line, cannot
+                # diverge: it gets what the loop would have counted for it, without the loop.
+                for name in same:
+                    self.tallies[name].events += len(items) - len(fails)
+                    self.cands[name].translations += compared
         self.total = base + len(items)
         if self.progress is not None:
             for total in range(base - base % 1000 + 1000, self.total + 1, 1000):
@@ -194,7 +207,8 @@ class _Run:
     def _batch(self, items: list[tuple[str, dict]]):
         """Run the chunk on the reference and every native candidate at once: (reference
         block or None if it failed, whether it needs no look, {candidate: lines} to look
-        at, candidates done), or None when the chunk cannot be packed."""
+        at, candidates done, candidates whose block is the reference's where the
+        reference's needs a look), or None when the chunk cannot be packed."""
         try:
             data, n, translations = pack([ev for _, ev in items])
         except Exception:     # noqa: BLE001 -- one event at a time raises it where it is
@@ -238,7 +252,7 @@ class _Run:
             timer.cancel()
         ref_clean = ref_block is not None and not _is_fail(ref_block) \
             and b'"pdptrs"' not in ref_block
-        lines, clean = {}, set()
+        lines, clean, same = {}, set(), set()
         for name, block in blocks.items():
             if block is None:
                 continue
@@ -246,16 +260,21 @@ class _Run:
                 clean.add(name)
                 self.tallies[name].events += n
                 self.cands[name].translations += translations
+            elif block == ref_block:
+                same.add(name)
             else:
                 lines[name] = block.split(b"\n")[:-1]
-        return ref_block, ref_clean, lines, clean
+        return ref_block, ref_clean, lines, clean, same, translations
 
     def _rows(self, items: list[tuple[str, dict]], base: int, ref_lines: list[bytes] | None,
               lines: dict[str, list[bytes]], names: list[str]) -> set[int]:
         """One event at a time for candidates NAMES; answers from LINES where given, from
-        apply() otherwise.  The events numbers where the reference failed."""
+        apply() otherwise.  (the events numbers where the reference failed, the translations
+        compared: those the reference's own bugs and failed PDPTE loads leave)."""
         ref = self.ref
         fails: set[int] = set()
+        compared = 0
+        ref_stop = False     # the reference stopped the comparison in this episode
         episode: list[dict] = []
         skipping = dict.fromkeys(names, False)
         for i, (where, ev) in enumerate(items):
@@ -264,6 +283,7 @@ class _Run:
             if kind == "reset":
                 episode = []
                 skipping = dict.fromkeys(names, False)
+                ref_stop = False
             episode.append(ev)
             raw_ref = None
             if ref_lines is None:
@@ -280,13 +300,12 @@ class _Run:
                 # hit (a path the engine does not provide) makes the run incomplete: the
                 # caller reports it as bad input rather than as a pass.
                 fails.add(total)
-                bugs = self.ref_bugs
-                if len(bugs) < 20 or (r_ref.get("stub") and
-                                      not any(b["result"].get("stub") for b in bugs)):
-                    bugs.append({"where": where, "ev": jsonable(ev), "result": jsonable(r_ref)})
+                self._ref_bug(where, ev, r_ref)
                 for name in names:
                     skipping[name] = True
+                ref_stop = True
                 continue
+            compared += kind == "translate" and not ref_stop
             for name in names:
                 self.tallies[name].events += 1
                 if skipping[name]:
@@ -311,7 +330,48 @@ class _Run:
                 # layouts legitimately keep different stale PDPTEs: stop comparing here.
                 for name in names:
                     skipping[name] = True
-        return fails
+                ref_stop = True
+        return fails, compared
+
+    def _ref_bug(self, where: str, ev: dict, r_ref: dict) -> None:
+        bugs = self.ref_bugs
+        if len(bugs) < 20 or (r_ref.get("stub") and
+                              not any(b["result"].get("stub") for b in bugs)):
+            bugs.append({"where": where, "ev": jsonable(ev), "result": jsonable(r_ref)})
+
+    def _ref_scan(self, items: list[tuple[str, dict]], base: int, ref_block: bytes,
+                  translations: int) -> tuple[set[int], int]:
+        """What `_rows` returns when no candidate needs a look (each answered as the
+        reference did), from the reference's few lines that stop a comparison: its bugs
+        and errors, and failed PDPTE loads (found in the block, not line by line)."""
+        hits: list[tuple[int, bytes]] = []
+        line, counted = 0, 0
+        for m in _STOP.finditer(ref_block):
+            start = ref_block.rfind(b"\n", 0, m.start()) + 1
+            line += ref_block.count(b"\n", counted, start)
+            counted = start
+            if not hits or hits[-1][0] != line:
+                hits.append((line, ref_block[start:ref_block.index(b"\n", start)]))
+        fails: set[int] = set()
+        stopped_to = -1          # events before this index are past a stop of their episode
+        skipped = 0              # translations the stops leave uncompared
+        for i, raw in hits:
+            where, ev = items[i]
+            r_ref = decode(raw)
+            if "bug" in r_ref or "error" in r_ref:
+                fails.add(base + i + 1)
+                self._ref_bug(where, ev, r_ref)
+                start = i
+            elif ev["ev"] == "nested_entry" and r_ref.get("pdptrs") is False:
+                start = i + 1
+            else:
+                continue
+            start = max(start, stopped_to)
+            end = next((k for k in range(i + 1, len(items)) if items[k][1]["ev"] == "reset"),
+                       len(items))
+            skipped += sum(1 for k in range(start, end) if items[k][1]["ev"] == "translate")
+            stopped_to = max(stopped_to, end)
+        return fails, translations - skipped
 
     def _apply(self, name: str, ev: dict) -> dict:
         """One event on one candidate, as ever: a hang or a death is a bug result, and the
