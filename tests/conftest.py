@@ -8,6 +8,7 @@ they never skip silently.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,17 @@ FIXTURE_TREE = REPO / "fixtures" / "mini-kvm"
 def _private_index_cache(tmp_path_factory):
     # The content-hash cache must not leak between test runs and users.
     old = os.environ.get("KVM_REFACTOR_CACHE")
-    os.environ["KVM_REFACTOR_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["KVM_REFACTOR_CACHE"] = str(cache)
     yield
     if old is None:
         os.environ.pop("KVM_REFACTOR_CACHE", None)
     else:
         os.environ["KVM_REFACTOR_CACHE"] = old
+    # Gone even when a test failed (pytest keeps a failed session's temp dirs): the
+    # farms and Kbuild outputs here (84,000 symlinks a full tree) would otherwise be
+    # deleted by a later run, at a minute a farm; failing tests' own tmp_path dirs stay.
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
