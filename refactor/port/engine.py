@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from refactor.port.context import file_context
 from refactor.port.diff import region_diff
-from refactor.port.hunks import HunkResult, file_context, port_hunk
+from refactor.port.hunks import HunkResult, port_hunk
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
 from refactor.port.prereq import restructured_by

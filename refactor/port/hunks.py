@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
+from refactor.port.context import FileContext, function_of, heading
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
-from refactor.port.locals import (added_walker_locals, function_span, hoisted, inline, inline_added_locals,
+from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
-from refactor.port.prereq import (C_WORDS as _C_WORDS, format_members, missing_names, prerequisites,
+from refactor.port.prereq import (format_members, missing_names, prerequisites,
                                   redeclared)
 from refactor.port.structs import moved_declarations, struct_lines
 from refactor.port.target import Target
@@ -59,71 +60,6 @@ class HunkResult:
         return out
 
 
-def _heading(hunk: Hunk) -> str:
-    """The line git would name the hunk's first change by: the nearest line above it that
-    starts with a letter (a function's first line, mostly), else the `@@` heading."""
-    last = hunk.section.strip()
-    for tag, text, _ in hunk.lines:
-        if tag != " ":
-            break
-        if text[:1].isalpha() or text[:1] == "_":
-            last = text.strip()
-    return last
-
-
-def _function_of(hunk: Hunk) -> str | None:
-    for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
-        if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
-            m = _FUNC_HEAD.search(text)
-            if m and m.group(1) not in _C_WORDS:
-                return m.group(1)
-    return None
-
-
-@dataclass
-class FileContext:
-    """What the hunks of one file share: declarations and learned substitutions."""
-
-    patch_types: dict[str, str]
-    words: set[str]                # tokens whose differences the layout explains
-    defined_by_patch: set[str]
-    # Per function: walker or page-format locals a hunk adds (inlined in the others on a backport).
-    walker_locals: dict = field(default_factory=dict)
-
-
-def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
-    # The post-image's declarations last: they say what the added lines mean (a parameter
-    # the patch narrows to a walker is one there, whatever the `@@` headings still say).
-    all_lines = ([h.section for h in fp.hunks] + [t for h in fp.hunks for tag, t, _ in h.lines if tag != "+"]
-                 + [t for h in fp.hunks for tag, t, _ in h.lines if tag == "+"])
-    types = declared_types(all_lines, src)
-    words = set()
-    for v in (src, dst):
-        words |= v.old_markers() | v.new_markers()
-        words |= set(v.rules.vcpu_old) | set(v.rules.new_fields) | {"vcpu", "arch"}
-        words |= {f.name for f in v.rules.mmu_fields.values()}
-        words |= {p for f in v.rules.mmu_fields.values() for p in f.path.split(".")}
-        words |= {"struct", v.rules.types["mmu"], v.rules.types["walker"]}
-        words |= {c.function for c in v.rules.calls} | {c.new for c in v.rules.calls}
-    words |= set(types)
-    defined = set()
-    for _h in fp.hunks:
-        for tag, text, _ in _h.lines:
-            if tag != " ":
-                m = re.match(r"^(?:static\s+|inline\s+|const\s+|struct\s+|unsigned\s+)*\w+[\s\*]+(\w+)\s*\(", text)
-                if m:
-                    defined.add(m.group(1))
-                m = re.match(r"^\s*#\s*define\s+(\w+)", text)
-                if m:
-                    defined.add(m.group(1))
-    walker_locals: dict = {}
-    for h in fp.hunks:
-        found = added_walker_locals(h, src)
-        if found:
-            walker_locals.setdefault(_heading(h), []).extend(found)
-    return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals)
-
-
 def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
             kept: list[str]) -> tuple[str, int, str] | None:
     """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
@@ -156,7 +92,7 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
     and the target function each have exactly one layout-typed variable of a kind that the
     other lacks, they are the same variable: retry under the target's name.  If it still
     fails, say where the function is, so that a human knows where to look."""
-    func = _function_of(hunk)
+    func = function_of(hunk)
     rel = fp.old_path or fp.path
     if func == "FNAME":     # paging_tmpl.h's FNAME(name)(...): the name inside is the function
         inner = next((m.group(1) for t in [hunk.section] + [x for _g, x, _ in hunk.lines]
@@ -232,7 +168,7 @@ def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vo
         res = _retry_with_local_names(hunk, fp, target, direction, src, dst, ctx, res)
     # A walker local declared by another hunk of the function, still named in the output
     # (nothing in this hunk's context says what the target calls it): inline it too.
-    elsewhere = ctx.walker_locals.get(_heading(original), []) if direction == "backport" else []
+    elsewhere = ctx.walker_locals.get(heading(original), []) if direction == "backport" else []
     if elsewhere and res.status != "conflict":
         tl = target.lines(res.target_file)
         lo, hi = function_span(tl, res.target_start)
@@ -281,7 +217,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     rel = fp.old_path or fp.path
     res = HunkResult(file=rel, target_file=rel, old_start=hunk.old_start, status="clean")
     pre_raw = [t for tag, t, _ in hunk.lines if tag != "+"]
-    func = _function_of(hunk)
+    func = function_of(hunk)
     # Declarations of struct definitions that the old layout lacks (dropped) or keeps.
     decls = struct_lines(hunk, src) if direction == "backport" else {}
     human = [d[1] for d in decls.values() if d[0] == "conflict"]
@@ -332,10 +268,10 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     patch_inits: dict[str, str] = {}
     if direction == "backport":
         # Locals the patch declares with their value in any hunk of the same function.
-        fn = _FUNC_HEAD.findall(_heading(hunk))[:1]       # git cuts `@@` headings: compare names
-        patch_inits = pointer_inits([t for h in fp.hunks if fn and _FUNC_HEAD.findall(_heading(h))[:1] == fn
+        fn = _FUNC_HEAD.findall(heading(hunk))[:1]       # git cuts `@@` headings: compare names
+        patch_inits = pointer_inits([t for h in fp.hunks if fn and _FUNC_HEAD.findall(heading(h))[:1] == fn
                                      for _g, t, _ in h.lines] + [t for _g, t, _ in hunk.lines])
-        for var, init in ctx.walker_locals.get(_heading(hunk), []):
+        for var, init in ctx.walker_locals.get(heading(hunk), []):
             patch_inits.setdefault(var, init)
         # Variables the hunk does not declare take the type the target gives them.
         for var, kind in ttypes.items():

@@ -1,0 +1,79 @@
+"""What the hunks of one file of a patch share: the function a hunk is in, the declarations
+of the whole file patch, the names the patch defines itself, and the walker locals a hunk adds."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from refactor.frontend.patch import FilePatch, Hunk
+from refactor.port.lexicon import Vocabulary, declared_types
+from refactor.port.locals import added_walker_locals
+from refactor.port.prereq import C_WORDS as _C_WORDS
+from refactor.port.target import Target
+
+_FUNC_HEAD = re.compile(r"([A-Za-z_]\w*)\s*\(")
+
+
+def heading(hunk: Hunk) -> str:
+    """The line git would name the hunk's first change by: the nearest line above it that
+    starts with a letter (a function's first line, mostly), else the `@@` heading."""
+    last = hunk.section.strip()
+    for tag, text, _ in hunk.lines:
+        if tag != " ":
+            break
+        if text[:1].isalpha() or text[:1] == "_":
+            last = text.strip()
+    return last
+
+
+def function_of(hunk: Hunk) -> str | None:
+    for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
+        if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
+            m = _FUNC_HEAD.search(text)
+            if m and m.group(1) not in _C_WORDS:
+                return m.group(1)
+    return None
+
+
+@dataclass
+class FileContext:
+    """What the hunks of one file share: declarations and learned substitutions."""
+
+    patch_types: dict[str, str]
+    words: set[str]                # tokens whose differences the layout explains
+    defined_by_patch: set[str]
+    # Per function: walker or page-format locals a hunk adds (inlined in the others on a backport).
+    walker_locals: dict = field(default_factory=dict)
+
+
+def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
+    # The post-image's declarations last: they say what the added lines mean (a parameter
+    # the patch narrows to a walker is one there, whatever the `@@` headings still say).
+    all_lines = ([h.section for h in fp.hunks] + [t for h in fp.hunks for tag, t, _ in h.lines if tag != "+"]
+                 + [t for h in fp.hunks for tag, t, _ in h.lines if tag == "+"])
+    types = declared_types(all_lines, src)
+    words = set()
+    for v in (src, dst):
+        words |= v.old_markers() | v.new_markers()
+        words |= set(v.rules.vcpu_old) | set(v.rules.new_fields) | {"vcpu", "arch"}
+        words |= {f.name for f in v.rules.mmu_fields.values()}
+        words |= {p for f in v.rules.mmu_fields.values() for p in f.path.split(".")}
+        words |= {"struct", v.rules.types["mmu"], v.rules.types["walker"]}
+        words |= {c.function for c in v.rules.calls} | {c.new for c in v.rules.calls}
+    words |= set(types)
+    defined = set()
+    for _h in fp.hunks:
+        for tag, text, _ in _h.lines:
+            if tag != " ":
+                m = re.match(r"^(?:static\s+|inline\s+|const\s+|struct\s+|unsigned\s+)*\w+[\s\*]+(\w+)\s*\(", text)
+                if m:
+                    defined.add(m.group(1))
+                m = re.match(r"^\s*#\s*define\s+(\w+)", text)
+                if m:
+                    defined.add(m.group(1))
+    walker_locals: dict = {}
+    for h in fp.hunks:
+        found = added_walker_locals(h, src)
+        if found:
+            walker_locals.setdefault(heading(h), []).extend(found)
+    return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals)
