@@ -1,6 +1,7 @@
 """Native engine benchmark: translations per second per tree against the Python model,
 and the engine's build time: cold, cached, and a tree with one unit changed.
 
+    python bench/native_bench.py            # the fetched 6.1 and 7.2 full trees
     python bench/native_bench.py --tree ~/.cache/kvm-refactor/trees/linux-source-6.1-full
     python bench/native_bench.py --tree A --tree B --events 100000 --cold
 
@@ -166,8 +167,11 @@ def cold_builds(tree: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tree", action="append", type=Path, required=True)
-    ap.add_argument("--events", type=int, default=50000)
+    ap.add_argument("--tree", action="append", type=Path, default=None,
+                    help="a configured full tree (default: the 6.1 and 7.2 trees "
+                         "`kvm-refactor fetch-tree VERSION --full` put in the cache)")
+    ap.add_argument("--events", type=int, default=200000,
+                    help="fuzz events (fewer make the engines' figures hundredths of a second: noise)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sync", type=int, default=5000,
                     help="events run one round trip each (0: skip)")
@@ -180,6 +184,12 @@ def main() -> None:
                          "are the same work slowed by the machine's other jobs)")
     args = ap.parse_args()
 
+    if not args.tree:
+        fetched = Path.home() / ".cache" / "kvm-refactor" / "trees"
+        args.tree = [fetched / f"linux-source-{v}-full" for v in ("6.1", "7.2")
+                     if (fetched / f"linux-source-{v}-full").is_dir()]
+        if not args.tree:
+            sys.exit("native_bench: no full tree: `kvm-refactor fetch-tree 6.1 --full` or --tree")
     print(f"start: {load()} on {os.cpu_count()} CPUs")
     events = list(random_events(args.seed, args.events))
     n = sum(1 for ev in events if ev["ev"] == "translate")
