@@ -207,6 +207,29 @@ def test_function_spans_name_kernel_definitions_and_fname():
     assert sm.sites(["kvm_translate_gpa"])[0]["line"] == 10
 
 
+def test_two_edits_of_one_line_outside_any_function_are_one_site(trees):
+    """6.1's paging_tmpl.h renames both `mmu`s of a PT_HAVE_ACCESSED_DIRTY() definition: two
+    edits with the same line, text and rule, in no function the SiteMap can name.  The
+    verify output listed that site twice."""
+    from refactor.plan.edits import Edit
+    from refactor.plan.rewrite import Plan
+
+    rel = "arch/x86/kvm/mmu/paging_tmpl.h"
+    old = (trees["6.1"] / rel).read_bytes()
+    macro = b"#define PT_HAVE_ACCESSED_DIRTY(mmu) (!(mmu)->cpu_role.base.ad_disabled)"
+    at = old.index(macro)
+    edits = [Edit.span(rel, old, at + i, at + i + 3, "w", "macro-param-walker")
+             for i in (macro.index(b"(mmu)") + 1, macro.index(b"(mmu)->") + 1)]
+    new = old.replace(macro, macro.replace(b"mmu", b"w"))
+    plan = Plan(trees["6.1"], None, "old", edits=edits, results={rel: new}, originals={rel: old})
+    sm = SiteMap({rel: new}, {rel: old}, plan)
+    line = old.count(b"\n", 0, at) + 1
+    assert [(s["line"], s["function"], s["new"]) for s in sm.by_function[""]] == [(line, None, "w")]
+    # Edits of one line that differ stay apart.
+    plan.edits[1] = Edit.span(rel, old, edits[1].start, edits[1].end, "walker", "macro-param-walker")
+    assert len(SiteMap({rel: new}, {rel: old}, plan).by_function[""]) == 2
+
+
 def test_a_bug_in_an_untouched_file_points_at_the_rewritten_caller(tmp_path):
     """A BUG_ON in a callee the variant left alone (translate_nested_gpa() in x86.c) names
     the rewritten caller in another file (kvm_translate_gpa() in mmu.h) and its site: the

@@ -108,7 +108,11 @@ class SiteMap:
                                "rule": ",".join(rules) or None, "old": old, "new": new})
 
     def _add(self, fn: str | None, site: dict) -> None:
-        self.by_function.setdefault(fn or "", []).append(site)
+        # Two edits of one line with the same text and rule (both `mmu`s of
+        # `#define PT_HAVE_ACCESSED_DIRTY(mmu) (!(mmu)->...)`) are one site to the reader.
+        known = self.by_function.setdefault(fn or "", [])
+        if site not in known:
+            known.append(site)
 
     def functions(self) -> list[str]:
         return sorted(f for f in self.by_function if f)
