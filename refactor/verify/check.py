@@ -7,6 +7,7 @@ engine cannot build is an error (VerifyError, exit 2), never a pass.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,16 +139,39 @@ def build_native(tree: Path, cache_dir, progress, engine=None):
 
 
 def _functions(model, found: Found, sites: SiteMap) -> list[str]:
-    """Functions a divergence points at: a location in the result, else what the engine ran."""
+    """Functions a divergence points at: a location in the result (with the rewritten
+    callers and callees of that function), then the rewritten functions the candidate ran
+    in the diverging event (the native engine's probe: NativeModel.functions_run)."""
     fns = sites.with_neighbours(sites.locate(json.dumps(found.result))
                                 + sites.locate(json.dumps(found.base)))
     ran = getattr(model, "functions_run", None)
     if callable(ran):
         try:
-            fns += [f for f in ran(found.episode) if f in sites.by_function and f not in fns]
+            names = ran(found.episode)
         except Exception:  # coverage is a help for the reader, not part of the verdict
-            pass
+            names = []
+        # paging_tmpl.h's sites are named FNAME(x); what ran is paging64_x, ept_x...
+        prefixes = _fname_prefixes(sites)
+        fname = {p + x[6:-1]: x for x in sites.by_function if x.startswith("FNAME(")
+                 for p in prefixes}
+        for name in names:
+            site_fn = name if name in sites.by_function else fname.get(name)
+            if site_fn and site_fn not in fns:
+                fns.append(site_fn)
     return fns
+
+
+def _fname_prefixes(sites: SiteMap) -> list[str]:
+    """The prefixes FNAME() gives in paging_tmpl.h (`paging##64_##name`: paging64_)."""
+    rel = "arch/x86/kvm/mmu/paging_tmpl.h"
+    data = sites.files.get(rel)
+    if data is None and sites.root is not None:
+        try:
+            data = (Path(sites.root) / rel).read_bytes()
+        except OSError:
+            data = b""
+    found = re.findall(rb"^\s*#\s*define\s+FNAME\(name\)\s+([\w#]+?)name\s*$", data or b"", re.M)
+    return sorted({f.replace(b"##", b"").decode() for f in found})
 
 
 def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: int = 1,
