@@ -239,3 +239,64 @@ def test_build_and_verify_refuse_a_target_with_local_changes(tmp_path, flag):
     assert res.exit_code == 2, res.output
     assert "uncommitted changes" in res.output and "reads HEAD" in res.output
     assert "Traceback" not in res.output
+
+
+HOLDER = """
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from refactor.port.proof import own_farm
+with ExitStack() as farms:
+    farm = own_farm(farms, Path(sys.argv[1]), "port-proof-target", {"arch/x86/kvm/mmu.h": b"other run"})
+    print(farm, flush=True)
+    sys.stdin.read()   # held until the test closes our stdin
+"""
+
+
+def _fake_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "arch/x86/kvm").mkdir(parents=True)
+    (tree / "Makefile").write_text("all:\n")
+    (tree / "arch/x86/kvm/mmu.h").write_text("static int permission_fault(void)\n{\n\treturn 0;\n}\n")
+    return tree
+
+
+def test_two_proofs_of_one_target_at_once_build_in_farms_of_their_own(tmp_path, monkeypatch):
+    """The proof's farms are named by target and role: a second run for the same target (a
+    process of its own here) rewrote the first one's files under its build.  A farm held by
+    a run is skipped; a farm no run holds is reused (fast: only changed files rewritten)."""
+    import subprocess
+    import sys
+    from contextlib import ExitStack
+
+    from refactor.errors import VerifyError
+    from refactor.port.proof import own_farm
+
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
+    tree = _fake_tree(tmp_path)
+    with ExitStack() as mine:
+        first = own_farm(mine, tree, "port-proof-target", {})
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, str(tree)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+    try:
+        held = Path(other.stdout.readline().strip())
+        assert held == first   # nobody held it: the same farm again
+        built: list[Path] = []
+
+        def engine(t: Path, **kw):
+            built.append(t)
+            if len(built) == 2:   # the patched target's farm: its content is what counts
+                assert (t / "arch/x86/kvm/mmu.h").read_bytes() == b"this run"
+                raise VerifyError(f"{t}: stop here")
+            return object()
+
+        with pytest.raises(VerifyError, match="stop here"):
+            prove_port(tree, {"arch/x86/kvm/mmu.h": b"this run"}, events=0, engine=engine)
+        assert built[0] == tree and built[1] not in (held, tree)
+        assert (held / "arch/x86/kvm/mmu.h").read_bytes() == b"other run"
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)
+    with ExitStack() as mine:   # released: the first farm is reused
+        assert own_farm(mine, tree, "port-proof-target", {}) == first
+        assert own_farm(mine, tree, "port-proof-target", {}) == built[1]

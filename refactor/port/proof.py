@@ -19,9 +19,13 @@ stream, refactor.verify.run) go through all of them:
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import itertools
 import json
 import re
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,7 +35,7 @@ from refactor.errors import VerifyError
 from refactor.verify.check import CORPUS, build_native
 from refactor.verify.run import Found, RefBug, Stream, corpus_stream, fuzz_stream, run_streams
 from refactor.verify.sites import SiteMap, function_spans
-from refactor.verify.trees import check_tree, make_farm
+from refactor.verify.trees import check_tree, make_farm, verify_root
 
 PROBE = "kvm-refactor-probe"
 # WARN_ON(), not WARN(fmt): 7.x reaches WARN's format through a static call (`WARN_trap`)
@@ -251,6 +255,29 @@ def _reach(events, build, probes: Probes) -> tuple[set[int], dict[str, int]]:
     return hits, by_fn
 
 
+def own_farm(farms: ExitStack, base: Path, label: str, files: dict[str, bytes]) -> Path:
+    """make_farm's farm of `base` with `files`, this run's alone until `farms` closes.
+
+    Farms are kept between runs: a reused one only rewrites the files that differ (a new
+    one is a `cp -as` of a full tree, 80,000 links).  A second run for the same tree at
+    the same time finds the farm locked and takes the next one (`LABEL-2`, ...) instead
+    of rewriting its files under the first run's build."""
+    root = verify_root()
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        name = label if n == 1 else f"{label}-{n}"
+        key = hashlib.sha1(f"{Path(base).resolve()}\0{name}".encode()).hexdigest()[:12]
+        lock = open(root / f"{key}-farm.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        farms.callback(lock.close)   # the lock goes with the file
+        return make_farm(base, name, files)
+    raise AssertionError("unreachable")
+
+
 def prove_port(target: Path, target_files: dict[str, bytes], source: Path | None = None,
                source_files: dict[str, bytes] | None = None, *, seed: int = 1,
                events: int = 20_000, corpus: Path | None = None, cache_dir: Path | None = None,
@@ -279,15 +306,17 @@ def prove_port(target: Path, target_files: dict[str, bytes], source: Path | None
         say(f"building the native engine of {what}")
         return build_native(tree, cache_dir, None, engine)
 
-    t_base = built(target, f"{target}")
-    t_patched = built(make_farm(target, "port-proof-target", target_files), "the patched target")
-    t_probe = (built(make_farm(target, "port-proof-probe", probes.files), "the probed target")
-               if probes.functions else None)
-    s_base = s_patched = None
-    if source is not None:
-        s_base = built(source, f"{source}")
-        s_patched = built(make_farm(source, "port-proof-source", source_files or {}),
-                          "the patched source")
+    with ExitStack() as farms:   # each farm is this run's until its engines are built
+        t_base = built(target, f"{target}")
+        t_patched = built(own_farm(farms, target, "port-proof-target", target_files),
+                          "the patched target")
+        t_probe = (built(own_farm(farms, target, "port-proof-probe", probes.files),
+                         "the probed target") if probes.functions else None)
+        s_base = s_patched = None
+        if source is not None:
+            s_base = built(source, f"{source}")
+            s_patched = built(own_farm(farms, source, "port-proof-source", source_files or {}),
+                              "the patched source")
     proof.seconds["build"] = round(time.perf_counter() - t0, 1)
 
     t1 = time.perf_counter()
