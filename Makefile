@@ -33,7 +33,13 @@ test: sysdeps $(STAMP)
 slow: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)
+# series_build_bench.py times the compile commands of a series' Kbuild output
+# directory, with and without ccache (sysdeps installs it): the newest one
+# tests/test_series.py (make test) or `kvm-refactor series --build` left in the
+# cache.  Without one it says so and is not run.
+SERIES_CMD = $(or $(KVM_REFACTOR_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kvm-refactor)/build/series-*-out/arch/x86/kvm/.x86.o.cmd
+
+bench: sysdeps $(STAMP)
 	$(BIN)/python bench/scan_bench.py
 	$(BIN)/python bench/rewrite_bench.py --series
 	$(BIN)/python bench/lint_bench.py
@@ -43,6 +49,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/port_bench.py
 	$(BIN)/python bench/upstream_bench.py
 	$(BIN)/python bench/hostile_bench.py
+	@cmd=$$(ls -dt $(SERIES_CMD) 2>/dev/null | head -n1); \
+	if [ -n "$$cmd" ]; then \
+	  echo "$(BIN)/python bench/series_build_bench.py $${cmd%/arch/x86/kvm/.x86.o.cmd}"; \
+	  $(BIN)/python bench/series_build_bench.py "$${cmd%/arch/x86/kvm/.x86.o.cmd}"; \
+	else echo "series_build_bench: no series build output in the cache (make test makes one): not run"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache
