@@ -34,8 +34,12 @@ def test_every_mutant_is_one_edit_of_the_current_rules_and_loads():
 # the GVA walker alone, guest-mmu-attached-to-gva gets its verdict (the compiler's).
 EQUIVALENT = {"6.1": {"root-mmu-walker-ngpa", "mbec-call-wrong"},
               "7.2": {"root-mmu-walker-ngpa", "walk-mmu-is-nested-inverted"}}
-BUILD = {"6.1": {"guest-rsvd-check-to-mmu-fmt", "guest-mmu-attached-to-gva"},
-         "7.2": {"guest-rsvd-check-to-mmu-fmt", "guest-mmu-attached-to-gva"}}
+# walker-init-test-inverted calls a function it renamed: an error since the engine
+# compiles without -w (it was a trapping stub at run time).
+BUILD = {"6.1": {"guest-rsvd-check-to-mmu-fmt", "guest-mmu-attached-to-gva",
+                 "walker-init-test-inverted"},
+         "7.2": {"guest-rsvd-check-to-mmu-fmt", "guest-mmu-attached-to-gva",
+                 "walker-init-test-inverted"}}
 
 
 @pytest.mark.slow
