@@ -421,3 +421,136 @@ def test_conflict_names_the_prerequisite_the_target_lacks(trees, targets, rules)
     assert reason.startswith("missing prerequisite: kvm_x86_call() is not defined in the target; "
                              "EXPORT_SYMBOL_FOR_KVM_INTERNAL() is not defined in the target; "
                              "context differs for non-layout reasons: patch `u64 access = (kvm_x86_call"), reason
+
+
+# ---- Restructurings inverted on a backport (issue 16 item 5: the `series` patches reverse) ----
+# Each test writes what a step of `series` writes on the old tree's own code (a hunk whose
+# pre-image is the tree's, or its intermediate layout) and ports it back onto that tree: it
+# must come out as nothing, or as a conflict that says what the target has instead.
+
+def _mail(diff: str, subject: str = "KVM: x86/mmu: Restate the walk") -> str:
+    return (f"From {SHA} Mon Sep 17 00:00:00 2001\nFrom: Jane Dev <jane@example.org>\n"
+            f"Date: Tue, 3 Nov 2026 10:00:00 +0100\nSubject: [PATCH] {subject}\n\n"
+            "Explain.\n\nSigned-off-by: Jane Dev <jane@example.org>\n---\n"
+            f"{diff}-- \n2.47.0\n\n")
+
+
+def _only(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def test_a_restated_walker_argument_ports_back_as_nothing(trees, targets, rules):
+    """[[walker_param]] inverted: kvm_mmu_invalidate_addr() takes the walker of the MMU its
+    caller passed, so a call that only names the walker (&vcpu->arch.gva_walk) where the old
+    caller passes its MMU (`mmu`, vcpu->arch.mmu) is the old call."""
+    fix = make_mail(trees["7.2"], "arch/x86/kvm/mmu/mmu.c", "\t\tkvm_mmu_invalidate_addr(vcpu, mmu, gva, roots);",
+                    "\t\tkvm_mmu_invalidate_addr(vcpu, &vcpu->arch.gva_walk, gva, roots);")
+    res = port_one(read_mails(fix)[0], targets["7.2"], rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "" and "port-same-walker" in res.hunks[0].rules
+
+
+def test_a_nested_guard_restated_with_the_helper_ports_back_as_nothing(trees, targets, rules):
+    """[[nested_guard]] inverted: `if (C && mmu_is_nested(vcpu)) x = ...->translate_nested_gpa(vcpu,
+    ...)` became `if (C) x = kvm_translate_gpa(vcpu, &vcpu->arch.gva_walk, ...)`; the old tree
+    keeps its test and hook call."""
+    old = ("\tif (!hc->fast && mmu_is_nested(vcpu)) {\n\t\thc->ingpa = kvm_x86_ops.nested_ops->translate_nested_gpa(\n"
+           "\t\t\t\t\tvcpu, hc->ingpa,\n\t\t\t\t\tPFERR_GUEST_FINAL_MASK, NULL, 0);\n")
+    new = ("\tif (!hc->fast) {\n\t\thc->ingpa = kvm_translate_gpa(vcpu, &vcpu->arch.gva_walk, hc->ingpa,\n"
+           "\t\t\t\t\t      PFERR_GUEST_FINAL_MASK, NULL, 0);\n")
+    res = port_one(read_mails(make_mail(trees["7.2"], "arch/x86/kvm/hyperv.c", old, new))[0], targets["7.2"], rules)
+    assert res.result == "ported" and res.diff == "", [h.reason for h in res.hunks]
+    assert "translate-gpa-tests-nesting" in res.hunks[0].rules
+
+
+def test_walker_writes_init_kvm_page_walk_took_over_stay_on_the_old_layout(trees, targets, rules):
+    """[[walker_init]] inverted: an MMU initialiser's write to its walker's field
+    (`context->w->gva_to_gpa = ...`), dropped because init_kvm_page_walk() makes it, stays on
+    an old tree, where the MMU initialisers are the only ones to make it; so does one of two
+    writes that became the same walker's (duplicate-walker-write)."""
+    rel = "arch/x86/kvm/mmu/mmu.c"
+    text = (trees["7.2"] / rel).read_text()
+    line = "\tcontext->gva_to_gpa = nonpaging_gva_to_gpa;\n\tcontext->sync_spte = NULL;\n"
+    before = _only(text, line, line.replace("context->gva_to_gpa", "context->w->gva_to_gpa"))
+    roles = ("\tvcpu->arch.root_mmu.cpu_role.ext.valid = 0;\n\tvcpu->arch.guest_mmu.cpu_role.ext.valid = 0;\n"
+             "\tvcpu->arch.nested_mmu.cpu_role.ext.valid = 0;\n")
+    walkers = ("\tvcpu->arch.gva_walk.cpu_role.ext.valid = 0;\n\tvcpu->arch.ngpa_walk.cpu_role.ext.valid = 0;\n"
+               "\tvcpu->arch.gva_walk.cpu_role.ext.valid = 0;\n")
+    before = _only(before, roles, walkers)
+    after = before.replace("\tcontext->w->gva_to_gpa = nonpaging_gva_to_gpa;\n", "")
+    after = _only(after, walkers, walkers.split("\n", 1)[1])
+    res = port_one(read_mails(_mail(file_diff(rel, before, after)))[0], targets["7.2"], rules)
+    assert res.result == "ported" and res.diff == "", [(h.old_start, h.reason) for h in res.hunks]
+    cited = {r for h in res.hunks for r in h.rules}
+    assert {"init-kvm-page-walk", "duplicate-walker-write"} <= cited, cited
+
+
+def test_load_pdptrs_ported_back_keeps_the_old_local(trees, targets, rules):
+    """6.1's load_pdptrs() after `series` step 12 (mmu-local-for-its-walker: the walker local
+    `gva_walk` and `mmu = &vcpu->arch.root_mmu` where the MMU is passed) ported back onto 6.1 is
+    nothing: no `struct kvm_mmu *gva_walk` (a local named after the new walker with the old
+    type, what the port wrote before a walker local that replaced `w = mmu->w` was inlined),
+    and mmu_is_nested()'s restated test (mappings.toml walk-mmu-is-nested) is 6.1's own."""
+    rel, hdr = "arch/x86/kvm/x86.c", "arch/x86/kvm/x86.h"
+    text = (trees["6.1"] / rel).read_text()
+    start = text.index("int load_pdptrs(struct kvm_vcpu *vcpu, unsigned long cr3)\n{")
+    end = text.index("\n}\n", start)
+    body = text[start:end]
+    step11 = (body.replace("\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;\n",
+                           "\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;\n\tstruct kvm_pagewalk *w = mmu->w;\n")
+              .replace("mmu->pdptrs", "w->pdptrs").replace("kvm_translate_gpa(vcpu, mmu,", "kvm_translate_gpa(vcpu, w,"))
+    step12 = (step11.replace("\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;\n\tstruct kvm_pagewalk *w = mmu->w;\n",
+                             "\tstruct kvm_mmu *mmu = &vcpu->arch.root_mmu;\n"
+                             "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
+              .replace("w->pdptrs", "gva_walk->pdptrs").replace("(vcpu, w,", "(vcpu, gva_walk,"))
+    assert step11 != body and "gva_walk->pdptrs" in step12
+    h = (trees["6.1"] / hdr).read_text()
+    diff = (file_diff(rel, text[:start] + step11 + text[end:], text[:start] + step12 + text[end:])
+            + file_diff(hdr, h, _only(h, "return vcpu->arch.walk_mmu == &vcpu->arch.nested_mmu;",
+                                      "return vcpu->arch.mmu == &vcpu->arch.guest_mmu;")))
+    res = port_one(read_mails(_mail(diff))[0], targets["6.1"], rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "", res.diff
+
+
+def test_a_dropped_constant_walker_parameter_is_a_conflict_naming_the_callers(trees, targets, rules):
+    """[[const_walker_param]] is not inverted line for line: 7.3's reset_rsvds_bits_mask_ept()
+    names &vcpu->arch.ngpa_walk.fmt instead of taking the walker.  Ported back onto 6.1 it
+    would have given the function 3 parameters (filling guest_mmu's format) while 6.1's callers
+    pass 4: a conflict that says so, with where the target's function and callers are."""
+    old = ("static void reset_rsvds_bits_mask_ept(struct kvm_vcpu *vcpu,\n\t\tstruct kvm_mmu *context, bool execonly, "
+           "int huge_page_level)\n{\n\t__reset_rsvds_bits_mask_ept(&context->guest_rsvd_check,")
+    new = ("static void reset_rsvds_bits_mask_ept(struct kvm_vcpu *vcpu,\n\t\t\t\t      bool execonly, "
+           "int huge_page_level)\n{\n\t__reset_rsvds_bits_mask_ept(&vcpu->arch.ngpa_walk.fmt,")
+    res = port_one(read_mails(make_mail(trees["6.1"], "arch/x86/kvm/mmu/mmu.c", old, new))[0], targets["6.1"], rules)
+    h = res.hunks[0]
+    assert res.direction == "backport" and h.status == "conflict", h.new_lines
+    assert h.reason.startswith("the patch changes the parameters of reset_rsvds_bits_mask_ept(): the target's "
+                               "(arch/x86/kvm/mmu/mmu.c:4691) are (struct kvm_vcpu *, struct kvm_mmu *, bool, int), "
+                               "the patch's (struct kvm_vcpu *, bool, int), and the target's callers "
+                               "(arch/x86/kvm/mmu/mmu.c:"), h.reason
+    assert "const-walker-param" in h.reason and "guest_mmu.guest_rsvd_check" not in res.diff
+
+
+def test_a_function_the_refactor_introduced_is_a_conflict_and_so_are_its_users(trees, targets, rules):
+    """[[parameterize]]: a patch that splits update_permission_bitmask() into
+    __update_permission_bitmask() and a wrapper, ported back onto 7.2, which has neither: the
+    hunk defining the new function says which rule made it and where 7.2 has the old one, and
+    the wrapper's hunk, in the same function, goes with it instead of being applied alone."""
+    rel = "arch/x86/kvm/mmu/mmu.c"
+    text = (trees["7.2"] / rel).read_text()
+    head = "static void update_permission_bitmask(struct kvm_mmu *mmu, bool tdp, bool ept)\n{"
+    tail = "\t\tmmu->permissions[index] = ff | uf | wf | rf | smapf;\n\t}\n}\n"
+    new = _only(text, head, "static void __update_permission_bitmask(struct kvm_page_format *fmt, bool tdp,\n"
+                "\t\t\t\t\tbool ept, bool cr4_smep, bool cr4_smap,\n\t\t\t\t\tbool cr0_wp, bool efer_nx)\n{")
+    new = _only(new, tail, tail + "\nstatic void update_permission_bitmask(struct kvm_pagewalk *w, bool tdp, bool ept)\n"
+                "{\n\t__update_permission_bitmask(&w->fmt, tdp, ept,\n\t\t\t\t    is_cr4_smep(w), is_cr4_smap(w),\n"
+                "\t\t\t\t    is_cr0_wp(w), is_efer_nx(w));\n}\n")
+    res = port_one(read_mails(_mail(file_diff(rel, text, new)))[0], targets["7.2"], rules)
+    first, wrapper = res.hunks
+    assert first.status == wrapper.status == "conflict" and res.diff == ""
+    assert first.reason.startswith("the patch defines __update_permission_bitmask(), which the refactor introduced "
+                                   "(restructure.toml parameterize-permission-bitmask); the target has "
+                                   "update_permission_bitmask() instead (arch/x86/kvm/mmu/mmu.c:5692)"), first.reason
+    assert f"the patch's hunk at {rel}:{first.old_start}" in wrapper.reason, wrapper.reason

@@ -16,6 +16,7 @@ from pathlib import Path
 from refactor.port.context import file_context
 from refactor.port.diff import region_diff
 from refactor.port.hunks import HunkResult, port_hunk
+from refactor.port.inverse import dependent_conflicts
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
 from refactor.port.prereq import restructured_by
@@ -127,6 +128,8 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
     defined = set().union(*(c.defined_by_patch for c in contexts.values())) if contexts else set()
     for c in contexts.values():
         c.defined_by_patch |= defined
+    pairs: list = []
+    restructure_ids = {r.id for entries in rules.restructure.values() for r in entries}
     for fp in mail.patch.files:
         if fp.binary or fp.old_path is None or fp.new_path is None or fp.old_path != fp.new_path:
             res.hunks.append(HunkResult(file=fp.path, target_file=None, old_start=0, status="conflict",
@@ -138,13 +141,19 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
             restructured = restructured_by([t for _g, t, _ in hunk.lines] + [hunk.section], rules) \
                 if h.status == "conflict" and direction in ("backport", "forward") else []
+            restructured += [r for r in h.rules if r in restructure_ids and r not in restructured] \
+                if h.status == "conflict" else []
             if restructured:
                 h.reason = (f"{h.reason}; the refactor restructured this code (restructure.toml "
                             f"{', '.join(restructured)}): it has no line-for-line counterpart on the "
                             f"{'old' if direction == 'backport' else 'new'} layout, port it by hand")
             res.hunks.append(h)
-            if h.status != "conflict":
-                edits.setdefault(h.target_file, []).append(h)
+            pairs.append((h, hunk, fp.path))
+    if direction == "backport":
+        dependent_conflicts(pairs, target)
+    for h in res.hunks:
+        if h.status != "conflict":
+            edits.setdefault(h.target_file, []).append(h)
     diffs = []
     for rel, hs in edits.items():
         original = target.text(rel)

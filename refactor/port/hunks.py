@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.context import FileContext, function_of, heading
+from refactor.port.inverse import introduced, kept_removals, restated_guards, signature_change
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
@@ -343,16 +344,23 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     stays = ({i: r for i, x in enumerate(pre_raw) if pre_tags[i] == "-"
               for r in [dropped_by(through_locals(x, inits), src.rules)] if r} if direction == "backport" else {})
     stays.update({k: decls[i][1] for k, i in enumerate(pre_at) if decls.get(i, ("",))[0] == "stay"})
+    if direction == "backport":
+        kept = kept_removals(hunk.lines, src.rules, src.walker_member)
+        guards, guard_rule = restated_guards(hunk.lines, src.rules, src.names)
+        kept.update({i: guard_rule for i in guards if hunk.lines[i][0] == "-"})
+        stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)
     if direction == "backport":
         restated = same_object_pairs(hunk, pre_t, pair_of, tlines, learner, tr, types, src,
                                      inits, patch_inits)
+        restated.update({i: -1 for i in guards if hunk.lines[i][0] == "+"})
     match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 
     # Post-image: the target's own lines for context, translated added lines.
     out: list[str] = []
     added: list[str] = []
+    added_at: set[int] = set()
     ti = first           # next target line not yet emitted or skipped
     k = 0                # index into kept
     pi = 0
@@ -393,7 +401,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             rules.append(decls[idx][1])
             continue
         if idx in restated:         # the patch only restated the target's line: it stays
-            out.append(tlines[restated[idx]])
+            if restated[idx] >= 0:  # (-1: a continuation line of a statement that stays)
+                out.append(tlines[restated[idx]])
             rules.append(SAME_OBJECT)
             continue
         t = tr(text, types)
@@ -407,6 +416,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         new = realign(new, this_prev, out[-1] if out else None)
         out.append(new)
         added.append(new)
+        added_at.add(len(out) - 1)
     res.target_len = ti - first
     res.new_lines = out
     res.rules = list(dict.fromkeys(r for r in rules if r))
@@ -417,6 +427,15 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     replaced = {pair_of[k] for k, i in enumerate(kept_idx) if pre_tags[i] == "-" and k in pair_of}
     again = redeclared(added, tlines[lo:hi + 1], [x for j, x in enumerate(tlines[lo:hi + 1], lo)
                                                   if j not in replaced], tuple(src.rules.types.values()))
+    changed = signature_change(out, added_at, target, frel, (first, ti), src.rules) \
+        if direction == "backport" and not missing_pre else None
+    new_function = introduced(hunk.lines, target, src.rules) if direction == "backport" else None
+    if new_function and not missing_pre:
+        changed = (new_function, [])
+    if changed:
+        res.status, res.reason = "conflict", changed[0]
+        res.rules = list(dict.fromkeys(res.rules + changed[1]))
+        return res
     if again and not missing_pre:
         res.status = "conflict"
         m = next((_FUNC_HEAD.search(x) for x in tlines[lo:hi] if x[:1].isalpha() and not x.endswith(";")), None)

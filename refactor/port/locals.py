@@ -214,22 +214,35 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
 
     # mappings.toml [[calls]]: the call the new layout makes where the old one made another.
     calls = {(c.new, c.function) for c in vocab.rules.calls}
+    # restructure.toml [[walker_param]] inverted: the function takes the walker of the MMU its
+    # callers passed; an old caller passes the MMU, whichever walker the new one names.
+    walker_args = {(f, r.params["param"]) for r in vocab.rules.restructure.get("walker_param", [])
+                   for f in ([r.params["function"]] if isinstance(r.params["function"], str)
+                             else r.params["function"])}
 
     def same(x: str, y: str, inits: dict[str, str], line: str) -> bool:
         if x == y or (x, y) in calls or _objects(x, vocab, inits) & _objects(y, vocab, target_inits):
+            return True
+        if any(argument(line, f, k) == x for f, k in walker_args):
             return True
         # restructure.toml [[macro_param]] inverted: the macro's walker parameter had its old name.
         return line.lstrip().startswith("#") and y in params.get(x, ())
 
     runs, removed_text = _replaced_runs(hunk, pre_t, pair_of)
     for minus, plus in runs:
+        joined = []
+        if len(minus) == 1 and len(plus) > 1 and statement(t for _i, t in plus):
+            # One statement the patch wrapped over several lines (a longer argument): compare
+            # it whole; its continuation lines go with it (-1).
+            joined = [(i, -1) for i, _t in plus[1:]]
+            plus = [(plus[0][0], " ".join(t.strip() if k else t for k, (_i, t) in enumerate(plus)))]
         if len(minus) != len(plus):
             continue
         spacing = []
         for j, (idx, text) in zip(minus, plus):
             if j is None:
                 continue
-            back = tr(text, types).text
+            back = unrestated(tr(text, types).text, vocab)
             if learner.apply(back) == learner.apply(tr(removed_text[j], types).text):
                 out[idx] = j        # the same line as the one it replaces, in the target's layout
                 continue
@@ -244,13 +257,55 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
                     if mine != tlines[j] and ref == tlines[j]:
                         spacing.append((idx, j))
                     break
-                if len(a) == len(b) and all(same(x, y, inits, mine) for x, y in zip(a, b)):
+                if len(a) == len(b) and all(same(x, y, inits, mine) or same(x, y, inits, ref)
+                                            for x, y in zip(a, b)):
                     out[idx] = j
+                    out.update(joined)
                     break
         if any(idx in out for _j, (idx, _t) in zip(minus, plus)) or any(
                 tr(t, types).text != t for _i, t in plus):
             out.update(spacing)
     return out
+
+
+def argument(line: str, func: str, index: int) -> str | None:
+    """The `index`th argument (squashed) of the call of `func` in `line`, if the line has one."""
+    m = re.search(rf"(?<![\w>.]){re.escape(func)}\s*\(", line)
+    if not m:
+        return None
+    depth, cur, args = 0, "", []
+    for c in line[m.end():]:
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            if depth == 0:
+                args.append(cur)
+                break
+            depth -= 1
+        elif c == "," and depth == 0:
+            args.append(cur)
+            cur = ""
+            continue
+        cur += c
+    return re.sub(r"\s+", "", args[index]) if index < len(args) else None
+
+
+def statement(lines) -> bool:
+    """Lines that are one statement: only the last ends it."""
+    lines = [t.rstrip() for t in lines]
+    return lines[-1].endswith(";") and not any(t.endswith((";", "{", "}")) for t in lines[:-1])
+
+
+def unrestated(line: str, vocab: Vocabulary) -> str:
+    """`line` with the expressions mappings.toml [[exprs]] restates on the new layout written
+    as the old layout wrote them (`vcpu->arch.mmu == &vcpu->arch.guest_mmu` was
+    `vcpu->arch.walk_mmu == &vcpu->arch.nested_mmu`): both are valid on an old tree, and a
+    patch that only restated one is no change there."""
+    for e in vocab.rules.exprs:
+        new = vocab.names.fill(e.new)
+        if e.old and new and not re.search(r"\b(?:EXPR|FIELD)\b|[{}]", e.old + new) and new in line:
+            line = line.replace(new, e.old)
+    return line
 
 
 def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
@@ -277,9 +332,19 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
         t = vocab.rules.types
         group = {t["walker"]: "pointer", t["mmu"]: "pointer", t["format"]: "format", t["old_format"]: "format"}
         kind = group.get(HOISTED.match(text).group(1))
+        # A removed declaration of its kind or name makes it a rename, not a new local; unless
+        # that one only named the walker of an MMU local the hunk declares too (`struct
+        # kvm_pagewalk *w = mmu->w;`): the old tree has the MMU local only, and the MMU is its
+        # own walker there (load_pdptrs() on 6.1).
+        # A removed declaration the added lines declare again (`mmu` for `mmu`) is that one's.
+        mine = {d.group(1) for g, t, _ in lines if g != "+" for d in [DECLARES.match(t)] if d}
+        again = {d.group(1) for g, t, _ in lines if g == "+" for d in [DECLARES.match(t)] if d} - {h[0]}
         if any(m and (group.get(m.group(1), m.group(1)) == kind or m.group(2) == h[0])
+               and m.group(2) not in again
+               and not (hoisted(r, vocab) and hoisted(r, vocab)[1] in
+                        {f"{v}->{vocab.walker_member}" for v in mine})
                for r in removed for m in [HOISTED.match(r)]):
-            continue        # replaces a declaration of its kind or name: a rename, not a new local
+            continue
         gone.append(h)
         drop.add(i)
         if i + 1 < len(lines) and lines[i + 1][0] == "+" and not lines[i + 1][1].strip():

@@ -1,0 +1,287 @@
+"""Restructurings of the refactor seen from the old layout: what a backported hunk must keep,
+and what it must not do to a function the target's other code depends on.
+
+A new-layout patch that only moved code to the new layout ports back onto an old tree as
+nothing.  Translating names is not enough where the refactor restructured code
+(rules/restructure.toml): a line the new layout drops because another function now does
+its work is still the old layout's work, and a function whose parameters the refactor
+changed keeps the old ones on an old tree, since every caller there passes them.
+"""
+from __future__ import annotations
+
+import re
+
+from refactor.port.target import Target
+
+_IDENT = re.compile(r"[A-Za-z_]\w*")
+_ASSIGN = re.compile(r"^\s*([^=;]*?)\s*=\s*[^=][^;]*;\s*$")
+
+
+def kept_removals(lines: list[tuple[str, str, int]], rules, walker_member: str) -> dict[int, str]:
+    """Removed lines (index into `lines`) the old layout keeps, with the restructure rule:
+
+    - a write to a walker field through an MMU's walker (`context->w->gva_to_gpa = f;`):
+      [[walker_init]] moved the walker's initialisation into `to` (init_kvm_page_walk()), so
+      the MMU initialisers no longer write them; the old layout has no `to`, its MMU
+      initialisers are where the walker fields are written;
+    - one of two identical writes close together ([[walker_init]] dedupe_id): two old
+      objects became the same walker and the second write was dropped; on the old layout they
+      are two objects again."""
+    inits = rules.restructure.get("walker_init", [])
+    if not inits:
+        return {}
+    rule = inits[0]
+    fields = [re.escape(f.name) for f in rules.mmu_fields.values() if f.moves_to_walker]
+    write = re.compile(rf"(?:->|\.){re.escape(walker_member)}->(?:{'|'.join(fields)})\b[\w.\[\]]*\s*=[^=]")
+    out: dict[int, str] = {}
+    for i, (tag, text, _n) in enumerate(lines):
+        if tag != "-" or not _ASSIGN.match(text):
+            continue
+        # Only a line the patch deletes outright: one it replaces is the patch's own change.
+        lo = hi = i
+        while lo > 0 and lines[lo - 1][0] in "-+":
+            lo -= 1
+        while hi + 1 < len(lines) and lines[hi + 1][0] in "-+":
+            hi += 1
+        if any(g == "+" for g, _t, _ in lines[lo:hi + 1]):
+            continue
+        if write.search(text):
+            out[i] = rule.id
+            continue
+        near = [t for g, t, _ in lines[max(i - 3, 0):i + 4] if g == " "]
+        if rule.params.get("dedupe_id") and text in near:
+            out[i] = rule.params["dedupe_id"]
+    return out
+
+
+def _header(lines: list[str], at: int) -> str | None:
+    """The text of a function header that starts at lines[at], to its closing parenthesis."""
+    text = ""
+    for x in lines[at:at + 8]:
+        text += x + "\n"
+        if text.count("(") and text.count("(") == text.count(")"):
+            return text
+    return None
+
+
+_HEAD = re.compile(r"^(?!(?:if|for|while|switch|return)\b)[A-Za-z_][\w\s\*]*?\b(?:FNAME\((\w+)\)|(\w+))\s*\(")
+
+
+def _params(header: str) -> list[str]:
+    """The parameter types of a header (names dropped, spacing normalised)."""
+    m = _HEAD.match(header)
+    inner = header[m.end():header.rindex(")")]
+    out = []
+    depth, cur = 0, ""
+    for c in inner + ",":
+        if c == "," and depth == 0:
+            p = " ".join(cur.replace("*", " * ").split())
+            out.append(re.sub(r"\s*\b\w+$", "", p) if len(p.split()) > 1 else p)
+            cur = ""
+            continue
+        depth += (c == "(") - (c == ")")
+        cur += c
+    return [] if out == ["void"] or out == [""] else out
+
+
+def _definition(target: Target, rel: str, name: str, fname: bool) -> tuple[str, int, str] | None:
+    """(file, 0-based line, header text) of the target's definition of `name`, the hunk's file first."""
+    pat = re.compile(rf"^[A-Za-z_][\w\s\*]*?\b{'FNAME[(]' if fname else ''}{re.escape(name)}{'[)]' if fname else ''}\s*\(",
+                     re.M)
+    files = [rel] + sorted(f for f in target.files if f != rel and (not fname or f.endswith(".h")))
+    for f in files:
+        text = target.text(f) or ""
+        if name not in text:
+            continue
+        for m in pat.finditer(text):
+            line = text.count("\n", 0, m.start())
+            head = _header(target.lines(f), line)
+            if head and not head.rstrip().endswith(";") and "{" in "\n".join(target.lines(f)[line:line + 10]):
+                return f, line, head
+    return None
+
+
+def _callers(target: Target, name: str, skip: tuple[str, int, int]) -> list[str]:
+    """file:line of calls of `name` in the target, outside the lines the hunk replaces."""
+    out = []
+    pat = re.compile(rf"(?<![\w>.]){re.escape(name)}\)?\s*\(")
+    for f in sorted(target.files):
+        data = target.files[f]
+        if name.encode() not in data:
+            continue
+        for i, x in enumerate(target.lines(f)):
+            if x[:1].isspace() and pat.search(x) and not (f == skip[0] and skip[1] <= i < skip[2]):
+                out.append(f"{f}:{i + 1}")
+    return out
+
+
+def _rule_of(old: list[str], new: list[str], rules) -> list[str]:
+    """restructure.toml rules that change parameters this way (they name no function)."""
+    t = rules.types
+    walkers = {f"struct {t['walker']} *", f"struct {t['mmu']} *"}
+    formats = {f"struct {t['format']} *", f"struct {t['old_format']} *"}
+    out = []
+    if len(new) < len(old) and any(p in walkers for p in old) and rules.restructure.get("const_walker_param"):
+        out.append(rules.restructure["const_walker_param"][0].id)
+    if len(new) == len(old) and any(a in walkers and b in formats for a, b in zip(old, new)) \
+            and rules.restructure.get("format_param"):
+        out.append(rules.restructure["format_param"][0].id)
+    return out
+
+
+def signature_change(new_lines: list[str], added: set[int], target: Target, frel: str, span: tuple[int, int],
+                     rules) -> tuple[str, list[str]] | None:
+    """A function definition the ported lines give other parameters than the target's, while the
+    target's callers pass the target's: (reason, restructure rule ids).  The refactor narrowed,
+    dropped and retyped parameters ([[const_walker_param]], [[format_param]], [[walker_init]]
+    then_mmu...); on the old tree every caller still passes what the old function takes."""
+    for i, x in enumerate(new_lines):
+        m = _HEAD.match(x)
+        if not m or x.rstrip().endswith(";"):
+            continue
+        head = _header(new_lines, i)
+        if head is None:    # a header the hunk leaves as it is has the target's parameters
+            continue
+        name = m.group(1) or m.group(2)
+        found = _definition(target, frel, name, bool(m.group(1)))
+        if found is None:
+            continue
+        f, line, theirs = found
+        mine_p, theirs_p = _params(head), _params(theirs)
+        if mine_p == theirs_p:
+            continue
+        shown = f"FNAME({name})" if m.group(1) else name
+        callers = _callers(target, name, (frel, *span))
+        if not callers:
+            continue
+        reason = (f"the patch changes the parameters of {shown}(): the target's ({f}:{line + 1}) are "
+                  f"({', '.join(theirs_p)}), the patch's ({', '.join(mine_p)}), and the target's callers "
+                  f"({', '.join(callers[:3])}{', ...' if len(callers) > 3 else ''}) pass the target's: "
+                  "keep the target's parameters, or port every caller with it")
+        return reason, _rule_of(theirs_p, mine_p, rules)
+    return None
+
+
+
+def _function(hunk) -> set[str]:
+    """The function the hunk changes: the header its first change is (both names, where the
+    patch renames it), else the one git names it by (the nearest header above, or `@@`)."""
+    from refactor.port.context import heading
+
+    first = next((i for i, (g, _t, _) in enumerate(hunk.lines) if g != " "), 0)
+    names = set()
+    for g, t, _ in hunk.lines[first:]:
+        if g == " ":
+            break
+        m = _HEAD.match(t)
+        if m and not t.rstrip().endswith(";"):
+            names.add(m.group(1) or m.group(2))
+    if not names:
+        m = _HEAD.match(heading(hunk))
+        if m:
+            names.add(m.group(1) or m.group(2))
+    return names
+
+
+def _defines(hunk, tag: str) -> set[str]:
+    return {m.group(1) or m.group(2) for g, t, _ in hunk.lines if g == tag
+            for m in [_HEAD.match(t)] if m and not t.rstrip().endswith(";")}
+
+
+def dependent_conflicts(pairs: list, target: Target) -> None:
+    """Hunks that cannot go without a conflicting hunk of the same patch become conflicts too:
+    a change to a function whose other hunk conflicts (half a restructured function is
+    neither layout's), a use of a function the patch defines only in a conflicting hunk, a
+    removal of a function the target still calls where the conflicting hunk would have
+    removed the call.  `pairs`: (HunkResult, Hunk, file) of one patch, in order."""
+    changed = True
+    while changed:
+        changed = False
+        bad = [(h, hk, f) for h, hk, f in pairs if h.status == "conflict"]
+        if not bad:
+            return
+        spans = [(h.target_file, h.target_start, h.target_start + h.target_len) for h, _hk, _f in pairs
+                 if h.status != "conflict" and h.target_start is not None]
+        for h, hunk, rel in pairs:
+            # A hunk that leaves the target's lines as they are cannot break anything.
+            if h.status == "conflict" or h.new_lines == target.lines(h.target_file)[
+                    h.target_start:h.target_start + h.target_len]:
+                continue
+            why = None
+            mine = _function(hunk)
+            for b, bh, brel in bad:
+                where = f"{brel}:{bh.old_start}"
+                if brel == rel and mine & _function(bh):
+                    name = sorted(mine & _function(bh))[0]
+                    why = (f"the patch's hunk at {where}, in the same function {name}(), conflicts: "
+                           "the function's hunks go together")
+                    break
+                uses = set(_IDENT.findall("\n".join(t for g, t, _ in hunk.lines if g == "+")))
+                needed = sorted(n for n in _defines(bh, "+") & uses if not target.definitions(n))
+                if needed:
+                    why = f"uses {needed[0]}(), which the patch defines in its hunk at {where}, which conflicts"
+                    break
+            if why is None:
+                for name in sorted(_defines(hunk, "-") - _defines(hunk, "+")):
+                    still = [c for c in _callers(target, name, (h.target_file, h.target_start,
+                                                                h.target_start + h.target_len))
+                             if not any(c.rsplit(":", 1)[0] == f and a <= int(c.rsplit(":", 1)[1]) - 1 < e
+                                        for f, a, e in spans)]
+                    if still:
+                        why = f"removes {name}(), which the target still calls at {', '.join(still[:3])}"
+                        break
+            if why:
+                h.status, h.reason, changed = "conflict", why, True
+
+
+def restated_guards(lines: list[tuple[str, str, int]], rules, names) -> tuple[set[int], str | None]:
+    """restructure.toml [[nested_guard]] inverted: a run of removed lines testing `test(vcpu)`
+    only to call the nested `hook`, replaced by the same code calling `helper` with the
+    {walker} walker (which makes the test itself), is the same code on an old tree: the
+    indices (into `lines`) of the run's lines, which leave the target's lines as they are."""
+    out: set[int] = set()
+    rule_id = None
+    for r in rules.restructure.get("nested_guard", []):
+        p = r.params
+        walker = names.fill("{" + p["walker"] + "}")
+        i = 0
+        while i < len(lines):
+            if lines[i][0] == " ":
+                i += 1
+                continue
+            j = i
+            while j < len(lines) and lines[j][0] != " ":
+                j += 1
+            minus = "".join(t for g, t, _ in lines[i:j] if g == "-")
+            plus = "".join(t for g, t, _ in lines[i:j] if g == "+")
+            fwd = re.sub(rf"\s*&&\s*{re.escape(p['test'])}\(vcpu\)", "", minus)
+            fwd = re.sub(rf"[\w.>\-]*->{re.escape(p['hook'])}\(\s*vcpu,",
+                         f"{p['helper']}(vcpu, &vcpu->arch.{walker},", fwd)
+            if p["hook"] in minus and p["helper"] in plus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
+                out |= set(range(i, j))
+                rule_id = r.id
+            i = j
+    return out, rule_id
+
+
+def introduced(lines: list[tuple[str, str, int]], target: Target, rules) -> str | None:
+    """A hunk that defines a function the refactor introduced (restructure.toml: `inner`, `to`,
+    `new`, `bitmask`, `helper`), which the old target lacks: it ports the restructuring itself.
+    The reason names the rule and where the target has what the function replaced."""
+    for kind, entries in rules.restructure.items():
+        for r in entries:
+            p = r.params
+            pairs = [(p.get("inner"), p.get("function")), (p.get("to"), p.get("from")),
+                     (p.get("new"), p.get("old")), (p.get("bitmask"), p.get("after")),
+                     (p.get("helper"), p.get("hook") or p.get("field"))]
+            for new, old in pairs:
+                if not isinstance(new, str) or target.definitions(new):
+                    continue
+                if any(g == "+" and (m := _HEAD.match(t)) and (m.group(1) or m.group(2)) == new
+                       and not t.rstrip().endswith(";") for g, t, _ in lines):
+                    where = [f"{f}:{line}" for f, line, _a in target.definitions(old)] if isinstance(old, str) else []
+                    return (f"the patch defines {new}(), which the refactor introduced (restructure.toml "
+                            f"{r.id}); the target has "
+                            + (f"{old}() instead ({', '.join(where[:2])})" if where else "no such function")
+                            + ": keep the target's code, or port the restructuring first")
+    return None
