@@ -13,6 +13,8 @@ from pathlib import Path
 
 from refactor.rules import Rules, WalkerNames
 
+from .features import tree_features
+
 HEADER = "arch/x86/include/asm/kvm_host.h"
 GVA_OLD = "vcpu->arch.{member}"
 
@@ -49,17 +51,40 @@ def _enclosing_struct(text: str, pos: int) -> str | None:
     return heads[-1].group(1) if heads else None
 
 
+# Where kvm_translate_gpa() may be declared (7.x: mmu.h; a rewrite of 5.10: x86.h).
+TRANSLATE_HEADERS = ("arch/x86/kvm/mmu.h", "arch/x86/kvm/x86.h")
+
+
+def _translate_decl(tree: Path) -> re.Match | None:
+    """kvm_translate_gpa()'s definition in the tree's headers, if it has one."""
+    for rel in TRANSLATE_HEADERS:
+        try:
+            text = (tree / rel).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        m = re.search(r"\bkvm_translate_gpa\s*\(([^)]*)\)\s*\{", text)
+        if m:
+            return m
+    return None
+
+
 def translate_extra(tree: Path) -> int:
     """Arguments kvm_translate_gpa() takes beyond (vcpu, walker, gpa, access, exception):
     7.x added pte_access (0 as hyperv.c passes it)."""
-    try:
-        text = (tree / "arch/x86/kvm/mmu.h").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return 0
-    m = re.search(r"\bkvm_translate_gpa\s*\(([^)]*)\)\s*\{", text)
+    m = _translate_decl(tree)
     if not m:
         return 0
     return max(0, m.group(1).count(",") + 1 - 5)
+
+
+def translate_macro(tree: Path, features: dict[str, int]) -> str:
+    """H_TRANSLATE_GPA(): kvm_translate_gpa() where the tree has it; a tree without it
+    (5.10) translates through the walked MMU's own translate_gpa hook, which is what its
+    callers (kvm_read_guest_page_mmu(), the walker) do."""
+    head = "#define H_TRANSLATE_GPA(vcpu, w, gpa, access, e) "
+    if _translate_decl(tree) is None and features.get("H_HAS_kvm_mmu__translate_gpa"):
+        return head + "(w)->translate_gpa(vcpu, gpa, access, e)"
+    return head + f"kvm_translate_gpa(vcpu, w, gpa, access, e{', 0' * translate_extra(tree)})"
 
 
 def layout_header(rules: Rules, tree: Path, names: WalkerNames | None = None) -> tuple[str, dict]:
@@ -77,10 +102,9 @@ def layout_header(rules: Rules, tree: Path, names: WalkerNames | None = None) ->
     # A series step can sit between the layouts (struct kvm_pagewalk declared while the
     # PDPTEs or kvm_translate_gpa()'s struct kvm_mmu * are still old): ask the tree.
     walker_body = re.search(rf"\bstruct\s+{rules.types['walker']}\s*{{(.*?)\n}};", text, re.S)
-    mmu_h = tree / "arch/x86/kvm/mmu.h"
-    mmu_h = mmu_h.read_text(errors="replace") if mmu_h.is_file() else ""
-    param = re.search(r"\bkvm_translate_gpa\s*\(\s*struct\s+kvm_vcpu\s*\*\s*\w+\s*,\s*"
-                      r"struct\s+(\w+)\s*\*", mmu_h)
+    decl = _translate_decl(tree)
+    param = decl and re.match(r"\s*struct\s+kvm_vcpu\s*\*\s*\w+\s*,\s*struct\s+(\w+)\s*\*",
+                              decl.group(1))
     if new and (param is None or param.group(1) == rules.types["walker"]):
         walker = rules.walker_pointer(old_walker, names)
     else:
@@ -111,8 +135,14 @@ def layout_header(rules: Rules, tree: Path, names: WalkerNames | None = None) ->
     else:
         lines += ["#define H_CLEAR_EXCEPTION_VMEXIT(vcpu) ((void)0)",
                   "#define H_EXCEPTION_VMEXIT_PENDING(vcpu) 0"]
-    lines.append(f"#define H_TRANSLATE_GPA(vcpu, w, gpa, access, e) "
-                 f"kvm_translate_gpa(vcpu, w, gpa, access, e{', 0' * translate_extra(tree)})")
+    # 5.x's struct kvm_mmu role (page role and walked CPU state in one), which a rewrite
+    # moves to the walker: the glue reads its page role where the tree has no root_role.
+    role = rules.walker_access("(mmu)", "mmu_role", names) if new else "(mmu)->mmu_role"
+    lines.append(f"#define H_MMU_MMU_ROLE(mmu) ({role})")
+    features = tree_features(tree)
+    lines.append(translate_macro(tree, features))
+    # What the tree declares (features.py): the glue #if's on it, never on a version.
+    lines += [f"#define {k} {v}" for k, v in sorted(features.items())]
     desc = {"layout": "new" if new else "old", "names": names.as_dict() if names else None,
             "gva_walker": walker}
     return "\n".join(lines) + "\n", desc

@@ -10,6 +10,7 @@
  * would treat every 1 GiB page as reserved (guest_cpu_cap_has(GBPAGES) false).
  */
 #include "harness.h"
+#include "layout.h"
 
 void h_cpuid_setup(void *v, int maxphyaddr)
 {
@@ -25,18 +26,19 @@ void h_cpuid_setup(void *v, int maxphyaddr)
 		{ 0x80000008, 0, 0, 0, 0 },
 	};
 	int n = sizeof(leaves) / sizeof(leaves[0]);
+	int caps = sizeof(kvm_cpu_caps) / sizeof(kvm_cpu_caps[0]);
 	struct kvm_cpuid_entry2 *e2 = h_zalloc(n * sizeof(*e2));
+	int c, i, r;
 
-	for (int i = 0; i < n; i++) {
+	for (i = 0; i < n; i++) {
 		e2[i].function = leaves[i].fn;
 		e2[i].eax = leaves[i].eax;
 		e2[i].ebx = leaves[i].ebx;
 		e2[i].ecx = leaves[i].ecx;
 		e2[i].edx = leaves[i].edx;
 	}
-	for (int c = 0; c < NR_KVM_CPU_CAPS &&
-			c < (int)(sizeof(reverse_cpuid) / sizeof(reverse_cpuid[0])); c++)
-		for (int i = 0; i < n; i++)
+	for (c = 0; c < caps && c < (int)(sizeof(reverse_cpuid) / sizeof(reverse_cpuid[0])); c++)
+		for (i = 0; i < n; i++)
 			if (leaves[i].fn && reverse_cpuid[c].function == leaves[i].fn &&
 			    reverse_cpuid[c].index == 0) {
 				u32 regs[4] = { leaves[i].eax, leaves[i].ebx, leaves[i].ecx,
@@ -44,6 +46,17 @@ void h_cpuid_setup(void *v, int maxphyaddr)
 				kvm_cpu_caps[c] |= regs[reverse_cpuid[c].reg & 3];
 			}
 	e2[n - 1].eax = maxphyaddr | (48 << 8);
-	if (kvm_set_cpuid(v, e2, n))
-		h_trap("kvm_set_cpuid() refused the harness CPUID");
+#ifdef H_DEFINED_kvm_set_cpuid
+	r = kvm_set_cpuid(v, e2, n);
+#else
+	/* A tree without kvm_set_cpuid() (5.10): the ioctl's own function, which copies
+	 * the entries "from user" (vmemdup_user(), harness.c) and installs them. */
+	{
+		struct kvm_cpuid2 cpuid = { .nent = n };
+
+		r = kvm_vcpu_ioctl_set_cpuid2(v, &cpuid, e2);
+	}
+#endif
+	if (r)
+		h_trap("the tree's KVM_SET_CPUID2 refused the harness CPUID");
 }

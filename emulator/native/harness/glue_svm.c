@@ -5,8 +5,21 @@
  * nested_svm_vmexit() is replaced (see build.py REPLACED).
  */
 #include "harness.h"
+#include "layout.h"
 
 #define H_SVM_EXIT_NPF 0x400
+
+/* L1's VMCB and the one L2 runs on.  6.x: vmcb01 and nested.vmcb02, svm->vmcb
+ * switched between them.  A tree without them (5.10) runs both on svm->vmcb and
+ * keeps L1's state in nested.hsave, where its nested_svm_init_mmu_context() reads
+ * L1's CR4/EFER. */
+#ifdef H_HAS_vcpu_svm__vmcb01
+#define H_SVM_L1(svm) ((svm)->vmcb01.ptr)
+#define H_SVM_L2(svm) ((svm)->nested.vmcb02.ptr)
+#else
+#define H_SVM_L1(svm) ((svm)->nested.hsave)
+#define H_SVM_L2(svm) ((svm)->vmcb)
+#endif
 
 unsigned long h_svm_vcpu_size(void) { return sizeof(struct vcpu_svm); }
 unsigned long h_svm_kvm_size(void) { return sizeof(struct kvm_svm); }
@@ -17,14 +30,14 @@ int h_svm_entry(void *v, struct h_nested *n)
 	struct kvm_vcpu *vcpu = v;
 	struct vcpu_svm *svm = to_svm(vcpu);
 
-	if (!svm->vmcb01.ptr)
-		svm->vmcb01.ptr = h_zalloc(4096);
-	if (!svm->nested.vmcb02.ptr)
-		svm->nested.vmcb02.ptr = h_zalloc(4096);
+	if (!H_SVM_L1(svm))
+		H_SVM_L1(svm) = h_zalloc(4096);
+	if (!H_SVM_L2(svm))
+		H_SVM_L2(svm) = h_zalloc(4096);
 	/* L1's CR4/EFER at VMRUN: NPT takes its format from them. */
-	svm->vmcb01.ptr->save.cr4 = vcpu->arch.cr4;
-	svm->vmcb01.ptr->save.efer = vcpu->arch.efer;
-	svm->vmcb = svm->nested.vmcb02.ptr;
+	H_SVM_L1(svm)->save.cr4 = vcpu->arch.cr4;
+	H_SVM_L1(svm)->save.efer = vcpu->arch.efer;
+	svm->vmcb = H_SVM_L2(svm);
 	memset(&svm->nested.ctl, 0, sizeof(svm->nested.ctl));
 	svm->nested.ctl.nested_cr3 = n->root;
 	if (n->pf_intercept)
@@ -40,8 +53,14 @@ void h_svm_init_mmu(void *v)
 
 void h_svm_exit(void *v)
 {
+	struct vcpu_svm *svm = to_svm((struct kvm_vcpu *)v);
+
 	nested_svm_uninit_mmu_context(v);
-	to_svm((struct kvm_vcpu *)v)->vmcb = to_svm((struct kvm_vcpu *)v)->vmcb01.ptr;
+#ifdef H_HAS_vcpu_svm__vmcb01
+	svm->vmcb = H_SVM_L1(svm);
+#else
+	(void)svm;
+#endif
 }
 
 /* Replaces the tree's nested_svm_vmexit() (int in 6.1, void in 7.x): the exit is

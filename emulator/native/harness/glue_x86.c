@@ -4,7 +4,10 @@
  * (CR writes as far as they reach the MMU, nested entry/exit order), driving
  * the kernel's own functions.  Kernel macros are gone after preprocessing,
  * so architectural constants are spelled here.  Layout-specific expressions
- * come from layout.h, generated from rules/ for the tree's layout.
+ * come from layout.h, generated from rules/ for the tree's layout; so do the
+ * tree's declarations (emulator/native/features.py: H_HAS_<struct>__<member>,
+ * H_NARGS_<function>, H_DEFINED_<function>), which the glue #if's on where trees
+ * differ -- never on a kernel version.  C89 (5.10 builds with -std=gnu89).
  */
 #include "harness.h"
 #include "layout.h"
@@ -21,6 +24,20 @@
 #define H_PFERR_GUEST_FINAL (1ull << 32)
 #define H_RFLAGS_AC (1ul << 18)
 #define H_INVALID_GPA (~0ull)
+
+/* load_pdptrs() of the walker the CPU uses: 5.10 passes it (walk_mmu), 6.x finds it. */
+#if H_NARGS_load_pdptrs == 3
+#define H_LOAD_PDPTRS(vcpu, cr3) load_pdptrs(vcpu, H_GVA_WALKER(vcpu), cr3)
+#else
+#define H_LOAD_PDPTRS(vcpu, cr3) load_pdptrs(vcpu, cr3)
+#endif
+/* kvm_init_mmu() without a reset of the roots: 5.10 has the flag (false at vCPU
+ * creation and where the roots stay), 6.x never resets them there. */
+#if H_NARGS_kvm_init_mmu == 2
+#define H_INIT_MMU(vcpu) kvm_init_mmu(vcpu, false)
+#else
+#define H_INIT_MMU(vcpu) kvm_init_mmu(vcpu)
+#endif
 
 
 void h_bug_layout(int *size, int *off_file, int *off_line, int *off_flags)
@@ -44,46 +61,66 @@ static void h_flush_tlb_current(struct kvm_vcpu *vcpu) { }
 static void h_load_mmu_pgd(struct kvm_vcpu *vcpu, hpa_t root_hpa, int root_level) { }
 static void h_vcpu_after_set_cpuid(struct kvm_vcpu *vcpu) { }
 
+/* Hooks by the names the tree's struct kvm_x86_ops gives them (5.10: tlb_flush_*). */
 static struct kvm_x86_ops h_x86_ops = {
 	.get_cpl = h_get_cpl,
 	.get_rflags = h_get_rflags,
 	.cache_reg = h_cache_reg,
+#if defined(H_HAS_kvm_x86_ops__flush_tlb_gva)
 	.flush_tlb_gva = h_flush_tlb_gva,
+#elif defined(H_HAS_kvm_x86_ops__tlb_flush_gva)
+	.tlb_flush_gva = h_flush_tlb_gva,
+#endif
+#if defined(H_HAS_kvm_x86_ops__flush_tlb_current)
 	.flush_tlb_current = h_flush_tlb_current,
+#elif defined(H_HAS_kvm_x86_ops__tlb_flush_current)
+	.tlb_flush_current = h_flush_tlb_current,
+#endif
 	.load_mmu_pgd = h_load_mmu_pgd,
 	.vcpu_after_set_cpuid = h_vcpu_after_set_cpuid,
 };
 
 static void *h_nested_ops_now;
 
-/* The vendor's nested_ops, through kvm_ops_update() as at module load (7.x
- * also patches the kvm_x86_nested_* static calls from them). */
-static void h_use_vendor(void *nested_ops)
+/* Into kvm_x86_ops as at module load: the tree's own kvm_ops_update() (the copy
+ * and the static-call patching; 7.x also patches the kvm_x86_nested_* static calls
+ * from nested_ops), or, in a tree without static calls for kvm_x86_ops (5.10:
+ * callers read the struct), the copy its kvm_arch_hardware_setup() makes. */
+static void h_install_ops(void)
 {
+#ifdef H_DEFINED_kvm_ops_update
 	static struct kvm_x86_init_ops init_ops = { .runtime_ops = &h_x86_ops };
 
+	kvm_ops_update(&init_ops);
+#else
+	memcpy(&kvm_x86_ops, &h_x86_ops, sizeof(kvm_x86_ops));
+#endif
+}
+
+/* The vendor's nested_ops, installed as at module load. */
+static void h_use_vendor(void *nested_ops)
+{
 	if (nested_ops == h_nested_ops_now)
 		return;
 	h_nested_ops_now = nested_ops;
 	h_x86_ops.nested_ops = nested_ops;
 	h_state.quiet = 1;
-	kvm_ops_update(&init_ops);
+	h_install_ops();
 	h_state.quiet = 0;
 }
 
 void h_init(void)
 {
-	/* kvm_ops_update(): the kernel's own copy into kvm_x86_ops and static-call
-	 * patching; hooks left NULL trap with their name when called. */
-	static struct kvm_x86_init_ops init_ops = { .runtime_ops = &h_x86_ops };
-
 	/* The host CPU: NX, 1 GiB pages, long mode (CPUID 0x80000001 EDX, word 1). */
 	boot_cpu_data.x86_capability[1] |= (1u << 20) | (1u << 26) | (1u << 29);
 	if (h_vmx_nested_ops)
 		h_x86_ops.nested_ops = h_vmx_nested_ops();
 	h_nested_ops_now = h_x86_ops.nested_ops;
+	/* Hooks left NULL trap with their name when called (ops.h, for the mandatory
+	 * hooks of the tree's kvm-x86-ops.h; in a tree without it a NULL hook's call is
+	 * the "call through NULL function pointer" result). */
 	H_FILL_OPS(h_x86_ops);
-	kvm_ops_update(&init_ops);
+	h_install_ops();
 }
 
 static unsigned long h_max(unsigned long a, unsigned long b) { return a > b ? a : b; }
@@ -130,7 +167,7 @@ void *h_vcpu_new(int tdp, int maxphyaddr)
 	vcpu->arch.pkru = 0;
 	kvm_mmu_create(vcpu);
 	h_cpuid_setup(vcpu, maxphyaddr);
-	kvm_init_mmu(vcpu);
+	H_INIT_MMU(vcpu);
 	return vcpu;
 }
 
@@ -148,14 +185,14 @@ int h_set_cr0(void *v, h_u64 cr0, int passthrough)
 		return 1;
 	}
 	if (!(old & H_CR0_PG) && (cr0 & H_CR0_PG) && (vcpu->arch.cr4 & H_CR4_PAE) &&
-	    !(vcpu->arch.efer & H_EFER_LMA) && !load_pdptrs(vcpu, vcpu->arch.cr3))
+	    !(vcpu->arch.efer & H_EFER_LMA) && !H_LOAD_PDPTRS(vcpu, vcpu->arch.cr3))
 		return 0;
 	vcpu->arch.cr0 = cr0;
 	if ((cr0 ^ old) == H_CR0_WP) {
 		if (!(cr0 & H_CR0_PG))
 			return 1;
 		if (tdp_enabled) {
-			kvm_init_mmu(vcpu);
+			H_INIT_MMU(vcpu);
 			return 1;
 		}
 	}
@@ -168,7 +205,7 @@ int h_set_cr3(void *v, h_u64 cr3)
 {
 	struct kvm_vcpu *vcpu = v;
 
-	if (is_pae_paging(vcpu) && !load_pdptrs(vcpu, cr3))
+	if (is_pae_paging(vcpu) && !H_LOAD_PDPTRS(vcpu, cr3))
 		return 0;
 	vcpu->arch.cr3 = cr3;
 	return 1;
@@ -183,7 +220,7 @@ int h_set_cr4(void *v, h_u64 cr4)
 	    (cr4 & H_CR4_PAE) && ((cr4 ^ old) & H_CR4_PDPTR_BITS)) {
 		int ok;
 		vcpu->arch.cr4 = cr4;
-		ok = load_pdptrs(vcpu, vcpu->arch.cr3);
+		ok = H_LOAD_PDPTRS(vcpu, vcpu->arch.cr3);
 		vcpu->arch.cr4 = old;
 		if (!ok)
 			return 0;
@@ -339,7 +376,7 @@ int h_nested_entry(void *v, struct h_nested *n)
 	vcpu->arch.efer = n->efer;
 	h_state.cpl = n->cpl;
 	kvm_mmu_reset_context(vcpu);
-	if (is_pae_paging(vcpu) && !load_pdptrs(vcpu, vcpu->arch.cr3))
+	if (is_pae_paging(vcpu) && !H_LOAD_PDPTRS(vcpu, vcpu->arch.cr3))
 		return 1;
 	return 0;
 }

@@ -512,6 +512,8 @@ void *alloc_pages(unsigned gfp, unsigned order)
 	return (void *)(vmemmap_base + pfn * 64);
 }
 unsigned long get_zeroed_page(unsigned gfp) { return (unsigned long)arena_pages(0); }
+/* 5.10 (NUMA): alloc_pages() is an inline calling alloc_pages_current(). */
+void *alloc_pages_current(unsigned gfp, unsigned order) { return alloc_pages(gfp, order); }
 /* 7.x names (memory allocation profiling): the size is the first argument of the
  * kmalloc family whatever CONFIG_SLAB_BUCKETS adds after it. */
 void *alloc_pages_noprof(unsigned gfp, unsigned order) { return alloc_pages(gfp, order); }
@@ -562,6 +564,7 @@ int __srcu_read_lock(void *s) { return 0; }
 void __srcu_read_unlock(void *s, int i) { }
 void synchronize_srcu(void *s) { }
 int __cond_resched(void) { return 0; }
+int _cond_resched(void) { return 0; }           /* 5.10 */
 void static_key_slow_inc(void *k) { }
 void static_key_slow_dec(void *k) { }
 int ___ratelimit(void *rs, const char *func) { return 0; }
@@ -666,6 +669,15 @@ unsigned long _copy_to_user(void *to, const void *from, unsigned long n)
 {
 	memcpy(to, from, n);
 	return 0;
+}
+/* KVM_SET_CPUID2's copy of the entries (a tree without kvm_set_cpuid(), 5.10: the
+ * glue calls kvm_vcpu_ioctl_set_cpuid2() with its own array as the "user" one). */
+void *vmemdup_user(const void *src, size_t len)
+{
+	void *p = h_zalloc(len);
+
+	memcpy(p, src, len);
+	return p;
 }
 long copy_to_user_nofault(void *to, const void *from, size_t n)
 {
