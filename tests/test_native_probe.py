@@ -8,7 +8,6 @@ about 30 s cold) and a verify of a mutant on the 6.1 full tree.
 """
 from __future__ import annotations
 
-import difflib
 import gzip
 import shutil
 import time
@@ -145,9 +144,14 @@ def test_functions_run_names_what_the_last_event_ran(engine_61):
 
 
 @pytest.mark.slow
-def test_a_plain_divergence_of_a_mutant_names_the_mutated_site(tmp_path, monkeypatch):
-    """nested-fault-test-ngpa on 6.1: an L2 #PF reported as nested, no BUG, so no
-    file:line in any result; the sites come from the functions the probe saw run."""
+@pytest.mark.parametrize("version,name,events", [
+    ("6.1", "nested-fault-test-ngpa", 0),     # an L2 #PF reported as nested (corpus)
+    ("7.2", "mbec-call-wrong", 3000),         # an EPT violation where pristine translates
+])
+def test_a_plain_divergence_of_a_mutant_names_the_mutated_site(tmp_path, monkeypatch,
+                                                               version, name, events):
+    """Divergences without a BUG, so no file:line in any result: the sites come from
+    the functions the probe saw run, and they include the line the mutant changed."""
     from refactor.index.indexer import build_index
     from refactor.plan.rewrite import plan_rewrite
     from refactor.rules import load_rules
@@ -156,23 +160,20 @@ def test_a_plain_divergence_of_a_mutant_names_the_mutated_site(tmp_path, monkeyp
     from test_build import full_tree
 
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
-    tree = full_tree("6.1")
-    mutant = next(m for m in MUTANTS if m.name == "nested-fault-test-ngpa")
+    tree = full_tree(version)
+    mutant = next(m for m in MUTANTS if m.name == name)
     rules = load_rules(mutant_rules_dir(mutant, tmp_path / "rules"))
     correct = plan_rewrite(tree, "upstream", index=build_index(tree))
     wrong = plan_rewrite(tree, "upstream", rules, build_index(tree, rules))
-    changed = set()      # (file, line) of the mutant's output that the correct one lacks
-    for rel, data in wrong.results.items():
-        new = data.split(b"\n")
-        ops = difflib.SequenceMatcher(None, correct.results[rel].split(b"\n"), new,
-                                      autojunk=False).get_opcodes()
-        changed |= {(rel, n + 1) for op, _a, _b, j1, j2 in ops if op != "equal"
-                    for n in range(j1, j2)}
+    # The mutant's own edits: those of its plan that the correct plan does not make.
+    def edits(plan):
+        return {(e.file, e.line, e.new[:160]) for e in plan.edits + plan.post_edits}
+    changed = edits(wrong) - edits(correct)
     assert changed
-    report = verify_tree(tree, rules=rules, events=0, out_dir=tmp_path / "out")
+    report = verify_tree(tree, rules=rules, events=events, out_dir=tmp_path / "out")
     step = report.steps[0]
     assert step.divergences and not step.bugs
     for d in step.found:
         assert d.functions and d.sites, d.as_dict()
-        hit = {(s["file"], s["line"]) for s in d.sites} & changed
+        hit = {(s["file"], s["line"], s["new"]) for s in d.sites} & changed
         assert hit, (sorted(changed), d.functions)
