@@ -72,6 +72,11 @@ def test_probed_functions_name_the_rewrite_sites_they_hold_fname_included():
         def functions_run(self, episode):
             raise EngineError("no recipe")
     assert _functions(Broken(), _found(), sites) == []
+    # A BUG's file:line already points: no probe (its build costs as much as an engine's).
+    bug = _found()
+    bug.result = {"bug": f"{rel}:4: BUG"}
+    ran.names = ["unrelated"]
+    assert _functions(ran, bug, sites) == ["FNAME(walk_addr_generic)"]
 
 
 def test_the_probe_traces_kvm_inline_functions_only():

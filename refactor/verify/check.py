@@ -140,12 +140,13 @@ def build_native(tree: Path, cache_dir, progress, engine=None):
 
 def _functions(model, found: Found, sites: SiteMap) -> list[str]:
     """Functions a divergence points at: a location in the result (with the rewritten
-    callers and callees of that function), then the rewritten functions the candidate ran
-    in the diverging event (the native engine's probe: NativeModel.functions_run)."""
+    callers and callees of that function), else the rewritten functions the candidate ran
+    in the diverging event (the native engine's probe: NativeModel.functions_run; a probe
+    build costs about as much as an engine's, so not when a location already points)."""
     fns = sites.with_neighbours(sites.locate(json.dumps(found.result))
                                 + sites.locate(json.dumps(found.base)))
     ran = getattr(model, "functions_run", None)
-    if callable(ran):
+    if callable(ran) and not fns:
         try:
             names = ran(found.episode)
         except Exception:  # coverage is a help for the reader, not part of the verdict
