@@ -1,38 +1,17 @@
-"""What the hunks of one file of a patch share: the function a hunk is in, the declarations
-of the whole file patch, the names the patch defines itself, and the walker locals a hunk adds."""
+"""What the hunks of one file of a patch share: the declarations of the whole file patch,
+the names the patch defines itself, the walker locals a hunk adds, and the functions whose
+constant walker parameter it drops."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 
-from refactor.frontend.patch import FilePatch, Hunk
+from refactor.frontend.patch import FilePatch
+from refactor.port.headings import heading
+from refactor.port.inverse import constant_params
 from refactor.port.lexicon import Vocabulary, declared_types
 from refactor.port.locals import added_walker_locals
-from refactor.port.prereq import C_WORDS as _C_WORDS
 from refactor.port.target import Target
-
-_FUNC_HEAD = re.compile(r"([A-Za-z_]\w*)\s*\(")
-
-
-def heading(hunk: Hunk) -> str:
-    """The line git would name the hunk's first change by: the nearest line above it that
-    starts with a letter (a function's first line, mostly), else the `@@` heading."""
-    last = hunk.section.strip()
-    for tag, text, _ in hunk.lines:
-        if tag != " ":
-            break
-        if text[:1].isalpha() or text[:1] == "_":
-            last = text.strip()
-    return last
-
-
-def function_of(hunk: Hunk) -> str | None:
-    for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
-        if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
-            m = _FUNC_HEAD.search(text)
-            if m and m.group(1) not in _C_WORDS:
-                return m.group(1)
-    return None
 
 
 @dataclass
@@ -44,6 +23,8 @@ class FileContext:
     defined_by_patch: set[str]
     # Per function: walker or page-format locals a hunk adds (inlined in the others on a backport).
     walker_locals: dict = field(default_factory=dict)
+    # Functions whose constant walker parameter the patch drops (inverse.constant_params).
+    constant_params: dict = field(default_factory=dict)
 
 
 def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
@@ -76,4 +57,5 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
         found = added_walker_locals(h, src)
         if found:
             walker_locals.setdefault(heading(h), []).extend(found)
-    return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals)
+    return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals,
+                       constant_params=constant_params(fp, src.rules))

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
-from refactor.port.context import FileContext, function_of, heading
-from refactor.port.inverse import introduced, kept_removals, restated_guards, signature_change
+from refactor.port.context import FileContext
+from refactor.port.headings import function_of, heading
+from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_guards,
+                                   signature_change)
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
@@ -345,9 +347,12 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
               for r in [dropped_by(through_locals(x, inits), src.rules)] if r} if direction == "backport" else {})
     stays.update({k: decls[i][1] for k, i in enumerate(pre_at) if decls.get(i, ("",))[0] == "stay"})
     if direction == "backport":
-        kept = kept_removals(hunk.lines, src.rules, src.walker_member)
+        kept = kept_removals(hunk.lines, src.rules, src.walker_member, src.names)
         guards, guard_rule = restated_guards(hunk.lines, src.rules, src.names)
         kept.update({i: guard_rule for i in guards if hunk.lines[i][0] == "-"})
+        consts, const_rule = restated_constant_params(hunk.lines, ctx.constant_params, src.rules)
+        kept.update({i: const_rule for i in consts if hunk.lines[i][0] == "-"})
+        guards |= consts
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)

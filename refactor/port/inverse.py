@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 
+from refactor.port.headings import heading
 from refactor.port.target import Target
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _ASSIGN = re.compile(r"^\s*([^=;]*?)\s*=\s*[^=][^;]*;\s*$")
 
 
-def kept_removals(lines: list[tuple[str, str, int]], rules, walker_member: str) -> dict[int, str]:
+def kept_removals(lines: list[tuple[str, str, int]], rules, walker_member: str, names) -> dict[int, str]:
     """Removed lines (index into `lines`) the old layout keeps, with the restructure rule:
 
     - a write to a walker field through an MMU's walker (`context->w->gva_to_gpa = f;`):
@@ -48,8 +49,11 @@ def kept_removals(lines: list[tuple[str, str, int]], rules, walker_member: str) 
         if write.search(text):
             out[i] = rule.id
             continue
+        # Only a write to one of the vCPU's walkers: a fix that removes a duplicated statement
+        # of any other kind is a change.
         near = [t for g, t, _ in lines[max(i - 3, 0):i + 4] if g == " "]
-        if rule.params.get("dedupe_id") and text in near:
+        if rule.params.get("dedupe_id") and text in near and re.match(
+                rf"\s*vcpu->arch\.(?:{'|'.join(names.as_dict().values())})\.", text):
             out[i] = rule.params["dedupe_id"]
     return out
 
@@ -86,8 +90,8 @@ def _params(header: str) -> list[str]:
 
 def _definition(target: Target, rel: str, name: str, fname: bool) -> tuple[str, int, str] | None:
     """(file, 0-based line, header text) of the target's definition of `name`, the hunk's file first."""
-    pat = re.compile(rf"^[A-Za-z_][\w\s\*]*?\b{'FNAME[(]' if fname else ''}{re.escape(name)}{'[)]' if fname else ''}\s*\(",
-                     re.M)
+    spelled = f"FNAME[(]{re.escape(name)}[)]" if fname else re.escape(name)
+    pat = re.compile(rf"^[A-Za-z_][\w\s\*]*?\b{spelled}\s*\(", re.M)
     files = [rel] + sorted(f for f in target.files if f != rel and (not fname or f.endswith(".h")))
     for f in files:
         text = target.text(f) or ""
@@ -166,8 +170,6 @@ def signature_change(new_lines: list[str], added: set[int], target: Target, frel
 def _function(hunk) -> set[str]:
     """The function the hunk changes: the header its first change is (both names, where the
     patch renames it), else the one git names it by (the nearest header above, or `@@`)."""
-    from refactor.port.context import heading
-
     first = next((i for i, (g, _t, _) in enumerate(hunk.lines) if g != " "), 0)
     names = set()
     for g, t, _ in hunk.lines[first:]:
@@ -219,7 +221,8 @@ def dependent_conflicts(pairs: list, target: Target) -> None:
                 uses = set(_IDENT.findall("\n".join(t for g, t, _ in hunk.lines if g == "+")))
                 needed = sorted(n for n in _defines(bh, "+") & uses if not target.definitions(n))
                 if needed:
-                    why = f"uses {needed[0]}(), which the patch defines in its hunk at {where}, which conflicts"
+                    why = (f"uses {needed[0]}(), which the patch defines in its hunk at {where}, "
+                           "which conflicts")
                     break
             if why is None:
                 for name in sorted(_defines(hunk, "-") - _defines(hunk, "+")):
@@ -257,7 +260,8 @@ def restated_guards(lines: list[tuple[str, str, int]], rules, names) -> tuple[se
             fwd = re.sub(rf"\s*&&\s*{re.escape(p['test'])}\(vcpu\)", "", minus)
             fwd = re.sub(rf"[\w.>\-]*->{re.escape(p['hook'])}\(\s*vcpu,",
                          f"{p['helper']}(vcpu, &vcpu->arch.{walker},", fwd)
-            if p["hook"] in minus and p["helper"] in plus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
+            same = re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus)
+            if p["hook"] in minus and p["helper"] in plus and same:
                 out |= set(range(i, j))
                 rule_id = r.id
             i = j
@@ -279,9 +283,96 @@ def introduced(lines: list[tuple[str, str, int]], target: Target, rules) -> str 
                     continue
                 if any(g == "+" and (m := _HEAD.match(t)) and (m.group(1) or m.group(2)) == new
                        and not t.rstrip().endswith(";") for g, t, _ in lines):
-                    where = [f"{f}:{line}" for f, line, _a in target.definitions(old)] if isinstance(old, str) else []
+                    where = ([f"{f}:{line}" for f, line, _a in target.definitions(old)]
+                             if isinstance(old, str) else [])
                     return (f"the patch defines {new}(), which the refactor introduced (restructure.toml "
                             f"{r.id}); the target has "
                             + (f"{old}() instead ({', '.join(where[:2])})" if where else "no such function")
                             + ": keep the target's code, or port the restructuring first")
     return None
+
+
+_DEF_HEAD = re.compile(r"^(?:static\s+)?[A-Za-z_][\w\s\*]*?\b(\w+)\(([^()]*)\)\s*\n\{", re.M)
+
+
+def constant_params(fp, rules) -> dict[str, tuple[int, str]]:
+    """restructure.toml [[const_walker_param]] as a patch shows it: functions whose walker (or
+    MMU) parameter the patch drops, naming a vCPU walker's `member` instead: name -> (index of
+    the parameter, its name)."""
+    entries = rules.restructure.get("const_walker_param", [])
+    if not entries:
+        return {}
+    member = entries[0].params["member"]
+    t = rules.types
+    out = {}
+    for h in fp.hunks:
+        pre = "\n".join(x for g, x, _ in h.lines if g != "+")
+        post = "\n".join(x for g, x, _ in h.lines if g != "-")
+        if not re.search(rf"&vcpu->arch\.\w+\.{re.escape(member)}\b", post):
+            continue
+        before = {m.group(1): [p.strip() for p in m.group(2).split(",")] for m in _DEF_HEAD.finditer(pre)}
+        for m in _DEF_HEAD.finditer(post):
+            old, new = before.get(m.group(1)), [p.strip() for p in m.group(2).split(",")]
+            if old is None or len(old) != len(new) + 1:
+                continue
+            for k, p in enumerate(old):
+                pm = re.fullmatch(rf"struct\s+(?:{t['walker']}|{t['mmu']})\s*\*\s*(\w+)", p)
+                if pm and old[:k] + old[k + 1:] == new:
+                    out[m.group(1)] = (k, pm.group(1))
+    return out
+
+
+def _drop_argument(text: str, name: str, k: int) -> str:
+    m = re.search(rf"(?<![\w>.]){re.escape(name)}\s*\(", text)
+    if not m:
+        return text
+    depth, args, start = 0, [], m.end()
+    for i in range(m.end(), len(text)):
+        c = text[i]
+        if c in "([":
+            depth += 1
+        elif c in ")]" and depth:
+            depth -= 1
+        elif c in ",)" and depth == 0:
+            args.append((start, i))
+            start = i + 1
+            if c == ")":
+                break
+    if k >= len(args):
+        return text
+    a, b = args[k]
+    return text[:a] + text[b + 1:] if k + 1 < len(args) else text[:args[k - 1][1]] + text[b:]
+
+
+def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str, tuple[int, str]],
+                             rules) -> tuple[set[int], str | None]:
+    """[[const_walker_param]] inverted: runs of changed lines that only drop such a parameter
+    (from the definition, with its uses named by the vCPU walker's member, or from a call):
+    the indices (into `lines`) of the runs, which leave the target's lines as they are."""
+    if not params:
+        return set(), None
+    member = rules.restructure["const_walker_param"][0].params["member"]
+    names = [member] + [f.name for f in rules.mmu_fields.values() if f.moves_to_walker and f.path == member]
+    out: set[int] = set()
+    i = 0
+    while i < len(lines):
+        if lines[i][0] == " ":
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j][0] != " ":
+            j += 1
+        minus = "\n".join(t for g, t, _ in lines[i:j] if g == "-")
+        plus = "\n".join(t for g, t, _ in lines[i:j] if g == "+")
+        const = re.search(rf"&vcpu->arch\.\w+\.{re.escape(member)}\b", plus)
+        fwd = minus
+        for name, (k, var) in params.items():
+            fwd = re.sub(rf"struct\s+\w+\s*\*\s*{re.escape(var)}\s*,\s*", "", fwd)
+            if const:       # the member, or the old field that became it (guest_rsvd_check)
+                fwd = re.sub(rf"&{re.escape(var)}(?:->\w+)*->(?:{'|'.join(map(re.escape, names))})\b",
+                             const.group(0), fwd)
+            fwd = _drop_argument(fwd, name, k)
+        if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
+            out |= set(range(i, j))
+        i = j
+    return out, rules.restructure["const_walker_param"][0].id if out else None

@@ -223,11 +223,12 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
     def same(x: str, y: str, inits: dict[str, str], line: str) -> bool:
         if x == y or (x, y) in calls or _objects(x, vocab, inits) & _objects(y, vocab, target_inits):
             return True
-        if any(argument(line, f, k) == x for f, k in walker_args):
+        if any(argument(line, f, k) == x and mmu_argument[0].get((f, k)) for f, k in walker_args):
             return True
         # restructure.toml [[macro_param]] inverted: the macro's walker parameter had its old name.
         return line.lstrip().startswith("#") and y in params.get(x, ())
 
+    mmu_argument: list[dict] = [{}]
     runs, removed_text = _replaced_runs(hunk, pre_t, pair_of)
     for minus, plus in runs:
         joined = []
@@ -242,6 +243,10 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
         for j, (idx, text) in zip(minus, plus):
             if j is None:
                 continue
+            # Only where the patch's own removed line passed an MMU there (a fix that passes
+            # another walker than the one it removes is a change).
+            mmu_argument[0] = {(f, k): _passes_mmu(argument(removed_text[j], f, k), types, vocab)
+                               for f, k in walker_args}
             back = unrestated(tr(text, types).text, vocab)
             if learner.apply(back) == learner.apply(tr(removed_text[j], types).text):
                 out[idx] = j        # the same line as the one it replaces, in the target's layout
@@ -266,6 +271,15 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
                 tr(t, types).text != t for _i, t in plus):
             out.update(spacing)
     return out
+
+
+def _passes_mmu(arg: str | None, types: dict[str, str], vocab: Vocabulary) -> bool:
+    """Whether a patch's argument is an MMU (an MMU local, a vCPU member), not a walker."""
+    walkers = {f"&vcpu->arch.{w}" for w in vocab.names.as_dict().values()}
+    if not arg or arg in walkers or arg.endswith(f"->{vocab.walker_member}"):
+        return False
+    head = re.match(r"&?([A-Za-z_]\w*)", arg)
+    return head is not None and types.get(head.group(1)) != "walker"
 
 
 def argument(line: str, func: str, index: int) -> str | None:
