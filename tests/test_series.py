@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -541,21 +542,62 @@ def test_build_on_a_tree_configured_in_place_is_one_line_before_any_work(repo72,
     assert git(repo72, "branch", "--list", "unclean") == ""
 
 
-def full_61_repo():
+# The full tree's one commit, always the same object: a fixed identity and date, so that
+# the persistent build dirs (keyed by work tree and base commit) stay warm across runs.
+# The date is the one the commit had when it was made inside the cached tree itself.
+_SEED_ENV = {"GIT_AUTHOR_NAME": "A Maintainer", "GIT_AUTHOR_EMAIL": "am@example.com",
+             "GIT_COMMITTER_NAME": "A Maintainer", "GIT_COMMITTER_EMAIL": "am@example.com",
+             "GIT_AUTHOR_DATE": "1796009394 +0000", "GIT_COMMITTER_DATE": "1796009394 +0000"}
+
+
+def seed_repo(tree: Path) -> Path:
+    """A persistent repository (beside the tree cache, not in it) holding `tree` as one
+    commit, made once: hashing 80,000 files takes a minute or two."""
+    seed = Path.home() / ".cache" / "kvm-refactor" / "test-repos" / f"{tree.name}.git"
+    if (seed / "kvm-refactor-seeded").exists():
+        return seed
+    seed.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{tree.name}.git.", dir=seed.parent))
+    env = dict(os.environ, GIT_DIR=str(tmp), GIT_WORK_TREE=str(tree), **_SEED_ENV)
+    # gc.auto off: an automatic gc detached from `commit` would still be packing when the
+    # directory is renamed below (the objects stay loose: about 500 MB).
+    for args in (["init", "-q"], ["config", "gc.auto", "0"],
+                 ["add", "-A", "-f"],  # Debian's top-level .gitignore ignores everything
+                 ["commit", "-qm", "Linux 6.1 (Debian linux-source)"]):
+        subprocess.run(["git", *args], cwd=tmp, env=env, check=True, capture_output=True)
+    (tmp / "kvm-refactor-seeded").touch()
+    try:
+        tmp.rename(seed)
+    except OSError:  # a concurrent run seeded it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return seed
+
+
+def full_61_repo(tmp_path: Path, monkeypatch) -> Path:
+    """The full 6.1 tree as the work tree of a repository private to this test.
+
+    The cached tree is shared, read-only input: the series' branches and config go to a
+    clone (--shared: no objects copied) in tmp_path, reached through GIT_DIR, whose work
+    tree is the cached tree.  The seed's index comes along, so `git status` does not
+    re-hash the tree.
+    """
     from test_build import full_tree
 
     tree = full_tree("6.1")
-    if not (tree / ".git").exists():
-        git(tree, "init", "-q")
-        git(tree, "add", "-A", "-f")  # Debian's top-level .gitignore ignores everything
-        git(tree, "commit", "-qm", "Linux 6.1 (Debian linux-source)")
-    git(tree, "config", "user.name", "A Maintainer")
-    git(tree, "config", "user.email", "am@example.com")
+    seed = seed_repo(tree)
+    gitdir = tmp_path / "linux.git"
+    git(tmp_path, "clone", "-q", "--shared", "--bare", str(seed), str(gitdir))
+    git(gitdir, "config", "core.bare", "false")
+    git(gitdir, "config", "core.worktree", str(tree))
+    git(gitdir, "config", "user.name", "A Maintainer")
+    git(gitdir, "config", "user.email", "am@example.com")
+    shutil.copyfile(seed / "index", gitdir / "index")
+    monkeypatch.setenv("GIT_DIR", str(gitdir))
     return tree
 
 
-def series_builds(tmp_path, names: str, config: str) -> None:
-    tree = full_61_repo()
+def series_builds(tmp_path, monkeypatch, names: str, config: str) -> None:
+    tree = full_61_repo(tmp_path, monkeypatch)
     branch = f"pagewalk-build-{names}-{config}-{int(time.time())}"
     seen = []
     result = generate(tree, names, branch, tmp_path / "out", build=True, config=config,
@@ -574,14 +616,14 @@ def series_builds(tmp_path, names: str, config: str) -> None:
 def test_every_step_builds_with_kbuild(tmp_path, monkeypatch):
     """The 0-day check: Kbuild after every commit of the series on a full tree (6.1)."""
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
-    series_builds(tmp_path, "upstream", "builtin")
+    series_builds(tmp_path, monkeypatch, "upstream", "builtin")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("names,config", [("upstream", "modules"), ("v1", "builtin")])
 def test_every_step_builds_in_other_configurations(tmp_path, monkeypatch, names, config):
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
-    series_builds(tmp_path, names, config)
+    series_builds(tmp_path, monkeypatch, names, config)
 
 
 @pytest.mark.slow
@@ -589,7 +631,7 @@ def test_every_step_behaves_as_its_base(tmp_path, monkeypatch):
     """`series --verify`: each commit's own MMU code, run natively, against the base's (6.1)
     on the corpus and a fuzz stream; "No functional change intended." only where it holds."""
     monkeypatch.setenv("KVM_REFACTOR_CACHE", str(Path.home() / ".cache" / "kvm-refactor"))
-    tree = full_61_repo()
+    tree = full_61_repo(tmp_path, monkeypatch)
     branch = f"pagewalk-verify-{int(time.time())}"
     result = generate(tree, "upstream", branch, tmp_path / "out", verify=5000)
     made = made_steps(result)
