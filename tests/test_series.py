@@ -596,6 +596,30 @@ def full_61_repo(tmp_path: Path, monkeypatch) -> Path:
     return tree
 
 
+def test_a_work_tree_whose_repository_is_elsewhere_is_verified_like_a_checkout(tmp_path, monkeypatch):
+    """full_61_repo()'s shape: the work tree has no .git, GIT_DIR names the repository.
+    verify's branch reading took only a tree with a .git for a repository."""
+    from refactor.errors import VerifyError
+    from refactor.verify.trees import base_tree
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub/a.c").write_text("int a;\n")
+    with pytest.raises(VerifyError, match="not a git repository"):
+        base_tree(tree, "HEAD")
+    gitdir = tmp_path / "elsewhere.git"
+    env = dict(os.environ, GIT_DIR=str(gitdir), GIT_WORK_TREE=str(tree), **_SEED_ENV)
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "base"]):
+        subprocess.run(["git", *args], cwd=tree, env=env, check=True, capture_output=True)
+    git(gitdir, "config", "core.worktree", str(tree))
+    monkeypatch.setenv("GIT_DIR", str(gitdir))
+    sha = git(tree, "rev-parse", "HEAD").strip()
+    assert base_tree(tree, "HEAD") == (tree, sha)
+    with pytest.raises(VerifyError, match="not a git repository"):   # not the top
+        base_tree(tree / "sub", "HEAD")
+    assert not (tree / ".git").exists()
+
+
 def series_builds(tmp_path, monkeypatch, names: str, config: str) -> None:
     tree = full_61_repo(tmp_path, monkeypatch)
     branch = f"pagewalk-build-{names}-{config}-{int(time.time())}"

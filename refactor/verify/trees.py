@@ -138,10 +138,20 @@ def _changes(repo: Path, a: str, b: str | None) -> tuple[list[str], set[str]]:
     return changed, missing
 
 
+def _git_dir_elsewhere(repo: Path) -> bool:
+    """Whether git takes `repo` as the top of a work tree whose repository is kept
+    elsewhere (GIT_DIR, core.worktree): the tests' clones of the shared full trees."""
+    if not repo.is_dir():
+        return False
+    proc = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=repo, capture_output=True,
+                          text=True)
+    return proc.returncode == 0 and Path(proc.stdout.strip()).resolve() == repo.resolve()
+
+
 def base_tree(repo: Path, base: str) -> tuple[Path, str]:
     """(a tree whose files are `base`'s, base sha): the checkout itself when it matches."""
     repo = Path(repo)
-    if not (repo / ".git").exists():
+    if not (repo / ".git").exists() and not _git_dir_elsewhere(repo):
         raise VerifyError(f"{repo}: not a git repository (--branch needs one)")
     try:
         sha = git(repo, "rev-parse", "--verify", "-q", base + "^{commit}").decode().strip()
