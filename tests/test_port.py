@@ -360,11 +360,11 @@ def test_series_patches_ported_back_onto_the_base_reverse_exactly(trees, rules, 
             assert h.status != "conflict" or h.reason, (path.name, h.file, h.old_start)
     print(dict(outcomes), {k[:40]: dict(v) for k, v in per_patch.items()})
     total = sum(outcomes.values())
-    # Measured on 7.2 (16 patches, 229 hunks): 203 exact, 0 changed, 26 conflicts (195 / 20 / 14
+    # Measured on 7.2 (16 patches, 229 hunks): 204 exact, 0 changed, 25 conflicts (195 / 20 / 14
     # before the port inverted walker_init's walker writes, walker_param's argument, nested_guard,
-    # const_walker_param and the restated exprs, and conflicts took the hunks that need a
-    # conflicting one with them; 148 / 47 / 34 before the struct definitions were inverted);
-    # on 6.1 (211 hunks) 197 / 0 / 14, 189 / 14 / 8 and 144 / 40 / 27 before.
+    # const_walker_param, format_param and the restated exprs, and conflicts took the hunks that
+    # need a conflicting one with them; 148 / 47 / 34 before the struct definitions were
+    # inverted); on 6.1 (211 hunks) 200 / 0 / 11, 189 / 14 / 8 and 144 / 40 / 27 before.
     assert outcomes["changed"] == 0, outcomes
     assert outcomes["exact"] >= 0.87 * total, outcomes
     # A patch that only renames a type (no restructuring) reverses hunk for hunk.
@@ -590,3 +590,23 @@ def test_a_fix_that_passes_another_walker_is_ported_as_a_change(trees, targets, 
     res = port_one(read_mails(fix)[0], targets["7.2"], rules)
     assert res.result == "ported", [h.reason for h in res.hunks]
     assert added(res.diff) == ["\tkvm_mmu_invalidate_addr(vcpu, &vcpu->arch.guest_mmu, gva, KVM_MMU_ROOTS_ALL);"], res.diff
+
+
+def test_a_walker_parameter_retyped_to_its_format_ports_back_as_nothing(trees, targets, rules):
+    """[[format_param]] inverted: FNAME(is_rsvd_bits_set)() takes the struct kvm_page_format its
+    callers pass (`&mmu->w->fmt`) on the new layout, the MMU on 6.1: the definition and the
+    calls that only retype it are 6.1's own code."""
+    rel = "arch/x86/kvm/mmu/paging_tmpl.h"
+    text = (trees["6.1"] / rel).read_text()
+    new = _only(text, "static bool FNAME(is_rsvd_bits_set)(struct kvm_mmu *mmu, u64 gpte, int level)\n{\n"
+                "\treturn __is_rsvd_bits_set(&mmu->guest_rsvd_check, gpte, level) ||\n"
+                "\t       FNAME(is_bad_mt_xwr)(&mmu->guest_rsvd_check, gpte);",
+                "static bool FNAME(is_rsvd_bits_set)(struct kvm_page_format *fmt, u64 gpte, int level)\n{\n"
+                "\treturn __is_rsvd_bits_set(fmt, gpte, level) ||\n\t       FNAME(is_bad_mt_xwr)(fmt, gpte);")
+    new = _only(new, "FNAME(is_rsvd_bits_set)(vcpu->arch.mmu, gpte, PG_LEVEL_4K)",
+                "FNAME(is_rsvd_bits_set)(&vcpu->arch.mmu->w->fmt, gpte, PG_LEVEL_4K)")
+    new = _only(new, "FNAME(is_rsvd_bits_set)(mmu, pte, walker->level)",
+                "FNAME(is_rsvd_bits_set)(&mmu->w->fmt, pte, walker->level)")
+    res = port_one(read_mails(_mail(file_diff(rel, text, new)))[0], targets["6.1"], rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "" and "format-param" in res.hunks[0].rules, res.diff

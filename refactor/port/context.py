@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch
 from refactor.port.headings import heading
-from refactor.port.inverse import constant_params
+from refactor.port.inverse import constant_params, format_params
 from refactor.port.lexicon import Vocabulary, declared_types
 from refactor.port.locals import added_walker_locals
 from refactor.port.target import Target
@@ -25,6 +25,8 @@ class FileContext:
     walker_locals: dict = field(default_factory=dict)
     # Functions whose constant walker parameter the patch drops (inverse.constant_params).
     constant_params: dict = field(default_factory=dict)
+    # Functions whose walker parameter the patch retypes to its page format (inverse.format_params).
+    format_params: dict = field(default_factory=dict)
 
 
 def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
@@ -58,4 +60,4 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
         if found:
             walker_locals.setdefault(heading(h), []).extend(found)
     return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals,
-                       constant_params=constant_params(fp, src.rules))
+                       constant_params=constant_params(fp, src.rules), format_params=format_params(fp, src.rules))

@@ -21,8 +21,8 @@ from refactor.frontend.patch import FilePatch, Hunk
 from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
 from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
-from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_guards,
-                                   signature_change)
+from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_format_params,
+                                   restated_guards, signature_change)
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
@@ -353,12 +353,15 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         consts, const_rule = restated_constant_params(hunk.lines, ctx.constant_params, src.rules)
         kept.update({i: const_rule for i in consts if hunk.lines[i][0] == "-"})
         guards |= consts
+        formats, format_rule = restated_format_params(hunk.lines, ctx.format_params, src.rules, src.walker_member)
+        kept.update({i: format_rule for i in formats if hunk.lines[i][0] == "-"})
+        guards |= formats
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)
     if direction == "backport":
         restated = same_object_pairs(hunk, pre_t, pair_of, tlines, learner, tr, types, src,
-                                     inits, patch_inits)
+                                     inits, patch_inits, ctx.format_params)
         restated.update({i: -1 for i in guards if hunk.lines[i][0] == "+"})
     match_unseen_locals(hunk, tlines, first, ttypes, learner, tr, types, target.file_identifiers(frel))
 

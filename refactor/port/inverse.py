@@ -376,3 +376,70 @@ def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str
             out |= set(range(i, j))
         i = j
     return out, rules.restructure["const_walker_param"][0].id if out else None
+
+
+def format_params(fp, rules) -> dict[str, tuple[int, str, str]]:
+    """restructure.toml [[format_param]] as a patch shows it: functions whose walker (or MMU)
+    parameter the patch retypes to the page format it only passed on: name -> (index, the old
+    parameter's name, the new one's)."""
+    entries = rules.restructure.get("format_param", [])
+    if not entries:
+        return {}
+    t = rules.types
+    fmt_type = t[entries[0].params["type_key"]]
+    out = {}
+    head = re.compile(r"^(?:static\s+)?[A-Za-z_][\w\s\*]*?\b(?:FNAME\((\w+)\)|(\w+))\(([^()]*)\)\s*\n\{", re.M)
+    for h in fp.hunks:
+        pre = "\n".join(x for g, x, _ in h.lines if g != "+")
+        post = "\n".join(x for g, x, _ in h.lines if g != "-")
+        before = {(m.group(1) or m.group(2)): [p.strip() for p in m.group(3).split(",")] for m in head.finditer(pre)}
+        for m in head.finditer(post):
+            name = m.group(1) or m.group(2)
+            old, new = before.get(name), [p.strip() for p in m.group(3).split(",")]
+            if old is None or len(old) != len(new):
+                continue
+            diff = [k for k, (a, b) in enumerate(zip(old, new)) if a != b]
+            if len(diff) != 1:
+                continue
+            k = diff[0]
+            a = re.fullmatch(rf"struct\s+(?:{t['walker']}|{t['mmu']})\s*\*\s*(\w+)", old[k])
+            b = re.fullmatch(rf"struct\s+{fmt_type}\s*\*\s*(\w+)", new[k])
+            if a and b:
+                out[name] = (k, a.group(1), b.group(1))
+    return out
+
+
+def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, tuple[int, str, str]],
+                           rules, walker_member: str) -> tuple[set[int], str | None]:
+    """[[format_param]] inverted in the definition: runs of changed lines that only retype the
+    parameter to the format and write its uses (`&w->fmt`, through a local that names the
+    parameter's walker) as the format parameter: the old tree's function as it is."""
+    if not params:
+        return set(), None
+    entry = rules.restructure["format_param"][0]
+    member = entry.params["member"]
+    fmt_type = rules.types[entry.params["type_key"]]
+    names = [member] + [f.name for f in rules.mmu_fields.values() if f.moves_to_walker and f.path == member]
+    out: set[int] = set()
+    i = 0
+    while i < len(lines):
+        if lines[i][0] == " ":
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j][0] != " ":
+            j += 1
+        minus = "\n".join(t for g, t, _ in lines[i:j] if g == "-")
+        plus = "\n".join(t for g, t, _ in lines[i:j] if g == "+")
+        fwd = minus
+        for _name, (_k, old, new) in params.items():
+            fwd = re.sub(rf"struct\s+\w+\s*\*\s*{re.escape(old)}\b", f"struct {fmt_type} *{new}", fwd)
+            via = re.findall(rf"struct\s+\w+\s*\*\s*(\w+)\s*=\s*{re.escape(old)}->{re.escape(walker_member)};", fwd)
+            fwd = re.sub(rf"[^\n]*struct\s+\w+\s*\*\s*\w+\s*=\s*{re.escape(old)}->{re.escape(walker_member)};\n?",
+                         "", fwd)
+            objs = "|".join(map(re.escape, [old, f"{old}->{walker_member}"] + via))
+            fwd = re.sub(rf"&(?:{objs})->(?:{'|'.join(map(re.escape, names))})\b", new, fwd)
+        if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
+            out |= set(range(i, j))
+        i = j
+    return out, entry.id if out else None

@@ -196,7 +196,7 @@ def _objects(chain: str, vocab: Vocabulary, inits: dict[str, str], depth: int = 
 
 def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[str], learner: Learner,
                       tr, types: dict[str, str], vocab: Vocabulary, target_inits: dict[str, str],
-                      patch_inits: dict[str, str]) -> dict[int, int]:
+                      patch_inits: dict[str, str], format_args: dict | None = None) -> dict[int, int]:
     """Added lines that only restate, in the new layout, the line they replace: the patch's
     removed line is the target's own (untouched by the translation), the added line is new
     layout, and, translated back, it differs from the target's line only in expressions that
@@ -225,10 +225,29 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
             return True
         if any(argument(line, f, k) == x and mmu_argument[0].get((f, k)) for f, k in walker_args):
             return True
+        # restructure.toml [[format_param]] inverted: the function takes the format of the
+        # walker (or MMU) its old callers passed.
+        for f, (k, _o, _n) in (format_args or {}).items():
+            if argument(line, f, k) != x or not removed_arg[0].get(f) or removed_arg[0][f][0] != y:
+                continue
+            # The format of the walker or MMU the old caller passed: named through a local the
+            # patch set to it, or through the walker the patch put in its place.
+            v = re.match(r"&(\w+)->", x)
+            if {x, through_locals(x, inits)} & formats_of(y) or (v and types.get(v.group(1)) == "walker"
+                                                                and removed_arg[0][f][1]):
+                return True
         # restructure.toml [[macro_param]] inverted: the macro's walker parameter had its old name.
         return line.lstrip().startswith("#") and y in params.get(x, ())
 
     mmu_argument: list[dict] = [{}]
+    removed_arg: list[dict] = [{}]
+    fmt_entries = vocab.rules.restructure.get("format_param", [])
+    fmt_member = fmt_entries[0].params["member"] if fmt_entries else None
+    fmt_names = [f.name for f in vocab.rules.mmu_fields.values() if f.moves_to_walker and f.path == fmt_member]
+
+    def formats_of(y: str) -> set[str]:
+        return {f"&{y}->{n}" for n in fmt_names} | {f"&{y}->{vocab.walker_member}->{fmt_member}"}
+
     runs, removed_text = _replaced_runs(hunk, pre_t, pair_of)
     for minus, plus in runs:
         joined = []
@@ -247,6 +266,12 @@ def same_object_pairs(hunk: Hunk, pre_t, pair_of: dict[int, int], tlines: list[s
             # another walker than the one it removes is a change).
             mmu_argument[0] = {(f, k): _passes_mmu(argument(removed_text[j], f, k), types, vocab)
                                for f, k in walker_args}
+            # A call of a format-param function whose removed line passed a walker or an MMU:
+            # (that argument as the target has it, whether it was one).
+            removed_arg[0] = {f: (learner.apply(tr(a, types).text) if a else None, _passes_mmu(a, {}, vocab))
+                              for f, (k, _o, _n) in (format_args or {}).items()
+                              for a in [argument(removed_text[j], f, k)]
+                              if a and not re.match(r"&.*->\w+$", a)}
             back = unrestated(tr(text, types).text, vocab)
             if learner.apply(back) == learner.apply(tr(removed_text[j], types).text):
                 out[idx] = j        # the same line as the one it replaces, in the target's layout
@@ -284,7 +309,7 @@ def _passes_mmu(arg: str | None, types: dict[str, str], vocab: Vocabulary) -> bo
 
 def argument(line: str, func: str, index: int) -> str | None:
     """The `index`th argument (squashed) of the call of `func` in `line`, if the line has one."""
-    m = re.search(rf"(?<![\w>.]){re.escape(func)}\s*\(", line)
+    m = re.search(rf"(?<![\w>.]){re.escape(func)}\)?\s*\(", line)     # FNAME(func)(...) too
     if not m:
         return None
     depth, cur, args = 0, "", []
