@@ -222,6 +222,10 @@ def plan_rewrite(tree: str | Path, names_spec: str | None = "upstream", rules: R
     ctx.edits.extend(token_edits(index, rules, names, ctx.edits, plan.narrowed))
     plan.humans.extend(uncovered(index, ctx.edits, rules, plan.narrowed))
     plan.humans.extend(unplaced(index, rules))
+    if stage.introduce_walker and not new_headers:   # the rewrite is what shares the walker
+        from refactor.plan.prerequisites import missing_prerequisites
+
+        plan.humans.extend(missing_prerequisites(defs, files, rules))
     plan.comments = [{"file": r.file, "line": r.line, "symbol": r.symbol}
                      for r in index.references if r.context == "comment"
                      and r.symbol in rules.vcpu_old and rules.vcpu_old[r.symbol].removed]
