@@ -68,6 +68,8 @@ def rule_ids(rules) -> dict[str, str]:
     for c in rules.calls:
         out[c.id] = "mappings.toml [[calls]]"
     for kind, entries in rules.restructure.items():
+        if kind == "prerequisite":     # checks a tree, edits nothing: test_a_missing_prerequisite...
+            continue
         for r in entries:
             out.setdefault(r.id, f"restructure.toml [[{kind}]]")
     return out
@@ -155,6 +157,43 @@ def test_walker_to_an_unknown_function_is_a_human_site(tmp_path):
     assert "arch.gva_walk" not in plan.results.get(TARGET, b"").decode()
     assert any(h.file == TARGET and h.line == 5 and "unknown_helper() is neither defined nor declared"
                in h.why for h in plan.humans)
+
+
+PKRU_BUILDER = """#include <linux/kvm_host.h>
+
+static void update_pkru_bitmask(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu, bool ept)
+{
+	unsigned int bit;
+
+%s	if (ept) {
+%s		return;
+	}
+	for (bit = 0; bit < 16; ++bit)
+		mmu->pkru_mask |= 3u << bit;
+}
+
+void g(struct kvm_vcpu *vcpu)
+{
+	update_pkru_bitmask(vcpu, vcpu->arch.walk_mmu, false);
+}
+"""
+
+
+@pytest.mark.parametrize("reset_first", [False, True])
+def test_a_missing_prerequisite_is_a_site_for_a_human(tmp_path, reset_first):
+    """restructure.toml [[prerequisite]]: a builder that ORs into pkru_mask and resets it only
+    on an early return (5.10's shape) would leak one walk's mask into the other's once the
+    walker is shared: a site at the accumulating line naming the fix; reset first, none."""
+    from refactor.plan.rewrite import plan_rewrite
+
+    tree = tmp_path / "tree"
+    scratch_tree(tree)
+    (tree / TARGET).write_text(PKRU_BUILDER % (("\tmmu->pkru_mask = 0;\n", "")
+                                               if reset_first else ("", "\t\tmmu->pkru_mask = 0;\n")))
+    plan = plan_rewrite(tree, "upstream")
+    sites = [(h.file, h.line) for h in plan.humans if "prereq-pkru-mask-reset" in h.why]
+    assert sites == ([] if reset_first else [(TARGET, 12)])
+    assert plan.results[TARGET] != (tree / TARGET).read_bytes()    # rewritten all the same
 
 
 def test_attach_member_after_a_returned_call(tmp_path):
