@@ -302,3 +302,42 @@ def test_a_shrunk_divergence_is_one_the_pristine_engine_survives(tmp_path):
                           lambda: _Fake(moved, {"gpa": 2}), tmp_path / "cut.jsonl", budget=5.0)
     assert [ev.get("addr") for _, ev in read_events(out)] == [None, 0x1000, 0x5000]
     assert n == 3
+
+
+class _AfterFailedEntry:
+    """A model whose nested entry fails its PDPTE load; past it, `skew` shifts every GPA
+    (what two layouts with different stale PDPTEs may legitimately answer)."""
+
+    def __init__(self, skew):
+        self.skew, self.translations, self.translate_time = skew, 0, 0.0
+
+    def apply(self, ev):
+        if ev["ev"] == "nested_entry":
+            return {"ok": True, "pdptrs": False}
+        if ev["ev"] == "translate":
+            self.translations += 1
+            return {"gpa": ev["addr"] + self.skew}
+        return {"ok": True}
+
+
+def test_emulate_compares_no_further_than_a_failed_vm_entry_as_verify():
+    """emulate run/fuzz stop comparing an episode at a VM-entry KVM fails, as verify does
+    (the same rule, emulator.trace.entry_failed): what differs after it is no divergence;
+    what differs before it still is.  Before, emulate counted such differences."""
+    from emulator.fuzz import _first_difference, compare_episode
+    from emulator.trace import run_pair
+
+    entry = {"ev": "nested_entry", "cr0": 0, "cr3": 0, "cr4": 0, "efer": 0}
+    after = [{"ev": "reset"}, entry, {"ev": "translate", "access": "read", "addr": 4096}]
+    assert compare_episode(after, _AfterFailedEntry(0), _AfterFailedEntry(1)) is None
+    assert run_pair(enumerate(after, 1), _AfterFailedEntry(0), _AfterFailedEntry(1)).divergence is None
+    # The next episode is compared again.
+    again = after + [{"ev": "reset"}, {"ev": "translate", "access": "read", "addr": 8}]
+    assert run_pair(enumerate(again, 1), _AfterFailedEntry(0), _AfterFailedEntry(1)).divergence.event == 5
+    before = [after[0], after[2], entry]
+    assert compare_episode(before, _AfterFailedEntry(0), _AfterFailedEntry(1))[0] == 1
+    # Two engines' answer blocks: the same rule on the lines.
+    ref = b'{"ok":true}\n{"ok":true,"pdptrs":false}\n{"gpa":4096}\n'
+    cand = b'{"ok":true}\n{"ok":true,"pdptrs":false}\n{"gpa":4097}\n'
+    a, b = _AfterFailedEntry(0), _AfterFailedEntry(1)
+    assert _first_difference(after, ref, cand, a, b) is None and a.translations == 0

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from emulator.fuzz import random_events, shrink
 from emulator.native.model import decode, pack
-from emulator.trace import TraceError, jsonable, read_events, write_events
+from emulator.trace import TraceError, entry_failed, jsonable, read_events, write_events
 
 
 @dataclass
@@ -324,7 +324,7 @@ class _Run:
                 if r != r_ref:
                     skipping[name] = True
                     self._found(name, Found(where, total, ev, r_ref, r, list(episode)))
-            if kind == "nested_entry" and r_ref is not None and r_ref.get("pdptrs") is False:
+            if r_ref is not None and entry_failed(ev, r_ref):
                 # KVM fails this VM-entry (L2's PDPTEs cannot be loaded); the trace format
                 # lets L2 run on from a state the kernel never continues from, where the
                 # layouts legitimately keep different stale PDPTEs: stop comparing here.
@@ -362,7 +362,7 @@ class _Run:
                 fails.add(base + i + 1)
                 self._ref_bug(where, ev, r_ref)
                 start = i
-            elif ev["ev"] == "nested_entry" and r_ref.get("pdptrs") is False:
+            elif entry_failed(ev, r_ref):
                 start = i + 1
             else:
                 continue
@@ -456,7 +456,7 @@ def shrink_found(found: Found, make_ref, make_cand, out: Path, budget: float = 3
                 b = cand.apply(ev)
                 if a != b:
                     return kind is None or kind(ev, a, b) == want
-                if ev["ev"] == "nested_entry" and a.get("pdptrs") is False:
+                if entry_failed(ev, a):
                     return False
         except TraceError:      # a cut that makes the trace invalid is not a reproduction
             return False
