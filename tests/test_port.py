@@ -610,3 +610,30 @@ def test_a_walker_parameter_retyped_to_its_format_ports_back_as_nothing(trees, t
     res = port_one(read_mails(_mail(file_diff(rel, text, new)))[0], targets["6.1"], rules)
     assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
     assert res.diff == "" and "format-param" in res.hunks[0].rules, res.diff
+
+
+def test_port_build_takes_its_own_farm_while_another_run_builds(tmp_path, monkeypatch):
+    """`port --build` keeps its farm and output directory between runs; a second run for the
+    same target at the same time (its farm locked) builds in the next pair instead of
+    rewriting files under the first run's build, and the first pair is reused after."""
+    import fcntl
+    import hashlib
+    from types import SimpleNamespace
+
+    import refactor.kernel.build as kbuild
+    from refactor.port.engine import build_ported
+
+    monkeypatch.setenv("KVM_REFACTOR_CACHE", str(tmp_path / "cache"))
+    used = []
+    monkeypatch.setattr(kbuild, "farm", lambda root, dest, files: used.append(dest.name) or dest)
+    monkeypatch.setattr(kbuild, "build_kvm", lambda src, out, jobs: (src.name, out.name))
+    target = tmp_path / "tree"
+    target.mkdir()
+    tr = SimpleNamespace(changed={}, target=SimpleNamespace(root=target), build=None)
+    key = hashlib.sha1(str(target.resolve()).encode()).hexdigest()[:12]
+    (tmp_path / "cache" / "build").mkdir(parents=True)
+    with open(tmp_path / "cache" / "build" / f"port-{key}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert build_ported(tr) == (f"port-{key}-2-src", f"port-{key}-2-out")
+    assert build_ported(tr) == (f"port-{key}-src", f"port-{key}-out")
+    assert used == [f"port-{key}-2-src", f"port-{key}-src"]
