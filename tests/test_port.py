@@ -552,7 +552,7 @@ def test_a_changed_signature_the_callers_do_not_follow_is_a_conflict(trees, targ
     res = port_one(read_mails(fix)[0], targets["7.2"], rules)
     h = res.hunks[0]
     assert res.direction == "backport" and h.status == "conflict" and res.diff == ""
-    assert h.reason.startswith("the patch changes the parameters of update_pkru_bitmask(): the target's "
+    assert h.reason == ("the patch changes the parameters of update_pkru_bitmask(): the target's "
                         "(arch/x86/kvm/mmu/mmu.c:5818) are (struct kvm_mmu *), the patch's (struct kvm_mmu *, bool), "
                         "and the target's callers (arch/x86/kvm/mmu/mmu.c:5870) pass the target's: keep the "
                         "target's parameters, or port every caller with it"), h.reason

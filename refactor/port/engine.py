@@ -23,6 +23,8 @@ from refactor.port.prereq import restructured_by
 from refactor.port.target import Target, load_target
 from refactor.rules import Rules, RulesError, WalkerNames, load_rules
 
+# A function definition's first line (kernel style: the type at column 0, then the name).
+_DEFINITION = re.compile(r"^[A-Za-z_][\w \t*]*\b\w+\(")
 
 @dataclass
 class PatchResult:
@@ -139,7 +141,13 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
         ctx = contexts[id(fp)]
         for hunk in fp.hunks:
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
-            restructured = restructured_by([t for _g, t, _ in hunk.lines] + [hunk.section], rules) \
+            # What the hunk changes and the function it sits in (a function the context only
+            # calls, next to the change, is not what the change restructures).
+            named = [t for g, t, _ in hunk.lines if g != " " or _DEFINITION.match(t)]
+            first = next((i for i, (g, _t, _) in enumerate(hunk.lines) if g != " "), 0)
+            if not any(_DEFINITION.match(t) for _g, t, _ in hunk.lines[:first + 1]):
+                named.append(hunk.section)     # else the change is in the function defined here
+            restructured = restructured_by(named, rules) \
                 if h.status == "conflict" and direction in ("backport", "forward") else []
             restructured += [r for r in h.rules if r in restructure_ids and r not in restructured] \
                 if h.status == "conflict" else []

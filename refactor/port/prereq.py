@@ -128,7 +128,8 @@ def restructured_by(texts: list[str], rules) -> list[str]:
     words = set(_IDENT.findall("\n".join(texts)))
     out = []
     for kind, entries in rules.restructure.items():
-        if kind in ("attach_walker", "attach_member"):
+        # Inverted by the port, or (prerequisite) a check of the tree that restructures nothing.
+        if kind in ("attach_walker", "attach_member", "prerequisite"):
             continue
         for r in entries:
             names = set()
