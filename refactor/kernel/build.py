@@ -54,6 +54,27 @@ def work_dir() -> Path:
     return root / "build"
 
 
+def claim(root: Path, label: str, lock_stem=lambda name: name) -> tuple[str, object]:
+    """(name, open lock file) of a directory set under ROOT that this run holds alone until it
+    closes the file: LABEL, or LABEL-2, LABEL-3... when another run holds it.  Farms and
+    output directories are kept between runs (a reused farm rewrites only what differs);
+    two runs at once must not rewrite files under each other's build."""
+    import fcntl
+    import itertools
+
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        name = label if n == 1 else f"{label}-{n}"
+        lock = open(root / f"{lock_stem(name)}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return name, lock
+    raise AssertionError("unreachable")
+
+
 def _key(tree: Path) -> str:
     return hashlib.sha1(str(tree.resolve()).encode()).hexdigest()[:12]
 

@@ -231,30 +231,16 @@ def port_patches(mails: list[Mail], targets: list[str | Path], names_spec: str |
 def build_ported(tr: TargetResult, jobs: int = 2, progress=None):
     """Build KVM of the target with every ported patch applied, in a farm (the tree is never
     written).  Raises BuildError (one line) when the target cannot be built."""
-    import fcntl
     import hashlib
-    import itertools
 
-    from refactor.kernel.build import build_kvm, farm, work_dir
+    from refactor.kernel.build import build_kvm, claim, farm, work_dir
 
     files = tr.changed
     root = tr.target.root.resolve()
     key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
     base = work_dir()
-    base.mkdir(parents=True, exist_ok=True)
-    # The farm and output directory are kept between runs (a reused farm rewrites only what
-    # differs); a second run for the same target at the same time finds them locked and
-    # takes the next pair rather than rewriting files under the first run's build.
-    for n in itertools.count(1):
-        name = f"port-{key}" if n == 1 else f"port-{key}-{n}"
-        lock = open(base / f"{name}.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            continue
-        with lock:
-            src = farm(root, base / f"{name}-src", files)
-            tr.build = build_kvm(src, base / f"{name}-out", jobs)
-        return tr.build
-    raise AssertionError("unreachable")
+    name, lock = claim(base, f"port-{key}")
+    with lock:
+        src = farm(root, base / f"{name}-src", files)
+        tr.build = build_kvm(src, base / f"{name}-out", jobs)
+    return tr.build

@@ -19,9 +19,7 @@ stream, refactor.verify.run) go through all of them:
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import itertools
 import json
 import re
 import time
@@ -32,6 +30,7 @@ from typing import Callable
 
 from emulator.trace import TraceError, jsonable
 from refactor.errors import VerifyError
+from refactor.kernel.build import claim
 from refactor.verify.check import CORPUS, build_native
 from refactor.verify.run import Found, RefBug, Stream, corpus_stream, fuzz_stream, run_streams
 from refactor.verify.sites import SiteMap, function_spans
@@ -262,20 +261,10 @@ def own_farm(farms: ExitStack, base: Path, label: str, files: dict[str, bytes]) 
     one is a `cp -as` of a full tree, 80,000 links).  A second run for the same tree at
     the same time finds the farm locked and takes the next one (`LABEL-2`, ...) instead
     of rewriting its files under the first run's build."""
-    root = verify_root()
-    root.mkdir(parents=True, exist_ok=True)
-    for n in itertools.count(1):
-        name = label if n == 1 else f"{label}-{n}"
-        key = hashlib.sha1(f"{Path(base).resolve()}\0{name}".encode()).hexdigest()[:12]
-        lock = open(root / f"{key}-farm.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            continue
-        farms.callback(lock.close)   # the lock goes with the file
-        return make_farm(base, name, files)
-    raise AssertionError("unreachable")
+    name, lock = claim(verify_root(), label, lambda name: hashlib.sha1(
+        f"{Path(base).resolve()}\0{name}".encode()).hexdigest()[:12] + "-farm")
+    farms.callback(lock.close)   # the lock goes with the file
+    return make_farm(base, name, files)
 
 
 def prove_port(target: Path, target_files: dict[str, bytes], source: Path | None = None,
