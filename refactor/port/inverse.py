@@ -237,6 +237,21 @@ def dependent_conflicts(pairs: list, target: Target) -> None:
                 h.status, h.reason, changed = "conflict", why, True
 
 
+def change_runs(lines: list[tuple[str, str, int]]):
+    """(start, end, removed texts, added texts) of each run of changed lines of a hunk."""
+    i = 0
+    while i < len(lines):
+        if lines[i][0] == " ":
+            i += 1
+            continue
+        j = i
+        while j < len(lines) and lines[j][0] != " ":
+            j += 1
+        yield (i, j, [t for g, t, _ in lines[i:j] if g == "-"],
+               [t for g, t, _ in lines[i:j] if g == "+"])
+        i = j
+
+
 def restated_guards(lines: list[tuple[str, str, int]], rules, names) -> tuple[set[int], str | None]:
     """restructure.toml [[nested_guard]] inverted: a run of removed lines testing `test(vcpu)`
     only to call the nested `hook`, replaced by the same code calling `helper` with the
@@ -247,16 +262,8 @@ def restated_guards(lines: list[tuple[str, str, int]], rules, names) -> tuple[se
     for r in rules.restructure.get("nested_guard", []):
         p = r.params
         walker = names.fill("{" + p["walker"] + "}")
-        i = 0
-        while i < len(lines):
-            if lines[i][0] == " ":
-                i += 1
-                continue
-            j = i
-            while j < len(lines) and lines[j][0] != " ":
-                j += 1
-            minus = "".join(t for g, t, _ in lines[i:j] if g == "-")
-            plus = "".join(t for g, t, _ in lines[i:j] if g == "+")
+        for i, j, removed, added in change_runs(lines):
+            minus, plus = "".join(removed), "".join(added)
             fwd = re.sub(rf"\s*&&\s*{re.escape(p['test'])}\(vcpu\)", "", minus)
             fwd = re.sub(rf"[\w.>\-]*->{re.escape(p['hook'])}\(\s*vcpu,",
                          f"{p['helper']}(vcpu, &vcpu->arch.{walker},", fwd)
@@ -264,7 +271,6 @@ def restated_guards(lines: list[tuple[str, str, int]], rules, names) -> tuple[se
             if p["hook"] in minus and p["helper"] in plus and same:
                 out |= set(range(i, j))
                 rule_id = r.id
-            i = j
     return out, rule_id
 
 
@@ -354,16 +360,8 @@ def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str
     member = rules.restructure["const_walker_param"][0].params["member"]
     names = [member] + [f.name for f in rules.mmu_fields.values() if f.moves_to_walker and f.path == member]
     out: set[int] = set()
-    i = 0
-    while i < len(lines):
-        if lines[i][0] == " ":
-            i += 1
-            continue
-        j = i
-        while j < len(lines) and lines[j][0] != " ":
-            j += 1
-        minus = "\n".join(t for g, t, _ in lines[i:j] if g == "-")
-        plus = "\n".join(t for g, t, _ in lines[i:j] if g == "+")
+    for i, j, removed, added in change_runs(lines):
+        minus, plus = "\n".join(removed), "\n".join(added)
         const = re.search(rf"&vcpu->arch\.\w+\.{re.escape(member)}\b", plus)
         fwd = minus
         for name, (k, var) in params.items():
@@ -374,7 +372,6 @@ def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str
             fwd = _drop_argument(fwd, name, k)
         if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
             out |= set(range(i, j))
-        i = j
     return out, rules.restructure["const_walker_param"][0].id if out else None
 
 
@@ -421,16 +418,8 @@ def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, 
     fmt_type = rules.types[entry.params["type_key"]]
     names = [member] + [f.name for f in rules.mmu_fields.values() if f.moves_to_walker and f.path == member]
     out: set[int] = set()
-    i = 0
-    while i < len(lines):
-        if lines[i][0] == " ":
-            i += 1
-            continue
-        j = i
-        while j < len(lines) and lines[j][0] != " ":
-            j += 1
-        minus = "\n".join(t for g, t, _ in lines[i:j] if g == "-")
-        plus = "\n".join(t for g, t, _ in lines[i:j] if g == "+")
+    for i, j, removed, added in change_runs(lines):
+        minus, plus = "\n".join(removed), "\n".join(added)
         fwd = minus
         for _name, (_k, old, new) in params.items():
             fwd = re.sub(rf"struct\s+\w+\s*\*\s*{re.escape(old)}\b", f"struct {fmt_type} *{new}", fwd)
@@ -441,5 +430,4 @@ def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, 
             fwd = re.sub(rf"&(?:{objs})->(?:{'|'.join(map(re.escape, names))})\b", new, fwd)
         if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
             out |= set(range(i, j))
-        i = j
     return out, entry.id if out else None
