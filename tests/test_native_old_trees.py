@@ -76,26 +76,27 @@ def _is_stale_pkru(d) -> bool:
             and (cand is None or cand["error_code"] == base["error_code"] & ~PFERR_PK))
 
 
-@pytest.mark.slow
-def test_612_rewrite_verifies(_persistent_cache, tmp_path):
+def _verified(version: str, out_dir: Path):
+    """(report, its one step) of `verify` of a cached tree's rewrite, 20,000 fuzz events; the
+    engine ran everything: no stub, no bug of the pristine tree."""
     from refactor.verify import verify_tree
 
-    report = verify_tree(_cached("6.12"), "upstream", seed=1, events=20_000, out_dir=tmp_path)
+    report = verify_tree(_cached(version), "upstream", seed=1, events=20_000, out_dir=out_dir)
     step = report.steps[0]
     assert report.base_bugs == [] and report.incomplete is None
     assert step.events >= 20_000 and step.translations > 5_000
+    return report, step
+
+
+@pytest.mark.slow
+def test_612_rewrite_verifies(_persistent_cache, tmp_path):
+    report, step = _verified("6.12", tmp_path)
     assert (step.divergences, step.bugs) == (0, 0), report.text()
 
 
 @pytest.mark.slow
 def test_510_rewrite_diverges_only_by_the_stale_pkru_mask(_persistent_cache, tmp_path):
-    from refactor.verify import verify_tree
-
-    report = verify_tree(_cached("5.10"), "upstream", seed=1, events=20_000, out_dir=tmp_path)
-    step = report.steps[0]
-    # The engine ran everything: no stub, no bug of the pristine tree or the rewrite.
-    assert report.base_bugs == [] and report.incomplete is None
-    assert step.events >= 20_000 and step.translations > 5_000
+    report, step = _verified("5.10", tmp_path)
     assert step.bugs == 0, report.text()
     assert step.divergences == len(step.found) >= 1
     assert all(_is_stale_pkru(d) for d in step.found), report.text()

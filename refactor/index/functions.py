@@ -143,8 +143,16 @@ def naming_macros(files: dict[str, ParsedFile]) -> dict[str, set[str]]:
     """Macros that build function names, e.g. FNAME(x) -> {"paging64_", "ept_", ...}."""
     out: dict[str, set[str]] = {}
     for pf in files.values():
-        for m in _NAMING_MACRO.finditer(pf.src):
-            out.setdefault(m.group(1).decode(), set()).add(m.group(3).replace(b"##", b"").decode())
+        for name, prefixes in naming_macros_in(pf.src).items():
+            out.setdefault(name, set()).update(prefixes)
+    return out
+
+
+def naming_macros_in(src: bytes) -> dict[str, set[str]]:
+    """naming_macros() of one file's text."""
+    out: dict[str, set[str]] = {}
+    for m in _NAMING_MACRO.finditer(src):
+        out.setdefault(m.group(1).decode(), set()).add(m.group(3).replace(b"##", b"").decode())
     return out
 
 

@@ -7,13 +7,13 @@ engine cannot build is an error (VerifyError, exit 2), never a pass.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from emulator.trace import TraceError, jsonable
+from refactor.index.functions import naming_macros_in
 
 from .run import Found, RefBug, corpus_stream, fuzz_stream, run_streams, shrink_found
 from .sites import SiteMap
@@ -171,8 +171,7 @@ def _fname_prefixes(sites: SiteMap) -> list[str]:
             data = (Path(sites.root) / rel).read_bytes()
         except OSError:
             data = b""
-    found = re.findall(rb"^\s*#\s*define\s+FNAME\(name\)\s+([\w#]+?)name\s*$", data or b"", re.M)
-    return sorted({f.replace(b"##", b"").decode() for f in found})
+    return sorted(naming_macros_in(data or b"").get("FNAME", ()))
 
 
 def run_variants(base: Path, base_label: str, variants: list[Variant], *, seed: int = 1,
