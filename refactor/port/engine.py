@@ -9,17 +9,22 @@ trees are only read.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from refactor.port.context import file_context
+from refactor.port.counterparts import new_layout_functions, old_calls, touched
+from refactor.port.counterparts import reason as counterpart_reason
 from refactor.port.diff import region_diff
+from refactor.port.headings import function_of
 from refactor.port.hunks import HunkResult, port_hunk
+from refactor.port.initialisers import walker_writes_port
 from refactor.port.inverse import dependent_conflicts
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
-from refactor.port.prereq import restructured_by
+from refactor.port.prereq import missing_names, prerequisites, restructured_by
 from refactor.port.target import Target, load_target
 from refactor.rules import Rules, RulesError, WalkerNames, load_rules
 
@@ -98,7 +103,9 @@ def patch_layout(mail: Mail, rules: Rules, spec: str | None) -> tuple[str, Walke
     old = bool(words & vocab.old_markers())
     # Paths that only the new layout has (w->fmt.permissions, mmu->w->cpu_role).
     paths = [re.escape(f.path) for f in rules.mmu_fields.values() if f.moves_to_walker and "." in f.path]
-    new = (bool(words & vocab.new_markers())
+    # A hunk that defines, sits in or calls a function only the new layout has
+    # (restructure.toml: init_kvm_page_walk(), spte_permission_fault()...).
+    new = (bool(words & vocab.new_markers()) or bool(words & set(new_layout_functions(rules)))
            or bool(re.search(rf"(?:->|\.){re.escape(vocab.walker_member)}->", text))
            or bool(paths and re.search(rf"->(?:{'|'.join(paths)})(?!\w)", text)))
     if old and not new:
@@ -140,7 +147,18 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             continue
         ctx = contexts[id(fp)]
         for hunk in fp.hunks:
+            original = hunk
+            hunk, restated = _restate_calls(hunk, rules) if direction == "backport" else (hunk, None)
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
+            if restated and h.status != "conflict":
+                h.rules.append(restated)
+                h.status = "translated" if h.status == "clean" else h.status
+            moved, hint = _into_counterparts(h, original, fp.path, target, rules, src, ctx) \
+                if h.status == "conflict" and direction == "backport" else (False, None)
+            if moved:
+                res.hunks.append(h)
+                pairs.append((h, hunk, fp.path))
+                continue
             # What the hunk changes and the function it sits in (a function the context only
             # calls, next to the change, is not what the change restructures).
             named = [t for g, t, _ in hunk.lines if g != " " or _DEFINITION.match(t)]
@@ -151,7 +169,12 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
                 if h.status == "conflict" and direction in ("backport", "forward") else []
             restructured += [r for r in h.rules if r in restructure_ids and r not in restructured] \
                 if h.status == "conflict" else []
-            if restructured:
+            func = function_of(original)
+            where = counterpart_reason(touched(original, func, rules), original, target, rules, src,
+                                       fp.path, direction, func) if restructured else None
+            if where:
+                h.reason = f"{h.reason}; {where}" + (f"; the added lines would go {hint}" if hint else "")
+            elif restructured:
                 h.reason = (f"{h.reason}; the refactor restructured this code (restructure.toml "
                             f"{', '.join(restructured)}): it has no line-for-line counterpart on the "
                             f"{'old' if direction == 'backport' else 'new'} layout, port it by hand")
@@ -176,6 +199,40 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             diffs.append(diff)
     res.diff = "".join(diffs)
     return res
+
+
+def _into_counterparts(h: HunkResult, hunk, rel: str, target: Target, rules: Rules,
+                       src: Vocabulary, ctx) -> tuple[bool, str | None]:
+    """A conflicting hunk in an initialiser the refactor introduced, made in the old
+    initialisers that do its work where that is exact (refactor.port.counterparts): (True,
+    None); else (False, where the added lines would go, or None)."""
+    for r in touched(hunk, function_of(hunk), rules):
+        edit, hint = walker_writes_port(hunk, r, target, rules, src, rel)
+        if edit is not None:
+            old = target.lines(rel)[edit.start:edit.start + edit.length]
+            new = [x for x in edit.lines if x not in old]
+            lacking = prerequisites(new, target, ctx) + missing_names(new, target, ctx)
+            if lacking:
+                h.reason = f"missing prerequisite: {'; '.join(dict.fromkeys(lacking))}; {h.reason}"
+                return False, edit.note.split(": ported to ", 1)[-1].join(("in ", ""))
+            h.status, h.target_file, h.rules = "relocated", rel, [r.rule_id]
+            h.target_start, h.target_len, h.new_lines = edit.start, edit.length, edit.lines
+            h.reason, h.differing = edit.note, []
+            return True, None
+        if hint:
+            return False, hint
+    return False, None
+
+
+def _restate_calls(hunk, rules):
+    """The hunk with calls of helpers the refactor replaced written as the old helper
+    (restructure.toml [[spte_permissions]]), and the rule id, or (hunk, None)."""
+    lines, used = [], None
+    for g, t, n in hunk.lines:
+        new, rid = old_calls(t, rules)
+        used = used or rid
+        lines.append((g, new, n))
+    return (dataclasses.replace(hunk, lines=lines), used) if used else (hunk, None)
 
 
 def read_inputs(paths: list[str], stdin_text: str | None = None) -> list[Mail]:
