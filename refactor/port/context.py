@@ -29,12 +29,29 @@ class FileContext:
     format_params: dict = field(default_factory=dict)
 
 
+def walker_uses(lines: list[str], rules) -> set[str]:
+    """Variables of a new-layout patch that no line of it declares (a function's local declared
+    above its hunks) but that it uses only to reach members the new layout has on the walker
+    alone (`gva_walk->get_pdptr`, `w->cpu_role`): walkers, as layout.toml `mmu_fields` says."""
+    walker = {f.path.split(".")[0] for f in rules.mmu_fields.values() if f.moves_to_walker}
+    mmu = {f.path.split(".")[0] for f in rules.mmu_fields.values() if not f.moves_to_walker}
+    only = walker - mmu
+    seen: dict[str, set[str]] = {}
+    for line in lines:
+        for m in re.finditer(r"(?<![\w>.])([A-Za-z_]\w*)->(\w+)", line):
+            seen.setdefault(m.group(1), set()).add(m.group(2))
+    return {v for v, members in seen.items() if members & only and not members & mmu}
+
+
 def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target) -> FileContext:
     # The post-image's declarations last: they say what the added lines mean (a parameter
     # the patch narrows to a walker is one there, whatever the `@@` headings still say).
     all_lines = ([h.section for h in fp.hunks] + [t for h in fp.hunks for tag, t, _ in h.lines if tag != "+"]
                  + [t for h in fp.hunks for tag, t, _ in h.lines if tag == "+"])
     types = declared_types(all_lines, src)
+    if target.layout == "old":      # a backport (or no translation at all)
+        for var in walker_uses(all_lines, src.rules):
+            types.setdefault(var, "walker")
     words = set()
     for v in (src, dst):
         words |= v.old_markers() | v.new_markers()

@@ -22,11 +22,13 @@ from refactor.port.align import Learner, align, best_window, find, norm, pairing
 from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
 from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_format_params,
+                                   restated_restructurings,
                                    restated_guards, signature_change)
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
+from refactor.port.old_walkers import own_walker
 from refactor.port.prereq import (format_members, missing_names, prerequisites,
                                   redeclared)
 from refactor.port.structs import moved_declarations, struct_lines
@@ -128,6 +130,8 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
         theirs = [v for v, k in ttypes.items() if group[k] == kind and v not in in_hunk]
         if len(mine) == 1 and len(theirs) == 1:
             renames[mine[0]] = theirs[0]
+        elif kind == "pointer" and direction == "backport" and (own := own_walker(mine, ptypes, ttypes, hunk_lines)):
+            renames[mine[0]] = own
     if renames:
         pat = re.compile(r"(?<![\w>.])(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
         lines = [(tag, pat.sub(lambda m: renames[m.group(1)], t), n) for tag, t, n in hunk.lines]
@@ -356,6 +360,9 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         formats, format_rule = restated_format_params(hunk.lines, ctx.format_params, src.rules, src.walker_member)
         kept.update({i: format_rule for i in formats if hunk.lines[i][0] == "-"})
         guards |= formats
+        more = restated_restructurings(hunk.lines, src.rules, src.names, target)
+        kept.update({i: r for i, r in more.items() if hunk.lines[i][0] == "-"})
+        guards |= set(more)
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
     if direction in ("backport", "forward"):
         learn_replaced_locals(hunk, pre_t, pair_of, tlines, learner, tr, types)

@@ -13,6 +13,7 @@ import re
 
 from refactor.port.headings import heading
 from refactor.port.target import Target
+from refactor.port.walker_param_inverse import restated_walker_param
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 _ASSIGN = re.compile(r"^\s*([^=;]*?)\s*=\s*[^=][^;]*;\s*$")
@@ -431,3 +432,11 @@ def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, 
         if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
             out |= set(range(i, j))
     return out, entry.id if out else None
+
+
+def restated_restructurings(lines: list[tuple[str, str, int]], rules, names, target: Target) -> dict[int, str]:
+    """Changed lines (index into `lines`) of a hunk that only makes one of restructure.toml's
+    restructurings whose old counterpart is the target's own code, with the rule: the hunk's
+    removed lines stay and its added ones are not written.  [[walker_param]] in the
+    function's definition (walker_param_inverse)."""
+    return restated_walker_param(lines, rules, names)

@@ -14,6 +14,7 @@ import re
 from refactor.frontend.patch import Hunk
 from refactor.port.align import Learner
 from refactor.port.lexicon import Vocabulary, declared_types
+from refactor.port.old_walkers import HOISTED, hoisted, inline, inline_removed_locals  # noqa: F401 (re-exported)
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 
@@ -56,27 +57,6 @@ def target_types(tlines: list[str], at: int, vocab: Vocabulary) -> dict[str, str
         for m in re.finditer(rf"(\w+)->{re.escape(f.name)}(?!\w)", "\n".join(body)):
             types[m.group(1)] = "walker" if f.moves_to_walker else "mmu"
     return types
-
-HOISTED = re.compile(r"^\s*struct\s+(\w+)\s*\*\s*(\w+)\s*=\s*(.+?);\s*$")
-
-
-def hoisted(line: str, vocab: Vocabulary) -> tuple[str, str] | None:
-    """(variable, initialiser) of a local that only names a walker or a page format:
-    `struct kvm_page_format *fmt = &w->fmt;`, `struct kvm_pagewalk *w = mmu->w;`."""
-    m = HOISTED.match(line)
-    if m and m.group(1) in (vocab.rules.types["walker"], vocab.rules.types["format"]):
-        return m.group(2), m.group(3).strip()
-    return None
-
-
-def inline(line: str, var: str, init: str) -> str:
-    """`line` with the local `var` replaced by what it was initialised to."""
-    if init.startswith("&"):
-        deref = init[1:] + "."          # &w->fmt: fmt->x is w->fmt.x
-    else:
-        deref = init + "->"             # mmu->w: w->x is mmu->w->x
-    line = re.sub(rf"(?<![\w>.]){re.escape(var)}\s*->", lambda _m: deref, line)
-    return re.sub(rf"(?<![\w>.]){re.escape(var)}(?!\w)", lambda _m: init, line)
 
 DECLARES = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|unsigned\s+)?\w+[\s*]+(\w+)\s*(?:=|;|\[)")
 
@@ -356,7 +336,8 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
     `elsewhere`: such locals another hunk of the same function adds (the declaration at the
     top, the uses further down); they are inlined where this hunk does not declare the name."""
     gone, drop = [], set()
-    lines = hunk.lines
+    lines = inline_removed_locals(hunk.lines, vocab)
+    pre_inlined = lines != hunk.lines
     for i, (tag, text, _n) in enumerate(lines):
         h = hoisted(text, vocab) if tag == "+" else None
         if h is None or any(re.search(rf"(?<![\w>.]){re.escape(h[0])}(?!\w)", t) for g, t, _ in lines if g != "+"):
@@ -394,7 +375,8 @@ def inline_added_locals(hunk: Hunk, vocab: Vocabulary,
         if (var, init) not in gone and var not in declared and re.search(rf"(?<![\w>.]){re.escape(var)}(?!\w)", added):
             gone.append((var, init))
     if not gone:
-        return hunk, False
+        return (Hunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines), True) \
+            if pre_inlined else (hunk, False)
     out = []
     for i, (tag, text, n) in enumerate(lines):
         if i in drop:
@@ -435,3 +417,4 @@ def match_unseen_locals(hunk: Hunk, tlines: list[str], at: int, ttypes: dict[str
     spare = [v for v in ttypes if v not in hunk_idents and v in in_target]
     if len(unseen) == 1 and len(spare) == 1 and unseen[0] not in learner.subs:
         learner.add(unseen[0], spare[0])
+

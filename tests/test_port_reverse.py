@@ -1,0 +1,186 @@
+"""`port` inverts the layout changes of `series` (issue 16 item 5: the series patches ported
+back onto their base reverse exactly), and only those.
+
+Each test writes, on the real 7.2 or 6.1 tree, what a step of `series` writes there (a hunk
+whose pre-image is the tree's code in the step's intermediate layout) and ports it back onto
+the tree: it must come out as nothing.  Beside it, a fix that looks the same but changes
+something must still be ported as a change, or be a conflict: a hunk that silently leaves
+the target as it is where the patch meant a change would be a wrong port.
+"""
+from __future__ import annotations
+
+import pytest
+
+from refactor.port.diff import file_diff
+from refactor.port.engine import port_one
+from refactor.port.mail import read_mails
+from refactor.port.target import load_target
+from refactor.rules import load_rules
+
+SHA = "1234567890abcdef1234567890abcdef12345678"
+MMU_C = "arch/x86/kvm/mmu/mmu.c"
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules()
+
+
+@pytest.fixture(scope="module")
+def targets(trees, rules):
+    return {v: load_target(trees[v], rules) for v in ("6.1", "7.2")}
+
+
+def _mail(diff: str) -> str:
+    return (f"From {SHA} Mon Sep 17 00:00:00 2001\nFrom: Jane Dev <jane@example.org>\n"
+            "Date: Tue, 3 Nov 2026 10:00:00 +0100\nSubject: [PATCH] KVM: x86/mmu: Restate the walk\n\n"
+            "Explain.\n\nSigned-off-by: Jane Dev <jane@example.org>\n---\n"
+            f"{diff}-- \n2.47.0\n\n")
+
+
+def _only(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def _port(target, rel: str, before: str, after: str, rules):
+    return port_one(read_mails(_mail(file_diff(rel, before, after)))[0], target, rules)
+
+
+def _added(diff: str) -> list[str]:
+    return [ln[1:] for ln in diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
+
+
+def _function(text: str, head: str) -> tuple[int, int]:
+    start = text.index(head)
+    return start, text.index("\n}\n", start) + 3
+
+
+# ---- a walker local declared above the hunk is the old function's MMU ----
+
+def _tdp_walker_local(text: str) -> str:
+    """7.2's init_kvm_tdp_mmu() as `series` leaves it before step 6: the walker's fields are
+    written through a `gva_walk` local declared at the top, the role tests still take the MMU."""
+    a, b = _function(text, "static void init_kvm_tdp_mmu(")
+    body = text[a:b].replace("\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n",
+                             "\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n"
+                             "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
+    for f in ("get_guest_pgd", "get_pdptr", "inject_page_fault", "gva_to_gpa"):
+        body = body.replace(f"context->{f} ", f"gva_walk->{f} ")
+    return text[:a] + body + text[b:]
+
+
+def test_a_walker_local_declared_above_the_hunk_is_the_old_mmu(trees, targets, rules):
+    """Step 6 (CPU-role accessors take the walker) on init_kvm_tdp_mmu(): `is_cr0_pg(context)`
+    becomes `is_cr0_pg(gva_walk)`, a local the hunk does not declare.  On 7.2 the function's
+    one MMU, root_mmu, is its own walker: the hunk is nothing there."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    before = _tdp_walker_local(text)
+    after = _only(before, "\tif (!is_cr0_pg(context))\n\t\tgva_walk->", "\tif (!is_cr0_pg(gva_walk))\n\t\tgva_walk->")
+    after = _only(after, "\telse if (is_cr4_pae(context))\n\t\tgva_walk->",
+                  "\telse if (is_cr4_pae(gva_walk))\n\t\tgva_walk->")
+    res = _port(targets["7.2"], MMU_C, before, after, rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "", res.diff
+    assert "port-local-names" in res.hunks[0].rules
+
+    # A fix there (another walk for PAE guests) is ported as that change, on the MMU.
+    fix = _only(before, "\t\tgva_walk->gva_to_gpa = paging64_gva_to_gpa;\n\telse\n",
+                "\t\tgva_walk->gva_to_gpa = paging32_gva_to_gpa;\n\telse\n")
+    res = _port(targets["7.2"], MMU_C, before, fix, rules)
+    assert res.result == "ported", [h.reason for h in res.hunks]
+    assert _added(res.diff) == ["\t\tcontext->gva_to_gpa = paging32_gva_to_gpa;"], res.diff
+
+
+# ---- a walker-naming local the patch removes was never there on the old layout ----
+
+GET_PGD = "static inline unsigned long kvm_mmu_get_guest_pgd(struct kvm_vcpu *vcpu,\n"
+
+
+def _get_pgd_walker_local(text: str) -> str:
+    """7.2's kvm_mmu_get_guest_pgd() as `series` step 2 writes it: `struct kvm_pagewalk *w =
+    mmu->w;` and the walker's hook read through it."""
+    a, b = _function(text, GET_PGD)
+    body = text[a:b].replace("{\n", "{\n\tstruct kvm_pagewalk *w = mmu->w;\n\n", 1).replace("mmu->get_guest_pgd",
+                                                                                          "w->get_guest_pgd")
+    return text[:a] + body + text[b:]
+
+
+def test_a_removed_walker_local_that_became_the_parameter_ports_back_as_nothing(trees, targets, rules):
+    """Step 11 (the page walker takes the walker): kvm_mmu_get_guest_pgd()'s MMU parameter
+    becomes the walker `w` its local named.  On 7.2 there is no local, the MMU is the walker:
+    nothing to port."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    before = _get_pgd_walker_local(text)
+    after = _only(before, "\t\t\t\t\t\t  struct kvm_mmu *mmu)\n{\n\tstruct kvm_pagewalk *w = mmu->w;\n\n",
+                  "\t\t\t\t\t\t  struct kvm_pagewalk *w)\n{\n")
+    res = _port(targets["7.2"], MMU_C, before, after, rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "", res.diff
+    assert "port-inline-local" in res.hunks[0].rules
+
+    # The same, with a fix in the function: the fix is ported, on the MMU 7.2 passes.
+    fix = _only(after, "\treturn w->get_guest_pgd(vcpu);", "\treturn w->get_guest_pgd(vcpu) & PAGE_MASK;")
+    res = _port(targets["7.2"], MMU_C, before, fix, rules)
+    assert res.result == "ported", [h.reason for h in res.hunks]
+    assert _added(res.diff) == ["\treturn mmu->get_guest_pgd(vcpu) & PAGE_MASK;"], res.diff
+
+
+def test_a_walker_local_replaced_by_another_walker_is_not_inlined(trees, targets, rules):
+    """A removed walker local that the patch replaces by another one (step 12 on 6.1's
+    vmx_ept_load_pdptrs(): `w = vcpu->arch.walk_mmu->w` by `gva_walk = &vcpu->arch.gva_walk`)
+    pairs with the target's own local: nothing to port.  A fix that replaces it by a local
+    naming the other walker is a change, and ported as one."""
+    rel = "arch/x86/kvm/vmx/vmx.c"
+    text = (trees["6.1"] / rel).read_text()
+    a, b = _function(text, "void vmx_ept_load_pdptrs(struct kvm_vcpu *vcpu)\n")
+    step11 = text[a:b].replace("\tstruct kvm_mmu *mmu = vcpu->arch.walk_mmu;\n",
+                               "\tstruct kvm_pagewalk *w = vcpu->arch.walk_mmu->w;\n").replace("mmu->pdptrs", "w->pdptrs")
+    assert "w->pdptrs[3]" in step11
+    before = text[:a] + step11 + text[b:]
+    for walker, want in (("gva_walk", None), ("ngpa_walk", "\tstruct kvm_mmu *mmu = &vcpu->arch.guest_mmu;")):
+        step12 = step11.replace("*w = vcpu->arch.walk_mmu->w;", f"*{walker} = &vcpu->arch.{walker};").replace(
+            "w->pdptrs", f"{walker}->pdptrs")
+        res = _port(targets["6.1"], rel, before, text[:a] + step12 + text[b:], rules)
+        assert res.result == "ported", [h.reason for h in res.hunks]
+        assert _added(res.diff) == ([want] if want else []), res.diff
+
+
+# ---- [[walker_param]]: kvm_mmu_invalidate_addr() takes the walker ----
+
+INVALIDATE_OLD = ("void kvm_mmu_invalidate_addr(struct kvm_vcpu *vcpu, struct kvm_mmu *mmu,\n"
+                  "\t\t\t     u64 addr, unsigned long roots)\n{\n\tint i;\n")
+INVALIDATE_NEW = ("void kvm_mmu_invalidate_addr(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w,\n"
+                  "\t\t\t     u64 addr, unsigned long roots)\n{\n\tstruct kvm_mmu *mmu;\n\tint i;\n")
+FLUSH = "\t\tkvm_x86_call(flush_tlb_gva)(vcpu, addr, NULL);\n\t}\n"
+
+
+def _walker_param(text: str, then_mmu: str = "root_mmu", else_mmu: str = "guest_mmu") -> str:
+    """What `series` step 10 makes of 7.2's kvm_mmu_invalidate_addr()."""
+    new = _only(text, INVALIDATE_OLD, INVALIDATE_NEW)
+    new = _only(new, "\tif (mmu != &vcpu->arch.guest_mmu) {\n", "\tif (w == &vcpu->arch.gva_walk) {\n")
+    return _only(new, FLUSH, FLUSH[:-3] + f"\n\t\tmmu = &vcpu->arch.{then_mmu};\n\t}} else {{\n"
+                 f"\t\tmmu = &vcpu->arch.{else_mmu};\n\t}}\n")
+
+
+def test_the_walker_test_of_kvm_mmu_invalidate_addr_ports_back_as_nothing(trees, targets, rules):
+    """[[walker_param]] inverted in the definition: the walker parameter, the MMU local, the
+    test of the walker and the MMU each branch names are 7.2's MMU parameter and its test."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    res = _port(targets["7.2"], MMU_C, text, _walker_param(text), rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "", res.diff
+    assert "invalidate-addr-takes-walker" in res.hunks[0].rules
+
+
+def test_a_walker_test_that_changes_which_mmu_is_synced_is_not_inverted(trees, targets, rules):
+    """The same restructuring with the branches' MMUs swapped (a GVA would sync guest_mmu's
+    roots) is no layout change: a conflict, never the target left as it is silently.  So is
+    a walker test alone, without the MMU each branch names."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    for after in (_walker_param(text, "guest_mmu", "root_mmu"),
+                  _only(_only(text, INVALIDATE_OLD, INVALIDATE_NEW), "\tif (mmu != &vcpu->arch.guest_mmu) {\n",
+                        "\tif (w == &vcpu->arch.gva_walk) {\n")):
+        res = _port(targets["7.2"], MMU_C, text, after, rules)
+        assert res.result == "conflict" and res.diff == "", (res.result, res.diff)
+        assert "kvm_mmu_invalidate_addr" in res.hunks[0].reason, res.hunks[0].reason
