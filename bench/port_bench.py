@@ -6,7 +6,7 @@ as a small fix would add a check next to it), so every one needs translation.
 Printed per target: time, patches ported, hunks by status; and the peer: how
 many of the same patches plain `git apply --check` takes on that target.
 
-    python bench/port_bench.py [--trees DIR] [--out DIR]
+    python bench/port_bench.py [--trees DIR] [--out DIR] [--conflicts]
 """
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trees", default=str(default_tarball_dir()))
     ap.add_argument("--out", default=None, help="keep the mbox and ported patches here")
+    ap.add_argument("--conflicts", action="store_true", help="print each conflict's file:line and reason")
     args = ap.parse_args()
     cache = Path(os.environ.get("KVM_REFACTOR_TREE_CACHE", Path.home() / ".cache" / "kvm-refactor" /
                                 "tarball-trees"))
@@ -105,6 +106,11 @@ def main() -> None:
         print(f"  {tr.target.version:10s} ported {ported:2d}/{len(tr.patches)}  hunks: "
               + ", ".join(f"{n} {s}" for s, n in sorted(hunks.items()))
               + f"  | git apply --check takes {peer}/{len(tr.patches)}")
+        for p in tr.patches if args.conflicts else ():
+            for h in p.hunks:
+                if h.status == "conflict":
+                    where = f"{h.target_file}:{h.target_start + 1}" if h.target_start is not None else h.file
+                    print(f"    {p.mail.subject}: {where}: {h.reason}")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.out or tmp) / "bench.mbox"
         path.parent.mkdir(parents=True, exist_ok=True)

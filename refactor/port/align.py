@@ -21,9 +21,20 @@ def norm(line: str) -> str:
     return " ".join(line.split())
 
 
-def find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True) -> int | None:
+Spans = list[tuple[int, int]] | None
+
+
+def inside(start: int, n: int, within) -> bool:
+    """Whether lines [start, start + n) overlap one of the spans `within` (None: anywhere).
+    A hunk's place must overlap the function its heading names: identical lines in another
+    function (a read helper and its write twin) are not its place."""
+    return within is None or any(start <= hi and start + max(n, 1) - 1 >= lo for lo, hi in within)
+
+
+def find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True,
+         within: Spans = None) -> int | None:
     """Start of `pre` in the target file, nearest to `near` first (whitespace-insensitive if
-    not exact)."""
+    not exact), inside the spans `within` when given."""
     lines = target.lines(rel) if exact else target.norm_lines(rel)
     if not pre:
         return min(max(near, 0), len(lines))
@@ -31,13 +42,15 @@ def find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True
     n = len(key)
     starts = target.positions(rel, exact).get(key[0], ())
     for i in sorted(starts, key=lambda i: abs(i - near)):
-        if lines[i:i + n] == key:
+        if lines[i:i + n] == key and inside(i, n, within):
             return i
     return None
 
 
-def best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[int, float] | None:
-    """The window of the target file most like `pre` (same length), and the share of equal lines."""
+def best_window(pre: list[str], target: Target, rel: str, near: int,
+                within: Spans = None) -> tuple[int, float] | None:
+    """The window of the target file most like `pre` (same length), and the share of equal
+    lines; inside the spans `within` when given."""
     n = len(pre)
     view = target.norm_lines(rel)
     if n == 0 or len(view) < n:
@@ -48,7 +61,8 @@ def best_window(pre: list[str], target: Target, rel: str, near: int) -> tuple[in
     cand: set[int] = set()
     for i, k in enumerate(key):
         if len(k) > 3:
-            cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n)
+            cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n
+                        and inside(j - i, n, within))
     for start in cand:
         same = sum(1 for a, b in zip(key, view[start:start + n]) if a == b)
         score = same / n
@@ -296,3 +310,79 @@ def pairings(kept: list[str], tlines: list[str], at: int, how: str):
         extra = [j for j in extra if lo < j < hi]
         first = min(lo, first) if missing and missing[0] < pairs[0][0] else lo
     return first, end, pairs, missing, extra
+
+
+def _depth(line: str) -> int:
+    return line.count("(") - line.count(")")
+
+
+def statement_end(lines: list[str], i: int, limit: int = 8) -> int:
+    """Last line of the statement that starts at line `i`: where the parentheses it opens
+    close (a call wrapped over several lines), else `i`."""
+    depth, k = _depth(lines[i]), i
+    while depth > 0 and k + 1 < min(len(lines), i + limit):
+        k += 1
+        depth += _depth(lines[k])
+    return k if depth <= 0 else i
+
+
+def joined(lines: list[str]) -> str:
+    """Lines of one statement as one line: `foo(a,` + `b);` reads as `foo(a, b);`."""
+    text = " ".join(norm(x) for x in lines)
+    return re.sub(r"\s+\)", ")", re.sub(r"\(\s+", "(", text))
+
+
+def rejoin(kept: list[str], tags: list[str], tlines: list[str], pairs: list[tuple[int, int]],
+           missing: list[int], extra: list[int], same) -> tuple[dict[int, int], set[int]]:
+    """Statements wrapped over other lines on the two sides (5.10 wraps a call the patch
+    writes on one line): for a pair (k, j) whose statements, joined, are the same (`same(patch
+    text, target text)`), the last target line of the statement (k -> last), and the patch
+    lines that continue one (absorbed).  The continuation lines must be unpaired on both
+    sides, and a patch statement must be all context or all removed."""
+    gaps_p, gaps_t = set(missing), set(extra)
+    tail: dict[int, int] = {}
+    absorbed: set[int] = set()
+    for k, j in pairs:
+        k1, j1 = statement_end(kept, k), statement_end(tlines, j)
+        if (k1, j1) == (k, j) or len(set(tags[k:k1 + 1])) != 1:
+            continue
+        if not (set(range(k + 1, k1 + 1)) <= gaps_p and set(range(j + 1, j1 + 1)) <= gaps_t):
+            continue
+        if same(joined(kept[k:k1 + 1]), joined(tlines[j:j1 + 1])):
+            tail[k] = j1
+            absorbed.update(range(k + 1, k1 + 1))
+    return tail, absorbed
+
+
+def width(line: str) -> int:
+    return len(line.expandtabs(8))
+
+
+def fit_width(line: str, limit: int = 100) -> list[str]:
+    """`line` broken after argument commas so that each part fits in `limit` columns, the
+    parts aligned under the parenthesis they continue (as the kernel wraps a call).  Only a
+    line that a translation made too long is given here; one with no such comma stays."""
+    parts = [line]
+    while width(parts[-1]) > limit:
+        cur = parts[-1]
+        indent = indent_col(cur)
+        # Argument commas with the column their call's arguments align under; the cut goes
+        # after the last one that fits, in the outermost call that has one.
+        stack, commas, col = [indent], [], 0
+        for i, c in enumerate(cur):
+            if c == "(":
+                stack.append(col + 1)
+            elif c == ")" and len(stack) > 1:
+                stack.pop()
+            elif c == "," and cur[i + 1:i + 2] == " " and width(cur[:i + 1]) <= limit:
+                commas.append((len(stack), i, stack[-1]))
+            col = (col // 8 + 1) * 8 if c == "\t" else col + 1
+        if not commas:
+            break
+        depth = min(d for d, _i, _u in commas)
+        _d, cut, under = max(x for x in commas if x[0] == depth)
+        rest = "\t" * (under // 8) + " " * (under % 8) + cur[cut + 1:].lstrip()
+        if width(rest) >= width(cur):
+            break
+        parts[-1:] = [cur[:cut + 1], rest]
+    return parts

@@ -18,9 +18,10 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
-from refactor.port.align import Learner, align, best_window, find, norm, pairings, realign
+from refactor.port.align import Learner, align, fit_width, norm, pairings, realign, rejoin, width
 from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
+from refactor.port.hooks import fit_hook_calls
 from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_format_params,
                                    restated_restructurings,
                                    restated_guards, signature_change)
@@ -28,6 +29,7 @@ from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, transl
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
+from refactor.port.locate import locate
 from refactor.port.old_walkers import own_walker
 from refactor.port.prereq import (format_members, missing_names, prerequisites,
                                   redeclared)
@@ -65,30 +67,6 @@ class HunkResult:
         return out
 
 
-def _locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
-            kept: list[str]) -> tuple[str, int, str] | None:
-    """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
-    candidates = [rel] if target.text(rel) is not None else []
-    for frel, _line, _ar in (target.definitions(func) if func else []):
-        if frel not in candidates:
-            candidates.append(frel)
-    near = max(hunk.old_start - 1, 0)
-    for frel in candidates:
-        at_near = near if frel == rel else 0
-        for lines, how in ((pre_raw, "clean"), (kept, "translated")):
-            at = find(lines, target, frel, at_near)
-            if at is None:
-                at = find(lines, target, frel, at_near, exact=False)
-            if at is not None:
-                return frel, at, how
-    best = None
-    for frel in candidates:
-        win = best_window(kept, target, frel, near if frel == rel else 0)
-        if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
-            best = (frel, win[0], "fuzzy", win[1])
-    return best[:3] if best else None
-
-
 def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
                             dst: Vocabulary, ctx: FileContext, res: HunkResult) -> HunkResult:
     """A hunk found nowhere, in a function the target defines: its locals may be named
@@ -112,6 +90,12 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
     if not defs:
         if func and func.startswith("FNAME("):
             res.reason = f"code absent from the target: no place in {rel} matches, and it defines no {func}"
+            # The same function defined once for all paging modes (5.10's is_last_gpte() in mmu.c).
+            plain = [(frel, lo + 1) for frel, _line, _ar in target.definitions(inner)
+                     for lo, _hi in target.territories(frel, inner)]
+            if plain:
+                res.reason += (f"; the target defines {inner}() at {plain[0][0]}:{plain[0][1]}, one function "
+                               "for all paging modes: port the change there by hand")
         return res
     frel, line, _ar = defs[0]
     tlines = target.lines(frel)
@@ -166,6 +150,22 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
 
 def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
               dst: Vocabulary, ctx: FileContext) -> HunkResult:
+    # Calls through MMU hooks first take the argument list the target declares.
+    fitted = fit_hook_calls(hunk, target, src.rules)
+    res = _port_fitted(fitted.hunk, fp, target, direction, src, dst, ctx)
+    if fitted.problems:
+        why = "missing prerequisite: " + "; ".join(fitted.problems)
+        if res.status != "conflict":
+            res.status, res.reason = "conflict", why
+        elif why not in (res.reason or ""):
+            res.reason = f"{why}; {res.reason}"
+    if fitted.rules and res.status != "conflict":
+        res.rules = list(dict.fromkeys(res.rules + fitted.rules))
+    return res
+
+
+def _port_fitted(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vocabulary,
+                 dst: Vocabulary, ctx: FileContext) -> HunkResult:
     inlined = False
     original = hunk
     if direction == "backport":
@@ -253,7 +253,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     types = dict(ctx.patch_types)
     pre_t = pre_image(types)
     kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
-    located = _locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx])
+    located = locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx])
     if located is None:
         res.status, res.target_file = "conflict", None if target.text(rel) is None else rel
         where = f"{rel} does not exist" if target.text(rel) is None else f"no place in {rel} matches"
@@ -302,8 +302,15 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     best = None
     for cand in (pairings(kept, tlines, at, "window"), pairings(kept, tlines, at, "fuzzy")):
         first, _end, pairs, missing, extra = cand
+        # A statement the two sides wrap over different lines is one line pair.
+        tail, absorbed = rejoin(kept, [pre_tags[i] for i in kept_idx], tlines, pairs, missing, extra,
+                                lambda a, b: norm(learner.apply(a)) == b or learner.learn(a, b))
+        missing = [k for k in missing if k not in absorbed]
+        extra = [j for j in extra if not any(j0 < j <= tail[k] for k, j0 in pairs if k in tail)]
         differing = []
         for k, j in pairs:
+            if k in tail:
+                continue
             mine = learner.apply(kept[k])
             if mine != tlines[j] and norm(mine) != norm(tlines[j]) and not learner.learn(kept[k], tlines[j]):
                 differing.append((pre_raw[kept_idx[k]], tlines[j]))
@@ -325,10 +332,10 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
                    difflib.SequenceMatcher(None, norm(a), norm(b)).ratio() >= 0.5 else 2.5
                    for a, b in differing)
         if best is None or cost < best[4]:
-            best = (first, differing, dict(pairs), allowed, cost)
+            best = (first, differing, dict(pairs), allowed, cost, tail)
         if not differing:
             break
-    first, res.differing, pair_of, allowed, _cost = best
+    first, res.differing, pair_of, allowed, _cost, tail = best
     res.target_start = first
 
     rules: list[str] = [r for p in pre_t for r in p.rules]
@@ -360,7 +367,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         formats, format_rule = restated_format_params(hunk.lines, ctx.format_params, src.rules, src.walker_member)
         kept.update({i: format_rule for i in formats if hunk.lines[i][0] == "-"})
         guards |= formats
-        more = restated_restructurings(hunk.lines, src.rules, src.names, target)
+        more = restated_restructurings(hunk, src, target)
         kept.update({i: r for i, r in more.items() if hunk.lines[i][0] == "-"})
         guards |= set(more)
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
@@ -382,6 +389,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     this_prev: str | None = None
     prev_patch: str | None = None
     blank_goes = False
+    split: tuple[int, str] | None = None     # (len(out) after a wrapped line, its first part)
     for idx, (tag, text, _) in enumerate(hunk.lines):
         if blank_goes and tag == "+" and not text.strip():
             blank_goes = False      # the blank line that set off a statement the layout drops
@@ -398,13 +406,14 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
             k += 1
             if j is None:           # a blank line the target does not have (allowed above)
                 continue
+            end = tail.get(k - 1, j) + 1    # the target's lines of a statement it wraps
             out.extend(tlines[ti:j])        # target-only lines kept (hoisted locals)
             if tag == " " or pi - 1 in stays:
-                out.append(tlines[j])
+                out.extend(tlines[j:end])
                 if tag == "-":
                     rules.append(stays[pi - 1])
                     blank_goes = True       # nor does the blank line the patch put in its place
-            ti = j + 1
+            ti = end
             continue
         if idx in decls and decls[idx][0] == "rename":     # the field's old name
             t = tr(text, types)
@@ -428,10 +437,14 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         new = learner.apply(t.text)
         if new != t.text:
             rules.append(LOCAL_NAMES)
-        new = realign(new, this_prev, out[-1] if out else None)
-        out.append(new)
-        added.append(new)
-        added_at.add(len(out) - 1)
+        new = realign(new, this_prev, split[1] if split and split[0] == len(out) else out[-1] if out else None)
+        # A line the translation made wider than the kernel's 100 columns is wrapped as it wraps.
+        parts = fit_width(new) if width(new) > 100 >= width(text) else [new]
+        split = (len(out) + len(parts), parts[0]) if len(parts) > 1 else None
+        for part in parts:
+            out.append(part)
+            added.append(part)
+            added_at.add(len(out) - 1)
     res.target_len = ti - first
     res.new_lines = out
     res.rules = list(dict.fromkeys(r for r in rules if r))

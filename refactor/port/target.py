@@ -137,6 +137,103 @@ class Target:
         return out
 
 
+    def hooks(self, struct: str) -> dict[str, tuple[str, int, list[str]]]:
+        """Function-pointer members of `struct` as the target declares them: name -> (file,
+        line, parameter declarations).  Looked for in arch/x86/include/asm/kvm_host.h."""
+        key = ("hooks", struct)
+        if key not in self._lines:
+            self._lines[key] = _hooks(self.text(_HOST_H) or "", struct)
+        return self._lines[key]
+
+    def territories(self, rel: str, name: str) -> list[tuple[int, int]]:
+        """0-based (first, last) lines that git would head with each definition of function
+        `name` (`FNAME(x)` for paging_tmpl.h's) in `rel`: from its first line to the line before
+        the next top-level line after its body.  Prototypes and macros have none."""
+        key = ("territories", rel, name)
+        if key not in self._lines:
+            self._lines[key] = _territories(self.text(rel) or "", name)
+        return self._lines[key]
+
+
+_HOST_H = "arch/x86/include/asm/kvm_host.h"
+_HOOK = re.compile(r"\(\s*\*\s*(\w+)\s*\)\s*\(([^;{}]*)\)\s*;")
+
+
+def split_args(inner: str) -> list[str]:
+    """The comma-separated parts of an argument or parameter list, at its top level."""
+    parts, depth, cur = [], 0, []
+    for c in inner:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        if c == "," and depth == 0:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+    last = "".join(cur).strip()
+    return parts + [last] if last or parts else []
+
+
+def _hooks(text: str, struct: str) -> dict[str, tuple[str, int, list[str]]]:
+    m = re.search(rf"^struct\s+{re.escape(struct)}\s*{{", text, re.M)
+    if not m:
+        return {}
+    end = text.find("\n};", m.end())
+    out = {}
+    for h in _HOOK.finditer(text, m.end(), end if end > 0 else len(text)):
+        params = split_args(" ".join(h.group(2).split()))
+        out[h.group(1)] = (_HOST_H, text.count("\n", 0, h.start()) + 1,
+                           [] if params == ["void"] else params)
+    return out
+
+
+def _close(text: str, open_at: int) -> int | None:
+    """Offset of the parenthesis closing the one at `open_at`."""
+    depth = 0
+    for i in range(open_at, len(text)):
+        if text[i] == "(":
+            depth += 1
+        elif text[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+# After a definition's parameter list: attributes (`__releases(x)`) before its body.
+_ATTRIBUTE = re.compile(r"\s*[A-Za-z_]\w*\s*(?=\()")
+_TOP_LEVEL = re.compile(r"^[A-Za-z_](?![A-Za-z_0-9]*:\s*(?:$|/[/*]))")   # a label is not a heading
+
+
+def _territories(text: str, name: str) -> list[tuple[int, int]]:
+    inner = re.fullmatch(r"FNAME\((\w+)\)", name)
+    spelled = rf"FNAME\(\s*{inner.group(1)}\s*\)" if inner else re.escape(name)
+    out = []
+    lines = text.split("\n")
+    for m in re.finditer(rf"^(?:[A-Za-z_][\w \t\*]*?[\s\*])?{spelled}\s*\(", text, re.M):
+        pos = _close(text, m.end() - 1)
+        while pos is not None:
+            rest = text[pos + 1:]
+            body = len(rest) - len(rest.lstrip())
+            if rest[body:body + 1] == "{":
+                break
+            attr = _ATTRIBUTE.match(rest)
+            pos = _close(text, pos + 1 + attr.end()) if attr else None
+        if pos is None:
+            continue        # a prototype, a call at top level (a macro use), a declaration
+        first = text.count("\n", 0, m.start())
+        last = first
+        while last < len(lines) and lines[last] != "}":
+            last += 1
+        last += 1
+        while last < len(lines) and not _TOP_LEVEL.match(lines[last]):
+            last += 1
+        out.append((first, last - 1))
+    return out
+
+
 def arity(text: str, open_at: int) -> int | None:
     depth, commas, i, empty = 0, 0, open_at, True
     while i < len(text):

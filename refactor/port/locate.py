@@ -1,0 +1,70 @@
+"""Where a hunk's pre-image stands in the target: which file, which line, found how.
+
+The pre-image is looked for as it is (`clean`), translated (`translated`), or
+as the most similar window (`fuzzy`), in the patch's file and in every other
+file that defines the function the hunk is in (a function moved between
+files).  Where the target defines that function, the place must lie in it:
+the same lines in another function (kvm_read_guest_virt_helper() and its
+write twin) are never the hunk's place, however near or similar.
+"""
+from __future__ import annotations
+
+import re
+
+from refactor.frontend.patch import Hunk
+from refactor.port.align import best_window, find
+from refactor.port.target import Target
+
+
+def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
+            kept: list[str]) -> tuple[str, int, str] | None:
+    """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
+    candidates = [rel] if target.text(rel) is not None else []
+    for frel, _line, _ar in (target.definitions(func) if func else []):
+        if frel not in candidates:
+            candidates.append(frel)
+    # Where the target defines the function the hunk's heading names, the hunk's place is in
+    # it: the same lines elsewhere (a read helper and its write twin) belong to another function.
+    name = named_function(hunk, func)
+    within = {frel: target.territories(frel, name) for frel in candidates} if name else {}
+    if any(within.values()):
+        candidates = [frel for frel in candidates if within[frel]]
+    near = max(hunk.old_start - 1, 0)
+    for frel in candidates:
+        at_near = near if frel == rel else 0
+        for lines, how in ((pre_raw, "clean"), (kept, "translated")):
+            at = find(lines, target, frel, at_near, within=within.get(frel) or None)
+            if at is None:
+                at = find(lines, target, frel, at_near, exact=False, within=within.get(frel) or None)
+            if at is not None:
+                return frel, at, how
+    if name and not any(within.values()) and heads_a_definition(hunk, name):
+        # A function the target does not define: lines like its `return;` and `}` elsewhere
+        # are not its place (an exact match above may still find it renamed).
+        return None
+    best = None
+    for frel in candidates:
+        win = best_window(kept, target, frel, near if frel == rel else 0, within.get(frel) or None)
+        if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
+            best = (frel, win[0], "fuzzy", win[1])
+    return best[:3] if best else None
+
+
+def heads_a_definition(hunk: Hunk, name: str) -> bool:
+    """Whether the hunk's heading (or a context line) is the first line of a definition of
+    function `name`, not a macro use or a declaration."""
+    inner = re.fullmatch(r"FNAME\((\w+)\)", name)
+    spelled = rf"FNAME\(\s*{inner.group(1)}\s*\)" if inner else re.escape(name)
+    head = re.compile(rf"^(?:[A-Za-z_][\w \t\*]*?[\s\*])?{spelled}\s*\(")
+    return any(head.match(t) and not t.rstrip().endswith(";")
+               for t in [hunk.section] + [x for g, x, _ in hunk.lines if g != "+"])
+
+
+def named_function(hunk: Hunk, func: str | None) -> str | None:
+    """The function the hunk is in, as the target would spell its definition: paging_tmpl.h's
+    `FNAME(name)` for the FNAME its heading shows."""
+    if func != "FNAME":
+        return func
+    inner = next((m.group(1) for t in [x for g, x, _ in hunk.lines if g != "+"] + [hunk.section]
+                  for m in [re.search(r"^\S.*\bFNAME\((\w+)\)\s*\(", t)] if m), None)
+    return f"FNAME({inner})" if inner else None

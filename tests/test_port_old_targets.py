@@ -1,0 +1,171 @@
+"""`port` onto old trees: where a hunk is placed, and calls whose hook takes another argument list.
+
+Fixes are written on 7.3 (its own code, edited as a maintainer would) and
+ported onto 6.1, 7.2 and the full 5.10 tree (cached by `kvm-refactor
+fetch-tree 5.10 --full`; the 5.10 tests skip when it is absent).  The worst
+failure of a port is a silent wrong one: a hunk placed in another function
+that has the same lines, so each test says where the hunk must land.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from refactor.port.diff import file_diff
+from refactor.port.engine import port_one
+from refactor.port.mail import read_mails
+from refactor.port.target import load_target
+from refactor.rules import load_rules
+
+FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.10-full"
+X86 = "arch/x86/kvm/x86.c"
+
+
+def mail_at(tree: Path, rel: str, function: str, old: str, new: str) -> str:
+    """A mail replacing the first `old` after the definition of `function` (the same lines
+    may stand in other functions too: that is the point)."""
+    text = (tree / rel).read_text()
+    head = re.search(rf"^\w[^\n]*\b{re.escape(function)}\(", text, re.M)
+    assert head, f"{function}() not in {rel}"
+    at = text.index(old, head.end())
+    diff = file_diff(rel, text, text[:at] + new + text[at + len(old):])
+    return ("From 1234567890abcdef1234567890abcdef12345678 Mon Sep 17 00:00:00 2001\n"
+            "From: Jane Dev <jane@example.org>\nDate: Tue, 3 Nov 2026 10:00:00 +0100\n"
+            "Subject: [PATCH] KVM: x86: Fix the helper\n\nExplain.\n\n"
+            f"Signed-off-by: Jane Dev <jane@example.org>\n---\n{diff}-- \n2.47.0\n\n")
+
+
+def function_at(text: str, line: int) -> str:
+    """The function whose definition is the nearest above 1-based `line`."""
+    names = [m.group(1) for m in re.finditer(r"^\w[^\n(]*?\b(\w+)\(", "\n".join(text.split("\n")[:line]),
+                                            re.M)]
+    return names[-1]
+
+
+def applies(tree: Path, diff: str) -> bool:
+    proc = subprocess.run(["git", "apply", "--check", "-"], cwd=tree, input=diff.encode(),
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules()
+
+
+@pytest.fixture(scope="module")
+def targets(trees, rules):
+    return {v: load_target(p, rules) for v, p in trees.items()}
+
+
+@pytest.fixture(scope="module")
+def t510(rules):
+    if not (FULL_510 / X86).is_file():
+        pytest.skip("no full 5.10 tree: `kvm-refactor fetch-tree 5.10 --full` adds it")
+    return load_target(FULL_510, rules)
+
+
+# The top of kvm_write_guest_virt_helper(): on 6.1 and 7.2 the same lines, translated, stand
+# in kvm_read_guest_virt_helper() too, which is nearer to 7.3's line number.
+WRITE_TOP_OLD = "\tint r = X86EMUL_CONTINUE;\n\n\twhile (bytes) {\n"
+WRITE_TOP_NEW = "\tint r = X86EMUL_CONTINUE;\n\n\tif (!bytes)\n\t\treturn r;\n\twhile (bytes) {\n"
+
+
+@pytest.mark.parametrize("version", ["6.1", "7.2"])
+def test_a_hunk_whose_lines_another_function_has_too_lands_in_its_own(trees, targets, rules, version):
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_write_guest_virt_helper", WRITE_TOP_OLD,
+                              WRITE_TOP_NEW))[0]
+    res = port_one(mail, targets[version], rules)
+    assert res.result == "ported", res.hunks[0].reason
+    at = res.hunks[0].target_start
+    assert function_at(targets[version].text(X86), at + 1) == "kvm_write_guest_virt_helper"
+    assert applies(trees[version], res.diff)
+
+
+def test_the_write_helper_is_not_placed_on_the_read_helper_of_5_10(trees, t510, rules):
+    # 5.10's write helper wraps its gva_to_gpa() call over three lines, the read helper over
+    # two: the read helper's window looked more like the hunk than the write helper's.
+    old = "\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu, gva_walk, addr, access, exception);\n"
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_write_guest_virt_helper", old, old + old))[0]
+    res = port_one(mail, t510, rules)
+    hunk = res.hunks[0]
+    assert res.result == "ported", hunk.reason
+    assert function_at(t510.text(X86), hunk.target_start + 1) == "kvm_write_guest_virt_helper"
+    # The hook takes no MMU on 5.10 (its declaration in kvm_host.h says so): the walker
+    # argument goes, and the call the target wraps over three lines is the context line.
+    assert "port-hook-arguments" in hunk.rules
+    new = [ln[1:] for ln in res.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
+    assert new == ["\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr, access, exception);"]
+    assert applies(FULL_510, res.diff)
+
+
+def test_a_hunk_is_placed_in_the_function_its_heading_names_or_nowhere(trees, t510, rules):
+    # update_pkru_bitmask(): its hunk was placed in kvm_init_shadow_ept_mmu() on 5.10, whose
+    # lines looked more like it than those of 5.10's own update_pkru_bitmask().
+    text = (trees["7.3"] / "arch/x86/kvm/mmu/mmu.c").read_text()
+    line = next(ln for ln in text.split("\n") if "w->fmt.pkru_mask = 0;" in ln)
+    mail = read_mails(mail_at(trees["7.3"], "arch/x86/kvm/mmu/mmu.c", "update_pkru_bitmask", line + "\n",
+                              line + "\n" + line + "\n"))[0]
+    res = port_one(mail, t510, rules)
+    hunk = res.hunks[0]
+    assert hunk.target_start is not None, hunk.reason
+    assert function_at(t510.text("arch/x86/kvm/mmu/mmu.c"), hunk.target_start + 1) == "update_pkru_bitmask"
+
+
+READ_CALL = "\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu, gva_walk, addr, access, exception);\n"
+
+
+@pytest.mark.parametrize("wrapped, want", [
+    # The walker argument on the call's first line: the continuation line moves under the
+    # parenthesis of the translated call.
+    ("\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu, gva_walk, addr,\n"
+     "\t\t\t\t\t\t access | PFERR_USER_MASK, exception);\n",
+     ["\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr,",
+      "\t\t\t\t\t\t\t    access | PFERR_USER_MASK, exception);"]),
+    # The walker argument alone on a line: that line goes.
+    ("\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu,\n\t\t\t\t\t\t gva_walk,\n"
+     "\t\t\t\t\t\t addr, access | PFERR_USER_MASK, exception);\n",
+     # (translated, the call's arguments move right: the line would be 103 columns wide)
+     ["\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu,",
+      "\t\t\t\t\t\t\t    addr, access | PFERR_USER_MASK,",
+      "\t\t\t\t\t\t\t    exception);"]),
+])
+def test_a_wrapped_hook_call_takes_the_5_10_argument_list(trees, t510, rules, wrapped, want):
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_read_guest_virt_helper", READ_CALL, wrapped))[0]
+    res = port_one(mail, t510, rules)
+    assert res.result == "ported", res.hunks[0].reason
+    # The target's own call, wrapped over two lines there, is what the new one replaces.
+    gone = ("\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr, access,\n"
+            "\t\t\t\t\t\t\t    exception);\n\t\tunsigned offset = addr & (PAGE_SIZE-1);\n"
+            "\t\tunsigned toread")
+    assert gone in t510.text(X86) and gone not in res.files[X86]
+    assert "\n".join(want) + "\n\t\tunsigned offset = addr & (PAGE_SIZE-1);\n\t\tunsigned toread" in res.files[X86]
+    assert all(len(ln.expandtabs(8)) <= 100 for ln in want)
+    assert applies(FULL_510, res.diff)
+
+
+def test_the_same_call_keeps_its_walker_argument_where_the_hook_takes_one(trees, targets, rules):
+    # 6.1 declares gva_to_gpa with the MMU as its second parameter: nothing to fit.
+    wrapped = ("\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu, gva_walk, addr,\n"
+               "\t\t\t\t\t\t access | PFERR_USER_MASK, exception);\n")
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_read_guest_virt_helper", READ_CALL, wrapped))[0]
+    res = port_one(mail, targets["6.1"], rules)
+    assert res.result == "ported", res.hunks[0].reason
+    assert "port-hook-arguments" not in res.hunks[0].rules
+    assert [ln[1:] for ln in res.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")] == [
+        "\t\tgpa_t gpa = mmu->gva_to_gpa(vcpu, mmu, addr,",
+        "\t\t\t\t\t    access | PFERR_USER_MASK, exception);"]
+
+
+def test_a_hook_call_passing_another_walker_is_a_missing_prerequisite_on_5_10(trees, t510, rules):
+    # Not the object the call goes through: 5.10's hook cannot be told which MMU to walk.
+    other = "\t\tgpa_t gpa = gva_walk->gva_to_gpa(vcpu, &vcpu->arch.ngpa_walk, addr, access, exception);\n"
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_read_guest_virt_helper", READ_CALL, READ_CALL + other))[0]
+    res = port_one(mail, t510, rules)
+    assert res.result == "conflict"
+    reason = res.hunks[0].reason
+    assert "hook gva_to_gpa() takes 4 arguments (arch/x86/include/asm/kvm_host.h:" in reason, reason
+    assert "the patch passes 5 and none of them is the object it is called through" in reason
