@@ -23,6 +23,7 @@ from refactor.port.counterparts import changed_functions, new_layout_functions
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
+from refactor.port.output import mail_text
 from refactor.port.target import load_target
 from refactor.rules import load_rules
 
@@ -142,6 +143,10 @@ def test_walker_write_is_ported_into_every_old_initialiser(trees, targets, rules
         at = next(i for i in range(definition(tree, MMU, name), len(new))
                   if re.match(rf"\s*{local}->cpu_role\.as_u64\s*=", new[i]))
         assert new[at + 1].strip() == f"{local}->pkru_mask = 0;", (name, new[at:at + 2])
+    # The stable note says where the change went.
+    out = mail_text(res, targets[version], ("P", "p@e"), None, rules)
+    assert ("init_kvm_page_walk() is not in this tree: made in init_kvm_nested_mmu(), "
+            "init_kvm_tdp_mmu(), shadow_mmu_init_context()") in out
 
 
 CHANGE_OLD = "\tw->inject_page_fault = kvm_inject_page_fault;\n"
@@ -168,6 +173,21 @@ def test_walker_write_of_a_missing_helper_is_a_prerequisite(trees, targets, rule
     (h,) = res.hunks
     assert h.status == "conflict" and h.reason.startswith("missing prerequisite: `kvm_inject_page_fault_checked`")
     assert f"{MMU}:{definition(trees[version], MMU, 'init_kvm_nested_mmu')} init_kvm_nested_mmu()" in h.reason
+
+
+@pytest.mark.parametrize("version", OLD)
+def test_renamed_initialiser_names_its_old_name(trees, targets, rules, version):
+    # init_kvm_shadow_mmu() is [[walker_init]] `rename` of kvm_init_shadow_mmu(); the hunk's
+    # context (shadow_mmu_init_context() lost its cpu_role argument) does not match there.
+    old = "\troot_role.efer_nx = true;\n\n\tshadow_mmu_init_context(vcpu, context, root_role);"
+    new = old.replace("true;\n", "true;\n\troot_role.cr0_wp = true;\n", 1)
+    res = port_one(mail(diff_of(trees["7.3"], MMU, old, new)), targets[version], rules)
+    (h,) = res.hunks
+    assert res.direction == "backport" and h.status == "conflict"
+    at = definition(trees[version], MMU, "kvm_init_shadow_mmu")
+    assert f"init_kvm_shadow_mmu() is a name the refactor gave (restructure.toml init-kvm-page-walk); " \
+           f"on the old layout: {MMU}:{at} kvm_init_shadow_mmu()" in h.reason, h.reason
+    assert "`+root_role.cr0_wp = true;` in kvm_init_shadow_mmu()" in h.reason
 
 
 # ---- kvm_mmu_invalidate_addr() ----------------------------------------------------------------
@@ -199,6 +219,14 @@ def test_permission_bitmask_fix_ports_onto_7_2(trees, targets, rules):
     assert res.direction == "backport" and res.result == "ported", res.hunks[0].reason
     assert applies(trees["7.2"], res.diff)
     assert [x.strip() for x in added(res.diff)] == ["if (!cr0_wp && cr4_smap)", "smapf = 0;"]
+    # Located in update_permission_bitmask(), which holds the body on the old layout.
+    (h,) = res.hunks
+    assert h.status == "relocated" and "parameterize-permission-bitmask" in h.rules
+    start = definition(trees["7.2"], MMU, "update_permission_bitmask")
+    assert f"ported to update_permission_bitmask() ({MMU}:" in h.reason
+    assert start < h.target_start < line_of(trees["7.2"], MMU, r"^}", start)
+    out = mail_text(res, targets["7.2"], ("P", "p@e"), None, rules)
+    assert "__update_permission_bitmask() is not in this tree: made in update_permission_bitmask()" in out
 
 
 def test_permission_bitmask_fix_onto_6_1_names_update_permission_bitmask(trees, targets, rules):
@@ -224,6 +252,9 @@ def test_spte_permission_fault_caller_ports_onto_7_2_as_is_access_allowed(trees,
     assert "spte-permission-fault" in res.hunks[0].rules
     assert [x.strip() for x in added(res.diff)] == ["(fault->prefetch || !is_access_allowed(fault, iter->old_spte)) &&"]
     assert applies(trees["7.2"], res.diff)
+    out = mail_text(res, targets["7.2"], ("P", "p@e"), None, rules)
+    assert "spte_permission_fault() restated as the negation of is_access_allowed()" in out
+    assert "mmu -> fault" not in out   # the restated arguments are not a renaming
 
 
 def test_spte_permission_fault_caller_onto_6_1_names_is_access_allowed(trees, targets, rules):

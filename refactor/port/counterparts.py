@@ -215,6 +215,27 @@ def old_line(line: str, r: Restructured, p: Place, vocab: Vocabulary, rules, wal
     return text
 
 
+def counterpart_hunk(hunk, r: Restructured, target: Target, rules, vocab: Vocabulary, rel: str):
+    """The hunk of `inner` ([[parameterize]]) as the one counterpart that holds its body reads
+    it (`fmt->` through the MMU parameter; the role bits are locals of the same names there),
+    to be located there like any hunk; None for other restructurings."""
+    import dataclasses
+
+    if r.kind != "parameterize" or r.key != "inner":
+        return None
+    places = counterparts(r, target, rules, rel)
+    if len(places) != 1:
+        return None
+    p = places[0]
+    texts = [t for _g, t, _ in hunk.lines] + [hunk.section]
+    walkers, formats = walker_vars(texts, vocab, rules), format_vars(texts, rules)
+    if not formats:
+        return None
+    lines = [(g, old_line(t, r, p, vocab, rules, walkers, formats), n) for g, t, n in hunk.lines]
+    head = target.lines(p.file)[p.line - 1]
+    return dataclasses.replace(hunk, lines=lines, section=head)
+
+
 def _having_removed(places: list[Place], r: Restructured, changed, target: Target, vocab, rules,
                     walkers, formats) -> list[Place]:
     """The counterparts that have the hunk's first removed line (all when none has it, or the
@@ -318,8 +339,8 @@ def reason(rs: list[Restructured], hunk, target: Target, rules, vocab: Vocabular
             parts.append(f"{r.function}() (restructure.toml {r.rule_id}) has no counterpart the "
                          "target defines")
             continue
-        what = "was introduced by the refactor" if r.key not in _CHANGED.get(r.kind, ()) \
-            else "takes a walker since the refactor"
+        what = ("takes a walker since the refactor" if r.key in _CHANGED.get(r.kind, ())
+                else "is a name the refactor gave" if r.key == "rename" else "was introduced by the refactor")
         listed = "; ".join(f"{p.where} {p.function}() [{p.role}]" for p in places)
         text = f"{r.function}() {what} (restructure.toml {r.rule_id}); on the old layout: {listed}"
         up = callers(r, target, rules, rel)

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refactor.port.context import file_context
-from refactor.port.counterparts import new_layout_functions, old_calls, touched
+from refactor.port.counterparts import counterpart_hunk, new_layout_functions, old_calls, touched
 from refactor.port.counterparts import reason as counterpart_reason
 from refactor.port.diff import region_diff
 from refactor.port.headings import function_of
 from refactor.port.hunks import HunkResult, port_hunk
-from refactor.port.initialisers import walker_writes_port
+from refactor.port.initialisers import NOTE, walker_writes_port
 from refactor.port.inverse import dependent_conflicts
 from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
@@ -153,7 +153,7 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             if restated and h.status != "conflict":
                 h.rules.append(restated)
                 h.status = "translated" if h.status == "clean" else h.status
-            moved, hint = _into_counterparts(h, original, fp.path, target, rules, src, ctx) \
+            moved, hint = _into_counterparts(h, original, fp, target, rules, (src, dst), ctx) \
                 if h.status == "conflict" and direction == "backport" else (False, None)
             if moved:
                 res.hunks.append(h)
@@ -201,12 +201,22 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
     return res
 
 
-def _into_counterparts(h: HunkResult, hunk, rel: str, target: Target, rules: Rules,
-                       src: Vocabulary, ctx) -> tuple[bool, str | None]:
-    """A conflicting hunk in an initialiser the refactor introduced, made in the old
-    initialisers that do its work where that is exact (refactor.port.counterparts): (True,
+def _into_counterparts(h: HunkResult, hunk, fp, target: Target, rules: Rules,
+                       vocabs: tuple[Vocabulary, Vocabulary], ctx) -> tuple[bool, str | None]:
+    """A conflicting hunk in a function the refactor introduced, made where the old layout
+    does its work when that is exact (refactor.port.counterparts, initialisers): (True,
     None); else (False, where the added lines would go, or None)."""
+    rel, (src, dst) = fp.path, vocabs
     for r in touched(hunk, function_of(hunk), rules):
+        there = counterpart_hunk(hunk, r, target, rules, src, rel)
+        got = port_hunk(there, fp, target, "backport", src, dst, ctx) if there is not None else None
+        if got is not None and got.status != "conflict":
+            got.status, got.rules = "relocated", list(dict.fromkeys(got.rules + [r.rule_id]))
+            name = function_of(there) or "?"
+            got.reason = NOTE.format(function=r.function, rule=r.rule_id,
+                                     places=f"{name}() ({got.target_file}:{got.target_start + 1})")
+            vars(h).update(vars(got))
+            return True, None
         edit, hint = walker_writes_port(hunk, r, target, rules, src, rel)
         if edit is not None:
             old = target.lines(rel)[edit.start:edit.start + edit.length]

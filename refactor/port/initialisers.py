@@ -16,6 +16,17 @@ from refactor.port.counterparts import (Place, Restructured, body, counterparts,
 from refactor.port.lexicon import Vocabulary
 from refactor.port.target import Target
 
+# The reason of a hunk made in the counterparts; ported_into() reads it back for the mail.
+NOTE = "{function}() was introduced by the refactor (restructure.toml {rule}): ported to {places}"
+_NOTE = re.compile(r"^(\w+)\(\) was introduced by the refactor \(restructure\.toml [\w-]+\): ported to (.+)$")
+
+
+def ported_into(reason: str | None) -> tuple[str, list[str]] | None:
+    """(new function, the old functions the hunk was made in) of a hunk this module ported."""
+    m = _NOTE.match(reason or "")
+    return (m.group(1), re.findall(r"(\w+)\(\) \(", m.group(2))) if m else None
+
+
 _WRITE = re.compile(r"^\s*(\w+)->([\w.]+)\s*=[^=]")
 
 
@@ -183,8 +194,8 @@ def walker_writes_port(hunk, r: Restructured, target: Target, rules, vocab: Voca
         else:
             out.append(lines[k])
         out += inserts.get(k, [])
-    note = (f"{r.function}() was introduced by the refactor (restructure.toml {r.rule_id}): "
-            f"ported to {', '.join(f'{p.function}() ({p.where})' for p in added_to)}")
+    note = NOTE.format(function=r.function, rule=r.rule_id,
+                       places=", ".join(f"{p.function}() ({p.where})" for p in added_to))
     return Edit(lo, hi - lo + 1, out, note), None
 
 

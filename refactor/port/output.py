@@ -26,10 +26,20 @@ def _name_pairs(original: str, ported: str) -> list[str]:
     return out
 
 
-def deviation_note(pr, original_diff: str) -> str | None:
+def deviation_note(pr, original_diff: str, rules: Rules | None = None) -> str | None:
+    from refactor.port.counterparts import old_calls
+    from refactor.port.initialisers import ported_into
+
     if pr.direction == "same" and not any(h.status == "relocated" for h in pr.hunks):
         return None
     orig_added = [ln[1:] for ln in original_diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
+    # Calls of a helper the old layout lacks, restated as the old one: said once, below.
+    restated = {}
+    for i, a in enumerate(orig_added):
+        new, rid = old_calls(a, rules) if rules is not None else (a, None)
+        if rid:
+            restated[rid] = [r for r in rules.restructure["spte_permissions"] if r.id == rid][0]
+            orig_added[i] = new
     new_added = [ln[1:] for ln in pr.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
     pairs: list[str] = []
     for a, b in zip(orig_added, new_added):
@@ -46,6 +56,13 @@ def deviation_note(pr, original_diff: str) -> str | None:
         parts.append({"backport": "context translated to the old MMU layout",
                       "forward": "context translated to the struct kvm_pagewalk layout",
                       "rename": "walker names changed"}[pr.direction])
+    for r in restated.values():
+        parts.append(f"{r.params['new']}() restated as the negation of {r.params['old']}() "
+                     f"(restructure.toml {r.id})")
+    for h in pr.hunks:
+        into = ported_into(h.reason) if h.status != "conflict" else None
+        if into:
+            parts.append(f"{into[0]}() is not in this tree: made in {', '.join(f + '()' for f in into[1])}")
     moved = sorted({f"{h.file} -> {h.target_file}" for h in pr.hunks
                     if h.status == "relocated" and h.target_file != h.file})
     if moved:
@@ -65,7 +82,7 @@ def mail_text(pr, target, porter: tuple[str, str] | None, subject_prefix: str | 
     if m.upstream:
         lines += [f"commit {m.upstream} upstream.", ""]
     body = m.body.rstrip("\n")
-    note = deviation_note(pr, m.diff)
+    note = deviation_note(pr, m.diff, rules)
     trailers = []
     if note:
         trailers.append(note)
