@@ -184,3 +184,134 @@ def test_a_walker_test_that_changes_which_mmu_is_synced_is_not_inverted(trees, t
         res = _port(targets["7.2"], MMU_C, text, after, rules)
         assert res.result == "conflict" and res.diff == "", (res.result, res.diff)
         assert "kvm_mmu_invalidate_addr" in res.hunks[0].reason, res.hunks[0].reason
+
+
+# ---- [[walker_init]]: the MMU initialisers after init_kvm_page_walk() ----
+
+TDP_72 = """	if (cpu_role.as_u64 == context->cpu_role.as_u64 &&
+	    root_role.word == context->root_role.word)
+		return;
+
+	context->cpu_role.as_u64 = cpu_role.as_u64;
+	context->root_role.word = root_role.word;
+	context->page_fault = kvm_tdp_page_fault;
+	context->sync_spte = NULL;
+	context->get_guest_pgd = get_guest_cr3;
+	context->get_pdptr = kvm_pdptr_read;
+	context->inject_page_fault = kvm_inject_page_fault;
+
+	if (!is_cr0_pg(context))
+		context->gva_to_gpa = nonpaging_gva_to_gpa;
+	else if (is_cr4_pae(context))
+		context->gva_to_gpa = paging64_gva_to_gpa;
+	else
+		context->gva_to_gpa = paging32_gva_to_gpa;
+
+	reset_guest_paging_metadata(vcpu, context);
+	reset_tdp_shadow_zero_bits_mask(context);
+"""
+SHADOW_72 = """static void shadow_mmu_init_context(struct kvm_vcpu *vcpu, struct kvm_mmu *context,
+				    union kvm_cpu_role cpu_role,
+				    union kvm_mmu_page_role root_role)
+{
+	if (cpu_role.as_u64 == context->cpu_role.as_u64 &&
+	    root_role.word == context->root_role.word)
+		return;
+
+	context->cpu_role.as_u64 = cpu_role.as_u64;
+	context->root_role.word = root_role.word;
+
+	if (!is_cr0_pg(context))
+		nonpaging_init_context(context);
+	else if (is_cr4_pae(context))
+		paging64_init_context(context);
+	else
+		paging32_init_context(context);
+
+	reset_guest_paging_metadata(vcpu, context);
+	reset_shadow_zero_bits_mask(vcpu, context);
+}
+"""
+TDP_DECL = "\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n"
+SHADOW_CALL = "\tshadow_mmu_init_context(vcpu, context, cpu_role, root_role);\n"
+GMET = "\tcpu_role.base.cr4_smep = (misc_ctl & SVM_MISC_ENABLE_GMET) != 0;\n"
+NPT = "void kvm_init_shadow_npt_mmu(struct kvm_vcpu *vcpu, unsigned long cr4,\n"
+PROTO = ("static void init_kvm_page_walk(struct kvm_vcpu *vcpu, struct kvm_pagewalk *w,\n"
+         "\t\t\t       union kvm_cpu_role cpu_role);\n\n")
+
+
+def _step13(text: str) -> str:
+    """7.2's MMU initialisers as `series` leaves them before step 14: the walker reached
+    through `gva_walk` (init_kvm_tdp_mmu()) and `w = context->w` (shadow_mmu_init_context())."""
+    tdp = TDP_72.replace("context->cpu_role", "gva_walk->cpu_role").replace("(context))", "(gva_walk))")
+    for f in ("get_guest_pgd", "get_pdptr", "inject_page_fault", "gva_to_gpa"):
+        tdp = tdp.replace(f"context->{f} ", f"gva_walk->{f} ")
+    tdp = tdp.replace("reset_guest_paging_metadata(vcpu, context)", "reset_guest_paging_metadata(vcpu, gva_walk)")
+    new = _only(text, TDP_DECL + "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n"
+                + TDP_72, TDP_DECL + "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n"
+                "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n" + tdp)
+    shadow = SHADOW_72.replace("{\n", "{\n\tstruct kvm_pagewalk *w = context->w;\n\n").replace(
+        "context->cpu_role", "w->cpu_role").replace("(context))", "(w))").replace("metadata(vcpu, context)",
+                                                                                 "metadata(vcpu, w)")
+    return _only(new, SHADOW_72, shadow)
+
+
+def _step14(step13: str) -> str:
+    """What step 14 makes of them: no walker writes or walker role test, no role parameter
+    where nothing else used it, and init_kvm_page_walk() first for the nested NPT MMU."""
+    a, b = _function(step13, "static void init_kvm_tdp_mmu(")
+    tdp = step13[a:b]
+    tdp = _only(tdp, "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n", "")
+    tdp = _only(tdp, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
+                "\tif (root_role.word")
+    tdp = _only(tdp, "\tgva_walk->cpu_role.as_u64 = cpu_role.as_u64;\n", "")
+    start, end = tdp.index("\tgva_walk->get_guest_pgd"), tdp.index("\treset_tdp_shadow_zero_bits_mask")
+    tdp = tdp[:start] + "\n" + tdp[end:]
+    new = step13[:a] + tdp + step13[b:]
+    a, b = _function(new, "static void shadow_mmu_init_context(")
+    shadow = new[a:b].replace("\t\t\t\t    union kvm_cpu_role cpu_role,\n", "").replace(
+        "\tstruct kvm_pagewalk *w = context->w;\n\n", "").replace(
+        "\tif (cpu_role.as_u64 == w->cpu_role.as_u64 &&\n\t    root_role.word", "\tif (root_role.word").replace(
+        "\tw->cpu_role.as_u64 = cpu_role.as_u64;\n", "").replace("(w))", "(context->w))").replace(
+        "\treset_guest_paging_metadata(vcpu, w);\n", "")
+    new = new[:a] + shadow + new[b:]
+    new = new.replace(SHADOW_CALL, "\tshadow_mmu_init_context(vcpu, context, root_role);\n")
+    new = _only(new, NPT, PROTO + NPT)
+    return _only(new, GMET, GMET + "\n\tinit_kvm_page_walk(vcpu, &vcpu->arch.ngpa_walk, cpu_role);\n")
+
+
+def test_the_mmu_initialisers_after_init_kvm_page_walk_port_back_as_nothing(trees, targets, rules):
+    """[[walker_init]] then_mmu inverted: init_kvm_tdp_mmu() and shadow_mmu_init_context()
+    without their walker writes and walker role test, shadow_mmu_init_context() without the
+    role parameter (at its definition and both calls), kvm_init_shadow_npt_mmu() calling
+    init_kvm_page_walk() first: on 7.2, where the initialisers initialise the walker, the
+    hunks are nothing."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    before = _step13(text)
+    res = _port(targets["7.2"], MMU_C, before, _step14(before), rules)
+    assert res.direction == "backport" and res.result == "ported", [(h.old_start, h.reason) for h in res.hunks]
+    assert res.diff == "", res.diff
+    assert all("init-kvm-page-walk" in h.rules for h in res.hunks), [h.rules for h in res.hunks]
+
+
+def test_a_fix_beside_the_walker_init_restructuring_is_not_dropped(trees, targets, rules):
+    """Only a hunk that is exactly the restructuring is inverted.  A fix that drops only the
+    walker's role test from the early return (the walker would then keep a stale role), the
+    restructuring with another line dropped too, or a call that drops another argument than
+    the role: each is a change or a conflict, never nothing."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    before = _step13(text)
+    only_test = _only(before, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
+                      "\tif (root_role.word")
+    more = _only(_step14(before), "\tcontext->page_fault = kvm_tdp_page_fault;\n\tcontext->sync_spte = NULL;\n",
+                 "\tcontext->page_fault = kvm_tdp_page_fault;\n")
+    other_arg = before.replace(SHADOW_CALL, "\tshadow_mmu_init_context(vcpu, context, cpu_role);\n")
+    res = _port(targets["7.2"], MMU_C, before, only_test, rules)
+    assert res.result == "ported", [h.reason for h in res.hunks]
+    assert _added(res.diff) == ["\tif (root_role.word == context->root_role.word)"], res.diff
+    res = _port(targets["7.2"], MMU_C, before, more, rules)
+    assert res.result == "conflict" and res.diff == "", res.diff
+    assert res.hunks[0].status == "conflict" and "shadow_mmu_init_context" in res.hunks[0].reason
+    res = _port(targets["7.2"], MMU_C, before, other_arg, rules)
+    assert res.result == "conflict" and res.diff == "", res.diff
+    assert all("takes 4 arguments in the target" in h.reason for h in res.hunks), [h.reason for h in res.hunks]

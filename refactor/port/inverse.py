@@ -13,6 +13,7 @@ import re
 
 from refactor.port.headings import heading
 from refactor.port.target import Target
+from refactor.port.walker_init_inverse import restated_walker_init
 from refactor.port.walker_param_inverse import restated_walker_param
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -288,8 +289,10 @@ def introduced(lines: list[tuple[str, str, int]], target: Target, rules) -> str 
             for new, old in pairs:
                 if not isinstance(new, str) or target.definitions(new):
                     continue
-                if any(g == "+" and (m := _HEAD.match(t)) and (m.group(1) or m.group(2)) == new
-                       and not t.rstrip().endswith(";") for g, t, _ in lines):
+                added = [t for g, t, _ in lines if g == "+"]
+                # A definition, not a prototype (`to` declared before its first caller).
+                if any((m := _HEAD.match(t)) and (m.group(1) or m.group(2)) == new
+                       and not (_header(added, k) or t).rstrip().endswith(";") for k, t in enumerate(added)):
                     where = ([f"{f}:{line}" for f, line, _a in target.definitions(old)]
                              if isinstance(old, str) else [])
                     return (f"the patch defines {new}(), which the refactor introduced (restructure.toml "
@@ -434,9 +437,11 @@ def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, 
     return out, entry.id if out else None
 
 
-def restated_restructurings(lines: list[tuple[str, str, int]], rules, names, target: Target) -> dict[int, str]:
-    """Changed lines (index into `lines`) of a hunk that only makes one of restructure.toml's
+def restated_restructurings(hunk, vocab, target: Target) -> dict[int, str]:
+    """Changed lines (index into hunk.lines) of a hunk that only makes one of restructure.toml's
     restructurings whose old counterpart is the target's own code, with the rule: the hunk's
     removed lines stay and its added ones are not written.  [[walker_param]] in the
-    function's definition (walker_param_inverse)."""
-    return restated_walker_param(lines, rules, names)
+    function's definition (walker_param_inverse), [[walker_init]] in the MMU initialisers
+    and their callers (walker_init_inverse).  `vocab`: the patch's."""
+    return (restated_walker_param(hunk.lines, vocab.rules, vocab.names)
+            or restated_walker_init(hunk.lines, hunk.section, vocab, target))
