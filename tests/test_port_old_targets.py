@@ -169,3 +169,20 @@ def test_a_hook_call_passing_another_walker_is_a_missing_prerequisite_on_5_10(tr
     reason = res.hunks[0].reason
     assert "hook gva_to_gpa() takes 4 arguments (arch/x86/include/asm/kvm_host.h:" in reason, reason
     assert "the patch passes 5 and none of them is the object it is called through" in reason
+
+
+def test_a_hook_call_gains_the_object_it_goes_through_where_the_target_declares_it(targets, rules):
+    # The other way: a 5.10-style call (no MMU argument) fitted to 7.3's declaration of
+    # gva_to_gpa in struct kvm_pagewalk, whose second parameter is the walker.  The line break
+    # and the continuation line stay as they were.
+    from refactor.frontend.patch import Hunk
+    from refactor.port.hooks import fit_hook_calls
+
+    call = ["\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr, access,",
+            "\t\t\t\t\t\t\t    exception);"]
+    hunk = Hunk(10, 2, 10, 3, "static int f(void)",
+                [(" ", call[0], 10), (" ", call[1], 11), ("+", "\t\tfoo(gpa);", 12)])
+    fitted = fit_hook_calls(hunk, targets["7.3"], rules)
+    assert fitted.rules == ["port-hook-arguments"] and not fitted.problems
+    assert [t for _g, t, _ in fitted.hunk.lines[:2]] == [
+        "\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, vcpu->arch.walk_mmu, addr, access,", call[1]]
