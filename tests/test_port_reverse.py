@@ -315,3 +315,31 @@ def test_a_fix_beside_the_walker_init_restructuring_is_not_dropped(trees, target
     res = _port(targets["7.2"], MMU_C, before, other_arg, rules)
     assert res.result == "conflict" and res.diff == "", res.diff
     assert all("takes 4 arguments in the target" in h.reason for h in res.hunks), [h.reason for h in res.hunks]
+
+
+# ---- a local only a restated call used ----
+
+TDP_MMU_C = "arch/x86/kvm/mmu/tdp_mmu.c"
+SP_DECL = ("\t\t\t\t\t  struct tdp_iter *iter)\n{\n"
+           "\tstruct kvm_mmu_page *sp = sptep_to_sp(rcu_dereference(iter->sptep));\n")
+ALLOWED = "\t    (fault->prefetch || is_access_allowed(fault, iter->old_spte)) &&\n"
+
+
+def test_a_local_only_a_restated_call_used_ports_back_as_nothing(trees, targets, rules):
+    """[[spte_permissions]] on tdp_mmu_map_handle_target_level(): the MMU local declared for
+    spte_permission_fault(), a call that is 7.2's is_access_allowed(); with the call restated
+    the local would be unused on 7.2: it is nothing too (the port used to add it alone).  A
+    fix that uses the local in what it changes keeps it."""
+    text = (trees["7.2"] / TDP_MMU_C).read_text()
+    decl = _only(text, SP_DECL, SP_DECL.replace("{\n", "{\n\tstruct kvm_mmu *mmu = vcpu->arch.mmu;\n"))
+    after = _only(decl, ALLOWED, "\t    (fault->prefetch || !spte_permission_fault(mmu, iter->old_spte, fault)) &&\n")
+    res = _port(targets["7.2"], TDP_MMU_C, text, after, rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "", res.diff
+    assert all("spte-permission-fault" in h.rules for h in res.hunks), [h.rules for h in res.hunks]
+
+    fix = _only(decl, ALLOWED, ALLOWED.replace("iter->old_spte)) &&", "iter->old_spte)) &&\n"
+                                               "\t    !mmu->root_role.invalid &&"))
+    res = _port(targets["7.2"], TDP_MMU_C, text, fix, rules)
+    assert res.result == "ported", [h.reason for h in res.hunks]
+    assert _added(res.diff) == ["\tstruct kvm_mmu *mmu = vcpu->arch.mmu;", "\t    !mmu->root_role.invalid &&"], res.diff

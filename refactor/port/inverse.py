@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from refactor.port.headings import heading
+from refactor.port.locals import function_span
 from refactor.port.target import Target
 from refactor.port.walker_init_inverse import restated_walker_init
 from refactor.port.walker_param_inverse import restated_walker_param
@@ -197,7 +198,9 @@ def dependent_conflicts(pairs: list, target: Target) -> None:
     a change to a function whose other hunk conflicts (half a restructured function is
     neither layout's), a use of a function the patch defines only in a conflicting hunk, a
     removal of a function the target still calls where the conflicting hunk would have
-    removed the call.  `pairs`: (HunkResult, Hunk, file) of one patch, in order."""
+    removed the call.  `pairs`: (HunkResult, Hunk, file) of one patch, in order.  First, a
+    hunk that only declares locals whose uses the port took away (unused_locals)."""
+    unused_locals(pairs, target)
     changed = True
     while changed:
         changed = False
@@ -237,6 +240,46 @@ def dependent_conflicts(pairs: list, target: Target) -> None:
                         break
             if why:
                 h.status, h.reason, changed = "conflict", why, True
+
+
+_LOCAL = re.compile(r"^\s*(?:const\s+)?(?:struct\s+|union\s+|unsigned\s+)?\w+[\s*]+(\w+)\s*(?:=[^;]*)?;\s*$")
+
+
+def unused_locals(pairs: list, target: Target) -> None:
+    """A hunk that only adds local declarations no line of the function uses once ported: its
+    uses were in hunks the port restated as the target's own code ([[spte_permissions]]'s
+    `{mmu}` local, declared for a spte_permission_fault() call that is is_access_allowed() on
+    the old layout; `pairs` hold the hunks as restated).  Where hunks of the same function
+    ported as nothing under a rule, the declaration is that rule's too: nothing; otherwise it
+    is a conflict, never a local the target would not use."""
+    for h, hunk, rel in pairs:
+        if h.status == "conflict" or h.target_start is None:
+            continue
+        tl = target.lines(h.target_file)
+        before = tl[h.target_start:h.target_start + h.target_len]
+        added = [t for g, t, _ in hunk.lines if g == "+" and t.strip()]
+        if h.new_lines == before or not added or any(g == "-" for g, _t, _ in hunk.lines):
+            continue
+        names = [m.group(1) if m else None for t in added for m in [_LOCAL.match(t)]]
+        if None in names:
+            continue
+        word = re.compile(rf"(?<![\w>.])(?:{'|'.join(map(re.escape, names))})(?!\w)")
+        mine = _function(hunk)
+        same = [(u, uh) for u, uh, urel in pairs if urel == rel and uh is not hunk and _function(uh) & mine]
+        lo, hi = function_span(tl, h.target_start)
+        if any(word.search(t) for _u, uh in same for g, t, _ in uh.lines if g != "-") \
+                or any(word.search(t) for t in tl[lo:hi + 1]) \
+                or sum(bool(word.search(t)) for t in h.new_lines) > len(names):
+            continue
+        restated = [r for u, _uh in same if u.status != "conflict" and u.rules
+                    and u.new_lines == target.lines(u.target_file)[u.target_start:u.target_start + u.target_len]
+                    for r in u.rules]
+        if restated:
+            h.new_lines, h.status = before, "translated"
+            h.rules = list(dict.fromkeys(h.rules + restated))
+        else:
+            h.status, h.reason = "conflict", (f"declares {', '.join(names)}, which no line of the function uses "
+                                              "once ported: the target would not use it")
 
 
 def change_runs(lines: list[tuple[str, str, int]]):
