@@ -90,8 +90,8 @@ def _drop_arg(text: str, spans: list[tuple[int, int]], k: int) -> str:
 class _Target:
     """What the inverse reads from the old tree: a definition's body and parameters."""
 
-    def __init__(self, target: Target):
-        self.target = target
+    def __init__(self, target: Target, rules):
+        self.target, self.rules = target, rules
 
     def body(self, name: str) -> tuple[list[str], list[str]] | None:
         """(parameter texts, body lines) of the target's definition of `name`."""
@@ -116,6 +116,26 @@ class _Target:
                 if any(re.fullmatch(r"\s*\w+\s*", a) for a in m.group(2).split(",")):
                     out.add(m.group(1))
         return out
+
+    def only_setup_and_walker(self, name: str, setup: str) -> bool:
+        """The target's `name` is declarations, one call of `setup` and walker-field writes
+        (walker_init.py's test for a `merge`)."""
+        found = self.body(name)
+        if found is None:
+            return False
+        fields = {f.name for f in self.rules.mmu_fields.values() if f.moves_to_walker}
+        calls = 0
+        for t in found[1][1:-1]:
+            t = t.strip()
+            if not t or t.startswith(("/*", "*")) or re.match(r"struct\s+\w+\s*\*\s*\w+\s*(?:=[^;]*)?;$", t):
+                continue
+            if re.fullmatch(rf"{re.escape(setup)}\([^;]*\);", t):
+                calls += 1
+                continue
+            m = re.fullmatch(r"\w+->(\w+)\s*=\s*\w+;", t)
+            if not (m and m.group(1) in fields):
+                return False
+        return calls == 1
 
     def role_index(self, name: str, role: str) -> tuple[int, int] | None:
         """(index of the role parameter, number of parameters) of the target's `name`, where its
@@ -215,6 +235,93 @@ def _then_mmu(seg: list[str], step, rules, names, walker_member: str, to_calls: 
     return res
 
 
+def _dispatcher(seg: list[str], step, names, old: "_Target") -> list[str]:
+    """[[walker_init]]'s change to the dispatcher (walker_init.py): `to` on the {gva} walker
+    first, then the MMU initialisers, renamed where merged, only outside nesting."""
+    test, frm = re.escape(step["nested_test"]), re.escape(step["from"])
+    for i in range(len(seg) - 2):
+        m = re.match(rf"^(\s*)if \({test}\)$", seg[i])
+        c = re.match(rf"^\s*{frm}\((\w+)((?:,[^;]*)?)\);$", seg[i + 1])
+        if not m or not c or not seg[i + 2].startswith(f"{m.group(1)}else "):
+            continue
+        indent = m.group(1)
+        end = i + 3
+        while end < len(seg) and (len(seg[end]) - len(seg[end].lstrip()) > len(indent) and seg[end].strip()
+                                  or seg[end].startswith(f"{indent}else")):
+            end += 1
+        if seg[i + 2].rstrip().endswith("{"):
+            return seg          # a compound alternative: not the shape the rule rewrites
+        rest = [indent + seg[i + 2].strip()[len("else "):]] + seg[i + 3:end]
+        for o, target in step.get("merge", {}).items():
+            if old.only_setup_and_walker(o, target):
+                rest = [re.sub(rf"(?<![\w>.]){re.escape(o)}(?=\()", target, t) for t in rest]
+        call = f"{indent}{step['to']}({c.group(1)}, &{c.group(1)}->arch.{names.gva}{c.group(2)});"
+        return seg[:i] + [call, "", f"{indent}if (!{step['nested_test']}) {{"] + \
+            ["\t" + t if t.strip() else t for t in rest] + [f"{indent}}}"] + seg[end:]
+    return seg
+
+
+def _from_to(seg: list[str], step, rules, names, old: "_Target", walker_name: str | None) -> list[str]:
+    """[[walker_init]]'s change to `from` (walker_init.py, walker_writes._role_selection): it
+    is `to`, taking its walker local as its second parameter, picking gva_to_gpa from the
+    walker's role as the MMU initialisers did (the comments on the old choice go), its role
+    parameter named `role_param`.  `walker_name`: what the post-image calls that parameter."""
+    walker_t = f"struct {rules.types['walker']}"
+    frm, to = re.escape(step["from"]), step["to"]
+    brace = next((k for k, t in enumerate(seg) if t.startswith("{")), None)
+    decl = next((k for k, t in enumerate(seg) if re.match(rf"^\s*{walker_t}\s*\*\s*\w+\s*=\s*&\w+->arch\."
+                                                       rf"{re.escape(names.gva)};$", t)), None)
+    if brace is None or decl is None or not re.match(rf"^\S.*\b{frm}\(", seg[0]):
+        return seg
+    var = re.search(r"\*\s*(\w+)", seg[decl]).group(1)
+    out = list(seg)
+    out[0] = re.sub(rf"\b{frm}\(([^,]*),", rf"{to}(\1, {walker_t} *{var},", out[0], count=1)
+    gone = {decl} | ({decl + 1} if decl + 1 < len(seg) and not seg[decl + 1].strip() else set())
+    # The selection: the first MMU initialiser's, on this walker.
+    first = old.body(step["then_mmu"][0]) if step.get("then_mmu") else None
+    chain_at = next((k for k in range(brace, len(seg)) if re.match(r"^\s*if \(.*\)$", seg[k])
+                     and any(re.search(rf"\b{var}->gva_to_gpa\s*=", t) for t in seg[k:k + 2])), None)
+    if first is None or chain_at is None:
+        return seg
+    indent = re.match(r"\s*", seg[chain_at]).group()
+    end = chain_at + 1
+    while end < len(seg) and (seg[end].startswith(indent + "\t") or seg[end].startswith(f"{indent}else")):
+        end += 1
+    mine = _selection(first[1], rules)
+    if mine is None:
+        return seg
+    mmu, lines = mine
+    new = [re.sub(rf"(?<![\w>.]){re.escape(mmu)}(?!\w)", var, t) for t in lines]
+    start = chain_at
+    while start > brace + 1 and (seg[start - 1].strip().startswith(("/*", "*")) or not seg[start - 1].strip()
+                                 and seg[start - 2].strip().endswith("*/")):
+        start -= 1
+    out[start:end] = new
+    out = [t for k, t in enumerate(out) if k not in gone or k >= start]
+    params = re.sub(r"\s+", " ", " ".join(out[:out.index("{")]))
+    role = re.search(r"(\w+)\s*\)\s*$", params)
+    want = step.get("role_param")
+    if role and want and role.group(1) != want and not any(re.search(rf"(?<![\w>.]){want}\b", t) for t in out):
+        out = [re.sub(rf"(?<![\w>.]){re.escape(role.group(1))}(?!\w)", want, t) for t in out]
+    if walker_name and walker_name != var:
+        out = [re.sub(rf"(?<![\w>.]){re.escape(var)}(?!\w)", walker_name, t) for t in out]
+    return out
+
+
+def _selection(body: list[str], rules) -> tuple[str, list[str]] | None:
+    """(the MMU variable, the lines) of the if/else chain an old MMU initialiser picks its
+    gva_to_gpa with."""
+    for k, t in enumerate(body):
+        m = re.match(r"^(\s*)if \(.*\)$", t)
+        w = re.match(r"^\s*(\w+)->gva_to_gpa\s*=", body[k + 1]) if m and k + 1 < len(body) else None
+        if w:
+            end = k + 1
+            while end < len(body) and (body[end].startswith(m.group(1) + "\t") or body[end].startswith(f"{m.group(1)}else")):
+                end += 1
+            return w.group(1), body[k:end]
+    return None
+
+
 def _calls_without_role(seg: list[str], then_roles: dict[str, tuple[int, int]], role: str) -> list[str]:
     out = []
     for t in seg:
@@ -238,9 +345,9 @@ def restated_walker_init(lines: list[tuple[str, str, int]], section: str, vocab:
     step = steps[0].params
     then = list(step.get("then_mmu", []))
     text = "\n".join(t for _g, t, _ in lines)
-    if not any(n in text for n in then + list(step.get("rename", {}).values())):
+    if not any(n in text for n in then + list(step.get("rename", {}).values()) + [step["to"]]):
         return {}
-    old = _Target(target)
+    old = _Target(target, rules)
     role = step.get("role_param", "")
     then_roles = {n: r for n in then for r in [old.role_index(n, role)] if r}
     to_calls = old.calls_with_identifiers(step["from"])
@@ -249,11 +356,27 @@ def restated_walker_init(lines: list[tuple[str, str, int]], section: str, vocab:
     pre = [t for g, t, _ in lines if g != "+"]
     post = [t for g, t, _ in lines if g != "-"]
 
+    to_param = next((m.group(1) for t in post for m in [re.search(
+        rf"\b{re.escape(step['to'])}\(\s*struct\s+\w+\s*\*\s*\w+\s*,\s*struct\s+\w+\s*\*\s*(\w+)", t)]
+        if m and not t.rstrip().endswith(";")), None)
+    merged = {o for o, target in step.get("merge", {}).items() if old.only_setup_and_walker(o, target)}
     fwd: list[str] = []
+    drop_blank = False
     for name, seg in _segments(pre, first):
+        if drop_blank and seg and not seg[0].strip():
+            seg = seg[1:]
+        drop_blank = False
+        if name in merged and seg[-1].startswith("}") and _HEADER.match(seg[0]):
+            drop_blank = True   # the merged initialiser goes, with the blank line after it
+            continue
+        if name == step["from"]:
+            fwd += _from_to(seg, step, rules, names, old, to_param)
+            continue
         seg = _inline_walker_locals(seg, vocab)
         if name in then:
             seg = _then_mmu(seg, step, rules, names, vocab.walker_member, to_calls)
+        if name == step["dispatcher"]:
+            seg = _dispatcher(seg, step, names, old)
         fwd += _calls_without_role(seg, then_roles, role)
     renamed = {new: o for o, new in step.get("rename", {}).items()
                if old.body(o) is not None and old.body(new) is None}
