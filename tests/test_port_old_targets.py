@@ -24,13 +24,13 @@ FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.1
 X86 = "arch/x86/kvm/x86.c"
 
 
-def mail_at(tree: Path, rel: str, function: str, old: str, new: str) -> str:
-    """A mail replacing the first `old` after the definition of `function` (the same lines
-    may stand in other functions too: that is the point)."""
+def mail_at(tree: Path, rel: str, function: str, old: str, new: str, after: str = "") -> str:
+    """A mail replacing the first `old` after the definition of `function` (and after `after`
+    in it): the same lines may stand elsewhere too, that is the point."""
     text = (tree / rel).read_text()
     head = re.search(rf"^\w[^\n]*\b{re.escape(function)}\(", text, re.M)
     assert head, f"{function}() not in {rel}"
-    at = text.index(old, head.end())
+    at = text.index(old, text.index(after, head.end()) if after else head.end())
     diff = file_diff(rel, text, text[:at] + new + text[at + len(old):])
     return ("From 1234567890abcdef1234567890abcdef12345678 Mon Sep 17 00:00:00 2001\n"
             "From: Jane Dev <jane@example.org>\nDate: Tue, 3 Nov 2026 10:00:00 +0100\n"
@@ -186,3 +186,25 @@ def test_a_hook_call_gains_the_object_it_goes_through_where_the_target_declares_
     assert fitted.rules == ["port-hook-arguments"] and not fitted.problems
     assert [t for _g, t, _ in fitted.hunk.lines[:2]] == [
         "\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, vcpu->arch.walk_mmu, addr, access,", call[1]]
+
+
+def test_lines_that_stand_twice_in_the_function_are_a_conflict_not_a_guess(trees, targets, rules):
+    # kvm_arch_vm_ioctl(): KVM_GET_IRQCHIP and KVM_SET_IRQCHIP open with the same lines.  A fix
+    # of the SET case went to the GET case on 6.1 (nearer to 7.3's line number): a silent
+    # wrong port.  Another tree's line numbers cannot tell the two apart.
+    old = "\t\tchip = memdup_user(argp, sizeof(*chip));\n"
+    new = "\t\tchip = memdup_user(argp, sizeof(*chip));\n\t\tr = 0;\n"
+    mail = read_mails(mail_at(trees["7.3"], X86, "kvm_arch_vm_ioctl", old, new, after="case KVM_SET_IRQCHIP"))[0]
+    res = port_one(mail, targets["6.1"], rules)
+    hunk = res.hunks[0]
+    assert res.result == "conflict" and "the hunk's lines stand 2 times in" in hunk.reason, hunk.reason
+    starts = [int(n) for n in re.findall(rf"{X86}:(\d+)", hunk.reason)]
+    text = targets["6.1"].text(X86).split("\n")
+    assert [text[n - 1 + 2] for n in starts] == [old.rstrip("\n")] * 2
+    assert "say which by hand" in hunk.reason
+    # On the tree the fix was made on, its line number says which: it applies as is.
+    same = port_one(mail, targets["7.3"], rules)
+    assert same.result == "ported" and [h.status for h in same.hunks] == ["clean"]
+    text = (trees["7.3"] / X86).read_text()
+    at = text.index(old, text.index("case KVM_SET_IRQCHIP"))
+    assert same.files[X86] == text[:at] + new + text[at + len(old):]

@@ -38,19 +38,25 @@ def find(pre: list[str], target: Target, rel: str, near: int, exact: bool = True
     lines = target.lines(rel) if exact else target.norm_lines(rel)
     if not pre:
         return min(max(near, 0), len(lines))
+    found = find_all(pre, target, rel, near, exact, within)
+    return found[0] if found else None
+
+
+def find_all(pre: list[str], target: Target, rel: str, near: int, exact: bool = True,
+             within: Spans = None) -> list[int]:
+    """Every start of `pre` in the target file (inside `within`), nearest to `near` first."""
+    lines = target.lines(rel) if exact else target.norm_lines(rel)
     key = pre if exact else [norm(x) for x in pre]
     n = len(key)
     starts = target.positions(rel, exact).get(key[0], ())
-    for i in sorted(starts, key=lambda i: abs(i - near)):
-        if lines[i:i + n] == key and inside(i, n, within):
-            return i
-    return None
+    return [i for i in sorted(starts, key=lambda i: abs(i - near))
+            if lines[i:i + n] == key and inside(i, n, within)]
 
 
 def best_window(pre: list[str], target: Target, rel: str, near: int,
-                within: Spans = None) -> tuple[int, float] | None:
-    """The window of the target file most like `pre` (same length), and the share of equal
-    lines; inside the spans `within` when given."""
+                within: Spans = None) -> tuple[int, float, list[int]] | None:
+    """The window of the target file most like `pre` (same length), the share of equal lines,
+    and the starts of other windows, apart from it, that are as like (inside `within`)."""
     n = len(pre)
     view = target.norm_lines(rel)
     if n == 0 or len(view) < n:
@@ -63,12 +69,14 @@ def best_window(pre: list[str], target: Target, rel: str, near: int,
         if len(k) > 3:
             cand.update(j - i for j in index.get(k, ()) if 0 <= j - i <= len(view) - n
                         and inside(j - i, n, within))
+    scores = {}
     for start in cand:
         same = sum(1 for a, b in zip(key, view[start:start + n]) if a == b)
-        score = same / n
+        score = scores[start] = same / n
         if score > best_score or (score == best_score and best is not None
                                   and abs(start - near) < abs(best - near)):
             best, best_score = start, score
+    ties = [c for c, sc in scores.items() if best is not None and sc == best_score and abs(c - best) >= n]
     if best is not None and best_score < 0.5 and cand:
         # Lines inserted on the target's side shift the rest of the window: score the most
         # likely starts by the lines that match in order in a longer window.
@@ -77,8 +85,8 @@ def best_window(pre: list[str], target: Target, rel: str, near: int,
             sm = difflib.SequenceMatcher(None, key, view[start:start + n + slack], autojunk=False)
             score = sum(b.size for b in sm.get_matching_blocks()) / n
             if score > best_score:
-                best, best_score = start, score
-    return (best, best_score) if best is not None else None
+                best, best_score, ties = start, score, []
+    return (best, best_score, ties) if best is not None else None
 
 
 # Expression chains are compared whole: `&vcpu->arch.root_mmu`, `w->fmt.permissions`.

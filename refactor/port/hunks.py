@@ -261,6 +261,11 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
                       + (f", and no other file defines {func}()" if func else ""))
         return res
     frel, at, how = located
+    if how == "ambiguous":
+        res.status, res.target_file, res.target_start = "conflict", frel, at[0]
+        res.reason = (f"the hunk's lines stand {len(at)} times in " + (f"{func}()" if func else frel) + " in the "
+                      "target (" + ", ".join(f"{frel}:{i + 1}" for i in sorted(at)) + "): say which by hand")
+        return res
     tlines = target.lines(frel)
     res.target_file = frel
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 
 from refactor.frontend.patch import Hunk
-from refactor.port.align import best_window, find
+from refactor.port.align import best_window, find_all
 from refactor.port.target import Target
 
 
 def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list[str],
-            kept: list[str]) -> tuple[str, int, str] | None:
-    """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy."""
+            kept: list[str]) -> tuple[str, int | list[int], str] | None:
+    """(target file, start line, how) of the hunk's pre-image: exact, translated or fuzzy; or
+    (target file, the starts, "ambiguous") when its lines stand more than once there."""
     candidates = [rel] if target.text(rel) is not None else []
     for frel, _line, _ar in (target.definitions(func) if func else []):
         if frel not in candidates:
@@ -33,11 +34,14 @@ def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list
     for frel in candidates:
         at_near = near if frel == rel else 0
         for lines, how in ((pre_raw, "clean"), (kept, "translated")):
-            at = find(lines, target, frel, at_near, within=within.get(frel) or None)
-            if at is None:
-                at = find(lines, target, frel, at_near, exact=False, within=within.get(frel) or None)
-            if at is not None:
-                return frel, at, how
+            found = (find_all(lines, target, frel, at_near, within=within.get(frel) or None)
+                     or find_all(lines, target, frel, at_near, exact=False, within=within.get(frel) or None))
+            if len(found) > 1 and found[0] != near and lines:
+                # The same lines twice in the function: the patch's line number says which only
+                # on the tree it was made on.  Another tree's numbers are no guide.
+                return frel, found, "ambiguous"
+            if found:
+                return frel, found[0], how
     if name and not any(within.values()) and heads_a_definition(hunk, name):
         # A function the target does not define: lines like its `return;` and `}` elsewhere
         # are not its place (an exact match above may still find it renamed).
@@ -46,7 +50,9 @@ def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list
     for frel in candidates:
         win = best_window(kept, target, frel, near if frel == rel else 0, within.get(frel) or None)
         if win and win[1] >= 0.5 and (best is None or win[1] > best[3]):
-            best = (frel, win[0], "fuzzy", win[1])
+            best = (frel, win[0], "fuzzy", win[1], win[2])
+    if best and best[4] and best[1] != near:
+        return best[0], sorted([best[1]] + best[4]), "ambiguous"   # as like the hunk, apart
     return best[:3] if best else None
 
 

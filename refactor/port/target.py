@@ -63,6 +63,8 @@ class Target:
     # Definitions per file (name -> [(offset, has parameters)]), read on first use.
     _defs: dict[str, dict[str, list[tuple[int, bool]]]] = field(default_factory=dict, repr=False)
     _lines: dict = field(default_factory=dict, repr=False)
+    # definitions() per name: what is known, and the files (changed since) still to read.
+    _by_name: dict[str, tuple[list, frozenset]] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -105,6 +107,8 @@ class Target:
         if self._idents is not None:
             new._idents = self._idents | {i for t in changes.values() for i in _IDENT.findall(t)}
         new._defs = {rel: d for rel, d in self._defs.items() if rel not in changes}
+        new._by_name = {n: ([d for d in known if d[0] not in changes], todo | set(changes))
+                        for n, (known, todo) in self._by_name.items()}
         return new
 
     def file_identifiers(self, rel: str) -> set[str]:
@@ -124,9 +128,21 @@ class Target:
     def definitions(self, name: str) -> list[tuple[str, int, int | None]]:
         """(file, line, arity or None) of each definition or prototype of `name` (a function, or a
         macro: None for one without parameters or a variadic one)."""
+        if name in self._by_name:       # known: read only the files a series changed since
+            known, todo = self._by_name[name]
+            out = known + self._scan(name, [r for r in todo if r in self.files])
+            order = {r: i for i, r in enumerate(self.files)}
+            out.sort(key=lambda d: order[d[0]])          # in file order, as a full scan gives
+        else:
+            out = self._scan(name, list(self.files))
+        self._by_name[name] = (out, frozenset())
+        return list(out)
+
+    def _scan(self, name: str, rels: list[str]) -> list[tuple[str, int, int | None]]:
         out = []
         key = name.encode()
-        for rel, data in self.files.items():
+        for rel in rels:
+            data = self.files[rel]
             if key not in data:        # most files never mention it: no need to read them
                 continue
             if rel not in self._defs:
@@ -136,11 +152,10 @@ class Target:
                 out.append((rel, text.count("\n", 0, offset) + 1, arity(text, offset) if params else None))
         return out
 
-
     def hooks(self, struct: str) -> dict[str, tuple[str, int, list[str]]]:
         """Function-pointer members of `struct` as the target declares them: name -> (file,
         line, parameter declarations).  Looked for in arch/x86/include/asm/kvm_host.h."""
-        key = ("hooks", struct)
+        key = ("hooks", struct, _HOST_H)      # the file last: patched() drops what a patch changes
         if key not in self._lines:
             self._lines[key] = _hooks(self.text(_HOST_H) or "", struct)
         return self._lines[key]
@@ -149,7 +164,7 @@ class Target:
         """0-based (first, last) lines that git would head with each definition of function
         `name` (`FNAME(x)` for paging_tmpl.h's) in `rel`: from its first line to the line before
         the next top-level line after its body.  Prototypes and macros have none."""
-        key = ("territories", rel, name)
+        key = ("territories", name, rel)
         if key not in self._lines:
             self._lines[key] = _territories(self.text(rel) or "", name)
         return self._lines[key]
