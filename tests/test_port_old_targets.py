@@ -208,3 +208,34 @@ def test_lines_that_stand_twice_in_the_function_are_a_conflict_not_a_guess(trees
     text = (trees["7.3"] / X86).read_text()
     at = text.index(old, text.index("case KVM_SET_IRQCHIP"))
     assert same.files[X86] == text[:at] + new + text[at + len(old):]
+
+
+@pytest.mark.parametrize("version", ["6.1", "5.10"])   # 7.2 places as 6.1 does: ~15 s each
+def test_no_hunk_of_the_bench_mbox_is_placed_outside_its_function(trees, targets, rules, version):
+    # bench/port_bench.py's 20 patches (one per function the refactor changed): wherever a hunk
+    # is placed, ported or not, it is in the function its heading names when the target has it.
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from port_bench import make_mbox
+
+    from refactor.port.headings import function_of
+    from refactor.port.locate import named_function
+
+    if version == "5.10":
+        if not (FULL_510 / X86).is_file():
+            pytest.skip("no full 5.10 tree: `kvm-refactor fetch-tree 5.10 --full` adds it")
+        target = load_target(FULL_510, rules)
+    else:
+        target = targets[version]
+    placed = 0
+    for mail in read_mails(make_mbox(trees["7.3"])):
+        res = port_one(mail, target, rules)
+        for hunk, h in zip(mail.patch.files[0].hunks, res.hunks):
+            name = named_function(hunk, function_of(hunk))
+            spans = target.territories(h.target_file, name) if h.target_file and name else []
+            if h.target_start is None or not spans:
+                continue
+            placed += 1
+            assert any(lo <= h.target_start <= hi for lo, hi in spans), (mail.subject, name, h.target_start)
+    assert placed >= (5 if version == "5.10" else 10)      # 5.10 lacks many of the functions
