@@ -29,7 +29,9 @@ def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list
     name = named_function(hunk, func)
     within = {frel: target.territories(frel, name) for frel in candidates} if name else {}
     if any(within.values()):
-        candidates = [frel for frel in candidates if within[frel]]
+        # The patch's file defining the function is where it is: a function of the same name
+        # in another file (a static one of vmx/ and svm/) is another function.
+        candidates = [rel] if within.get(rel) else [frel for frel in candidates if within[frel]]
     near = max(hunk.old_start - 1, 0)
     for frel in candidates:
         at_near = near if frel == rel else 0
