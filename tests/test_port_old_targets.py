@@ -239,3 +239,20 @@ def test_no_hunk_of_the_bench_mbox_is_placed_outside_its_function(trees, targets
             placed += 1
             assert any(lo <= h.target_start <= hi for lo, hi in spans), (mail.subject, name, h.target_start)
     assert placed >= (5 if version == "5.10" else 10)      # 5.10 lacks many of the functions
+
+
+def test_a_static_function_of_the_same_name_in_another_file_is_not_a_relocation(trees, targets, rules):
+    # grow_ple_window() is a static function of vmx.c and of svm.c.  Give 6.1's svm.c vmx.c's
+    # body of it and change vmx.c's: a vmx.c fix must not move to svm.c.
+    vmx, svm = "arch/x86/kvm/vmx/vmx.c", "arch/x86/kvm/svm/svm.c"
+    t61 = targets["6.1"]
+    dirty = "\t\tvmx->ple_window_dirty = true;\n"
+    vtext, stext = t61.text(vmx), t61.text(svm)
+    body = re.search(r"^static void grow_ple_window\(struct kvm_vcpu \*vcpu\)\n\{\n.*?^\}\n", vtext, re.M | re.S)
+    sbody = re.search(r"^static void grow_ple_window\(struct kvm_vcpu \*vcpu\)\n\{\n.*?^\}\n", stext, re.M | re.S)
+    target = t61.patched({svm: stext.replace(sbody.group(0), body.group(0)),
+                          vmx: vtext.replace(body.group(0), body.group(0).replace(dirty, "\t\tvmx->ple_window_dirty = 1;\n"))})
+    mail = read_mails(mail_at(trees["6.1"], vmx, "grow_ple_window", dirty, dirty + dirty))[0]
+    res = port_one(mail, target, rules)
+    assert res.result == "conflict" and res.hunks[0].target_file == vmx, res.hunks[0].reason
+    assert svm not in res.files
