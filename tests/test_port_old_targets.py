@@ -100,6 +100,13 @@ def test_the_write_helper_is_not_placed_on_the_read_helper_of_5_10(trees, t510, 
     new = [ln[1:] for ln in res.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
     assert new == ["\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr, access, exception);"]
     assert applies(FULL_510, res.diff)
+    # The stable note lists the deviation, with the declaration it follows.
+    from refactor.port.output import mail_text
+
+    line = t510.hooks(rules.types["mmu"])["gva_to_gpa"][1]
+    note = (f"gva_to_gpa() called as this tree declares it (arch/x86/include/asm/kvm_host.h:{line}): "
+            "`gva_walk` not passed")
+    assert note in mail_text(res, t510, ("Porter", "porter@example.org"), None, rules)
 
 
 def test_a_hunk_is_placed_in_the_function_its_heading_names_or_nowhere(trees, t510, rules):

@@ -32,6 +32,7 @@ class HookCalls:
     hunk: Hunk
     rules: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # calls the patch adds that do not fit
+    notes: list[str] = field(default_factory=list)      # what fitting changed in the added lines
 
 
 def _target_hooks(target: Target, rules: Rules) -> dict[str, tuple[str, int, list[str], str]]:
@@ -109,7 +110,8 @@ def _line_of(where: list[tuple[int, int]], offset: int) -> tuple[int, int]:
     return where[k][0], offset - where[k][1]
 
 
-def _edits(hunk: Hunk, tags: tuple[str, ...], hooks: dict, rules: Rules, problems: list[str] | None):
+def _edits(hunk: Hunk, tags: tuple[str, ...], hooks: dict, rules: Rules, problems: list[str] | None,
+           notes: list[str] | None = None):
     """Edits (hunk line, start column, end column, inserted text) that bring each hook call of
     the view to the target's argument list; calls that cannot be are listed in `problems`."""
     text, where = _view(hunk, tags)
@@ -149,6 +151,9 @@ def _edits(hunk: Hunk, tags: tuple[str, ...], hooks: dict, rules: Rules, problem
             if span:
                 idx, col = _line_of(where, span[0])
                 edits.append((idx, col, col + span[1] - span[0], ""))
+                if notes is not None and hunk.lines[idx][0] == "+":
+                    notes.append(f"{known[m.group(3)]}() called as this tree declares it ({rel}:{line}): "
+                                 f"`{_squash(text[a:b])}` not passed")
         elif len(args) + 1 == len(params) and len(typed) == 1 and not same:
             i = typed[0]
             if i < len(args):
@@ -157,6 +162,9 @@ def _edits(hunk: Hunk, tags: tuple[str, ...], hooks: dict, rules: Rules, problem
             elif args:
                 idx, col = _line_of(where, args[-1][1])
                 edits.append((idx, col, col, f", {receiver}"))
+            if notes is not None and args and hunk.lines[idx][0] == "+":
+                notes.append(f"{known[m.group(3)]}() called as this tree declares it ({rel}:{line}): "
+                             f"`{receiver}` passed")
             span = True
         if not span and problems is not None and any(
                 hunk.lines[_line_of(where, o)[0]][0] == "+" for o in (m.start(), close)):
@@ -175,7 +183,8 @@ def fit_hook_calls(hunk: Hunk, target: Target, rules: Rules) -> HookCalls:
         return res
     problems: list[str] = []
     pre = _edits(hunk, (" ", "-"), hooks, rules, None)
-    post = _edits(hunk, (" ", "+"), hooks, rules, problems)
+    notes: list[str] = []
+    post = _edits(hunk, (" ", "+"), hooks, rules, problems, notes)
     res.problems = list(dict.fromkeys(problems))
     context = {e for e in pre + post if hunk.lines[e[0]][0] == " "}
     # A call spanning context and changed lines fits in both views or in neither.
@@ -195,4 +204,5 @@ def fit_hook_calls(hunk: Hunk, target: Target, rules: Rules) -> HookCalls:
     new_len = sum(1 for g, _t, _n in kept if g != "-")
     res.hunk = Hunk(hunk.old_start, old_len, hunk.new_start, new_len, hunk.section, kept)
     res.rules = [HOOK_ARGUMENTS]
+    res.notes = list(dict.fromkeys(notes))
     return res

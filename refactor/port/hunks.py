@@ -58,6 +58,7 @@ class HunkResult:
     target_start: int | None = None   # 0-based line of the target where the pre-image starts
     target_len: int = 0
     new_lines: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)     # deviations for the mail's bracketed note
 
     def to_json(self) -> dict:
         out = {"file": self.file, "target_file": self.target_file, "old_start": self.old_start,
@@ -161,6 +162,7 @@ def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vo
             res.reason = f"{why}; {res.reason}"
     if fitted.rules and res.status != "conflict":
         res.rules = list(dict.fromkeys(res.rules + fitted.rules))
+        res.notes += fitted.notes
     return res
 
 

@@ -30,7 +30,7 @@ def deviation_note(pr, original_diff: str, rules: Rules | None = None) -> str | 
     from refactor.port.counterparts import old_calls
     from refactor.port.initialisers import ported_into
 
-    if pr.direction == "same" and not any(h.status == "relocated" for h in pr.hunks):
+    if pr.direction == "same" and not any(h.status == "relocated" or h.notes for h in pr.hunks):
         return None
     orig_added = [ln[1:] for ln in original_diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
     # Calls of a helper the old layout lacks, restated as the old one: said once, below.
@@ -63,6 +63,7 @@ def deviation_note(pr, original_diff: str, rules: Rules | None = None) -> str | 
         into = ported_into(h.reason) if h.status != "conflict" else None
         if into:
             parts.append(f"{into[0]}() is not in this tree: made in {', '.join(f + '()' for f in into[1])}")
+    parts += list(dict.fromkeys(n for h in pr.hunks if h.status != "conflict" for n in h.notes))
     moved = sorted({f"{h.file} -> {h.target_file}" for h in pr.hunks
                     if h.status == "relocated" and h.target_file != h.file})
     if moved:
