@@ -263,3 +263,20 @@ def test_a_static_function_of_the_same_name_in_another_file_is_not_a_relocation(
     res = port_one(mail, target, rules)
     assert res.result == "conflict" and res.hunks[0].target_file == vmx, res.hunks[0].reason
     assert svm not in res.files
+
+
+def test_a_6_1_fix_onto_5_10_drops_the_mmu_argument_too(trees, t510, rules):
+    # Both trees have the old layout (no translation): only the hooks' declarations differ.
+    # 6.1's local `mmu` is 5.10's vcpu->arch.walk_mmu, which makes the line 109 columns wide:
+    # it is wrapped under its parenthesis, as 5.10 wraps the call it replaces.
+    old = "\t\tgpa_t gpa = mmu->gva_to_gpa(vcpu, mmu, addr, access, exception);\n"
+    mail = read_mails(mail_at(trees["6.1"], X86, "kvm_read_guest_virt_helper", old,
+                              old.replace("access,", "access | PFERR_USER_MASK,")))[0]
+    res = port_one(mail, t510, rules)
+    assert res.direction == "same" and res.result == "ported", res.hunks[0].reason
+    assert "port-hook-arguments" in res.hunks[0].rules
+    before = ("\t\tgpa_t gpa = vcpu->arch.walk_mmu->gva_to_gpa(vcpu, addr, access,\n"
+              "\t\t\t\t\t\t\t    exception);\n\t\tunsigned offset = addr & (PAGE_SIZE-1);\n\t\tunsigned toread")
+    after = before.replace("access,\n", "access | PFERR_USER_MASK,\n")
+    assert t510.text(X86).count(before) == 1 and res.files[X86] == t510.text(X86).replace(before, after)
+    assert applies(FULL_510, res.diff)
