@@ -127,7 +127,7 @@ def skip(text: str, n: int) -> str:
 
 def open_paren(line: str) -> int | None:
     """Display column (tabs of 8) just after the last unclosed '(' of `line`."""
-    depth, col, stack = 0, 0, []
+    col, stack = 0, []
     for c in line:
         if c == "(":
             stack.append(col + 1)

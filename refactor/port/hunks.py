@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
-from refactor.port.align import Learner, align, fit_width, norm, pairings, realign, rejoin, width
+from refactor.port.align import Learner, fit_width, norm, pairings, realign, rejoin, width
 from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
 from refactor.port.hooks import fit_hook_calls
