@@ -280,3 +280,15 @@ def test_a_6_1_fix_onto_5_10_drops_the_mmu_argument_too(trees, t510, rules):
     after = before.replace("access,\n", "access | PFERR_USER_MASK,\n")
     assert t510.text(X86).count(before) == 1 and res.files[X86] == t510.text(X86).replace(before, after)
     assert applies(FULL_510, res.diff)
+
+
+def test_added_lines_move_with_the_target_s_deeper_block(trees, targets, rules):
+    # set_dr_intercepts() is in svm.c on 7.3 and in svm.h on 6.1, where its body stands inside
+    # an `if`, one tab deeper: the added line goes one tab deeper too.
+    line = "\tvmcb_set_intercept(&vmcb->control, INTERCEPT_DR5_READ);\n"
+    mail = read_mails(mail_at(trees["7.3"], "arch/x86/kvm/svm/svm.c", "set_dr_intercepts", line, line + line))[0]
+    res = port_one(mail, targets["6.1"], rules)
+    assert [h.status for h in res.hunks] == ["relocated"], res.hunks[0].reason
+    new = [ln[1:] for ln in res.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
+    assert new == ["\t" + line.rstrip("\n")]
+    assert applies(trees["6.1"], res.diff)

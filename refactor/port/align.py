@@ -394,3 +394,22 @@ def fit_width(line: str, limit: int = 100) -> list[str]:
             break
         parts[-1:] = [cur[:cut + 1], rest]
     return parts
+
+
+def indent_shift(pairs: list[tuple[str, str]]) -> int:
+    """Tabs to add to (or, negative, take from) the patch's lines so that they stand as deep as
+    the target's: the one difference of indentation every non-blank (patch, target) pair of
+    context lines shows, else 0."""
+    seen = {indent_col(b) - indent_col(a) for a, b in pairs if a.strip() and b.strip()}
+    if len(seen) != 1:
+        return 0
+    d = seen.pop()
+    return d // 8 if d % 8 == 0 else 0
+
+
+def reindent(line: str, tabs: int) -> str:
+    if not tabs or not line.strip():
+        return line
+    if tabs > 0:
+        return "\t" * tabs + line
+    return line[-tabs:] if line.startswith("\t" * -tabs) else line

@@ -18,7 +18,8 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.frontend.patch import FilePatch, Hunk
-from refactor.port.align import Learner, fit_width, norm, pairings, realign, rejoin, width
+from refactor.port.align import (Learner, fit_width, indent_shift, norm, pairings, realign, reindent, rejoin,
+                                 width)
 from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
 from refactor.port.hooks import fit_hook_calls
@@ -397,6 +398,10 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     prev_patch: str | None = None
     blank_goes = False
     split: tuple[int, str] | None = None     # (len(out) after a wrapped line, its first part)
+    # The target's code one block deeper or shallower (a body inside an `if` there): the
+    # added lines move with it, by the one difference all its context lines agree on.
+    shift = indent_shift([(pre_raw[kept_idx[k]], tlines[j]) for k, j in pair_of.items()
+                          if pre_tags[kept_idx[k]] == " "])
     for idx, (tag, text, _) in enumerate(hunk.lines):
         if blank_goes and tag == "+" and not text.strip():
             blank_goes = False      # the blank line that set off a statement the layout drops
@@ -444,7 +449,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         new = learner.apply(t.text)
         if new != t.text:
             rules.append(LOCAL_NAMES)
-        new = realign(new, this_prev, split[1] if split and split[0] == len(out) else out[-1] if out else None)
+        moved = realign(new, this_prev, split[1] if split and split[0] == len(out) else out[-1] if out else None)
+        new = moved if moved != new else reindent(new, shift)
         # A line the translation made wider than the kernel's 100 columns is wrapped as it wraps.
         parts = fit_width(new) if width(new) > 100 >= width(text) else [new]
         split = (len(out) + len(parts), parts[0]) if len(parts) > 1 else None
