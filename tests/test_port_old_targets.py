@@ -292,3 +292,24 @@ def test_added_lines_move_with_the_target_s_deeper_block(trees, targets, rules):
     new = [ln[1:] for ln in res.diff.split("\n") if ln.startswith("+") and not ln.startswith("+++")]
     assert new == ["\t" + line.rstrip("\n")]
     assert applies(trees["6.1"], res.diff)
+
+
+@pytest.mark.parametrize("version", ["7.2", "6.1"])
+def test_a_prototype_in_a_header_stays_in_the_header(trees, targets, rules, version):
+    """A hunk among kvm_host.h's prototypes, headed by one of them, is in the header: the
+    function it names is defined in mmu.c, but its body is not the hunk's place (the walker
+    parameter of kvm_mmu_invalidate_addr()'s prototype, ported back, is the target's line)."""
+    rel = "arch/x86/include/asm/kvm_host.h"
+    text = (trees[version] / rel).read_text()
+    old = re.search(r"^void kvm_mmu_invalidate_\w+\(struct kvm_vcpu \*vcpu, struct kvm_mmu \*mmu,$",
+                    text, re.M).group(0)
+    new = old.replace("struct kvm_mmu *mmu", "struct kvm_pagewalk *w")
+    mail = ("From: Jane Dev <jane@example.org>\nSubject: [PATCH] KVM: x86/mmu: walker\n\nx\n---\n"
+            + file_diff(rel, text, text.replace(old, new)))
+    res = port_one(read_mails(mail)[0], targets[version], rules)
+    assert res.direction == "backport"
+    [h] = res.hunks
+    assert h.status != "conflict", h.reason
+    assert h.target_file == rel
+    # The old layout's prototype is the target's own: nothing to change.
+    assert res.diff == ""

@@ -28,6 +28,10 @@ def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list
     # it: the same lines elsewhere (a read helper and its write twin) belong to another function.
     name = named_function(hunk, func)
     within = {frel: target.territories(frel, name) for frel in candidates} if name else {}
+    if any(within.values()) and not within.get(rel) and _declares(target.text(rel) or "", name):
+        # The patch's file only declares it (a header's prototypes, git heading the hunk with
+        # one of them): the hunk is in that list of declarations, not in the body elsewhere.
+        within = {}
     if any(within.values()):
         # The patch's file defining the function is where it is: a function of the same name
         # in another file (a static one of vmx/ and svm/) is another function.
@@ -56,6 +60,11 @@ def locate(hunk: Hunk, rel: str, func: str | None, target: Target, pre_raw: list
     if best and best[4] and best[1] != near:
         return best[0], sorted([best[1]] + best[4]), "ambiguous"   # as like the hunk, apart
     return best[:3] if best else None
+
+
+def _declares(text: str, name: str) -> bool:
+    """Whether `text` has a prototype of function `name` (its parameter list closed by `;`)."""
+    return re.search(rf"^[A-Za-z_][\w \t\*]*?[\s\*]{re.escape(name)}\s*\([^;{{}}]*\)\s*;", text, re.M) is not None
 
 
 def heads_a_definition(hunk: Hunk, name: str) -> bool:
