@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from refactor.port.calls import arguments
 from refactor.port.lexicon import Vocabulary, declared_types, to_old
 from refactor.port.target import Target
 
@@ -282,7 +283,7 @@ def old_calls(line: str, rules) -> tuple[str, str | None]:
                                           for s in slots)}
 
         def repl(m: re.Match) -> str | None:
-            args = split_args(line, m.end() - 1)
+            args = arguments(line, m.end() - 1)
             if args is None or len(args[0]) != len(slots):
                 return None
             old_args = [args[0][pos[i]].strip() for i in sorted(order)]
@@ -301,26 +302,6 @@ def old_calls(line: str, rules) -> tuple[str, str | None]:
             at = end
         return out + line[at:], r.id
     return line, None
-
-
-def split_args(text: str, open_at: int) -> tuple[list[str], int] | None:
-    depth, args, cur = 0, [], ""
-    for i in range(open_at, len(text)):
-        c = text[i]
-        if c == "(":
-            depth += 1
-            if depth == 1:
-                continue
-        elif c == ")":
-            depth -= 1
-            if depth == 0:
-                return args + [cur], i + 1
-        elif c == "," and depth == 1:
-            args.append(cur)
-            cur = ""
-            continue
-        cur += c
-    return None
 
 
 def reason(rs: list[Restructured], hunk, target: Target, rules, vocab: Vocabulary, rel: str,

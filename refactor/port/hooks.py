@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.frontend.patch import Hunk
+from refactor.port.calls import argument_spans
 from refactor.port.target import Target
 from refactor.rules import Rules, cite
 
@@ -60,24 +61,10 @@ def _names(hook: str, rules: Rules) -> list[str]:
 def _args(text: str, open_at: int) -> tuple[list[tuple[int, int]], list[int], int] | None:
     """(start, end) of each argument (whitespace trimmed), the offsets of the commas between
     them and the offset of the closing parenthesis of the call opened at `open_at`."""
-    depth, start, spans, commas = 0, open_at + 1, [], []
-    for i in range(open_at, len(text)):
-        c = text[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-            if depth == 0:
-                spans.append((start, i))
-                break
-        elif c == "," and depth == 1:
-            spans.append((start, i))
-            commas.append(i)
-            start = i + 1
-        elif c == ";" and depth <= 1:
-            return None
-    else:
+    got = argument_spans(text, open_at, stop=";")
+    if got is None:
         return None
+    spans, close = got
     trimmed = []
     for a, b in spans:
         while a < b and text[a].isspace():
@@ -85,9 +72,7 @@ def _args(text: str, open_at: int) -> tuple[list[tuple[int, int]], list[int], in
         while b > a and text[b - 1].isspace():
             b -= 1
         trimmed.append((a, b))
-    if trimmed == [(open_at + 1, open_at + 1)]:
-        trimmed = []
-    return trimmed, commas, i
+    return trimmed, [b for _a, b in spans[:-1]], close
 
 
 def _squash(expr: str) -> str:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from refactor.port.calls import arguments
 from refactor.port.counterparts import (Place, Restructured, body, counterparts, old_line, place,
-                                        rule_names, split_args, walker_vars)
+                                        rule_names, walker_vars)
 from refactor.port.lexicon import Vocabulary
 from refactor.port.target import Target
 
@@ -46,7 +47,7 @@ def _role_param(p: Place, r: Restructured, target: Target) -> str | None:
     role = r.params.get("role_param")
     text = target.text(p.file) or ""
     for m in re.finditer(rf"\b{re.escape(p.function)}\s*\(", text):
-        got = split_args(text, m.end() - 1)
+        got = arguments(text, m.end() - 1)
         if got and role in [a.strip() for a in got[0]]:
             i = [a.strip() for a in got[0]].index(role)
             if i < len(p.params) and not text[:m.start()].rstrip().endswith(("void", "static")):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from refactor.port.calls import drop_call_argument
 from refactor.port.headings import heading
 from refactor.port.locals import function_span
 from refactor.port.target import Target
@@ -375,28 +376,6 @@ def constant_params(fp, rules) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _drop_argument(text: str, name: str, k: int) -> str:
-    m = re.search(rf"(?<![\w>.]){re.escape(name)}\s*\(", text)
-    if not m:
-        return text
-    depth, args, start = 0, [], m.end()
-    for i in range(m.end(), len(text)):
-        c = text[i]
-        if c in "([":
-            depth += 1
-        elif c in ")]" and depth:
-            depth -= 1
-        elif c in ",)" and depth == 0:
-            args.append((start, i))
-            start = i + 1
-            if c == ")":
-                break
-    if k >= len(args):
-        return text
-    a, b = args[k]
-    return text[:a] + text[b + 1:] if k + 1 < len(args) else text[:args[k - 1][1]] + text[b:]
-
-
 def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str, tuple[int, str]],
                              rules) -> tuple[set[int], str | None]:
     """[[const_walker_param]] inverted: runs of changed lines that only drop such a parameter
@@ -416,7 +395,7 @@ def restated_constant_params(lines: list[tuple[str, str, int]], params: dict[str
             if const:       # the member, or the old field that became it (guest_rsvd_check)
                 fwd = re.sub(rf"&{re.escape(var)}(?:->\w+)*->(?:{'|'.join(map(re.escape, names))})\b",
                              const.group(0), fwd)
-            fwd = _drop_argument(fwd, name, k)
+            fwd = drop_call_argument(fwd, name, k)
         if minus and plus and fwd != minus and re.sub(r"\s+", "", fwd) == re.sub(r"\s+", "", plus):
             out |= set(range(i, j))
     return out, rules.restructure["const_walker_param"][0].id if out else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from refactor.port.calls import argument_spans, call_of
 from refactor.rules import Rules, WalkerNames, cite
 
 NARROW = cite("narrow-local")          # struct kvm_pagewalk * <-> struct kvm_mmu *
@@ -130,25 +131,13 @@ def _drop_call_arg(text: str, function: str, is_walker) -> str:
     """`text` with the last argument of each call of `function` on it removed where that
     argument is a walker (`is_walker`) and the call's parentheses close on the same line."""
     out, pos = [], 0
-    for m in re.finditer(rf"(?<![\w>.]){re.escape(function)}\s*\(", text):
-        if m.start() < pos:
-            continue
-        depth, last_comma, i = 0, None, m.end() - 1
-        while i < len(text):
-            c = text[i]
-            if c in "([":
-                depth += 1
-            elif c in ")]":
-                depth -= 1
-                if depth == 0:
-                    break
-            elif c == "," and depth == 1:
-                last_comma = i
-            i += 1
-        if i == len(text) or last_comma is None or not is_walker(text[last_comma + 1:i].strip()):
-            continue
-        out.append(text[pos:last_comma])
-        pos = i
+    m = call_of(text, function)
+    while m:
+        got = argument_spans(text, m.end() - 1)
+        if got and len(got[0]) > 1 and is_walker(text[got[0][-1][0]:got[0][-1][1]].strip()):
+            out.append(text[pos:got[0][-2][1]])
+            pos = got[1]
+        m = call_of(text, function, max(m.end(), pos))
     return "".join(out) + text[pos:]
 
 

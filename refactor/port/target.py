@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refactor.frontend.source import TreeError, kernel_version
+from refactor.port.calls import argument_spans
 from refactor.rules import Rules, RulesError, WalkerNames
 
 # Where KVM x86 code and the headers a fix may need live.
@@ -176,19 +177,9 @@ _HOOK = re.compile(r"\(\s*\*\s*(\w+)\s*\)\s*\(([^;{}]*)\)\s*;")
 
 def split_args(inner: str) -> list[str]:
     """The comma-separated parts of an argument or parameter list, at its top level."""
-    parts, depth, cur = [], 0, []
-    for c in inner:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            parts.append("".join(cur).strip())
-            cur = []
-        else:
-            cur.append(c)
-    last = "".join(cur).strip()
-    return parts + [last] if last or parts else []
+    text = f"({inner})"
+    got = argument_spans(text, 0)
+    return [text[a:b].strip() for a, b in got[0]] if got else [inner.strip()]
 
 
 def _hooks(text: str, struct: str) -> dict[str, tuple[str, int, list[str]]]:

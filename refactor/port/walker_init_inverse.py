@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 
+from refactor.port.calls import argument_spans, call_of, drop_argument
 from refactor.port.images import changed_lines, same_lines
 from refactor.port.lexicon import Vocabulary
 from refactor.port.locals import function_span
@@ -59,32 +60,6 @@ def _inline_walker_locals(seg: list[str], vocab) -> list[str]:
             t = inline(t, var, init)
         out.append(t)
     return out
-
-
-def _args(text: str, name: str) -> tuple[int, int, list[tuple[int, int]]] | None:
-    """(start, end, argument spans) of the call of `name` in `text`."""
-    m = re.search(rf"(?<![\w>.]){re.escape(name)}\s*\(", text)
-    if not m:
-        return None
-    depth, start, spans = 0, m.end(), []
-    for i in range(m.end(), len(text)):
-        c = text[i]
-        if c in "([":
-            depth += 1
-        elif c in ")]" and depth:
-            depth -= 1
-        elif c in ",)" and depth == 0:
-            spans.append((start, i))
-            start = i + 1
-            if c == ")":
-                return m.start(), i + 1, spans
-    return None
-
-
-def _drop_arg(text: str, spans: list[tuple[int, int]], k: int) -> str:
-    if k + 1 < len(spans):
-        return text[:spans[k][0]] + text[spans[k + 1][0]:]
-    return text[:spans[k - 1][1]] + text[spans[k][1]:]
 
 
 class _Target:
@@ -326,9 +301,10 @@ def _calls_without_role(seg: list[str], then_roles: dict[str, tuple[int, int]], 
     out = []
     for t in seg:
         for name, (k, n) in then_roles.items():
-            found = _args(t, name)
-            if found and len(found[2]) == n and t[found[2][k][0]:found[2][k][1]].strip() == role:
-                t = _drop_arg(t, found[2], k)
+            m = call_of(t, name)
+            found = argument_spans(t, m.end() - 1) if m else None
+            if found and len(found[0]) == n and t[found[0][k][0]:found[0][k][1]].strip() == role:
+                t = drop_argument(t, found[0], k)
         out.append(t)
     return out
 
