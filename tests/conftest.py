@@ -89,3 +89,18 @@ def engine_61():
             os.environ.pop("KVM_REFACTOR_CACHE", None)
         else:
             os.environ["KVM_REFACTOR_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def rules():
+    from refactor.rules import load_rules
+
+    return load_rules()
+
+
+@pytest.fixture(scope="module")
+def targets(trees, rules):
+    """Each real tree as a `port` target."""
+    from refactor.port.target import load_target
+
+    return {v: load_target(p, rules) for v, p in trees.items()}

@@ -18,7 +18,6 @@ from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
 from refactor.port.target import load_target
-from refactor.rules import load_rules
 
 FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.10-full"
 X86 = "arch/x86/kvm/x86.c"
@@ -51,14 +50,6 @@ def applies(tree: Path, diff: str) -> bool:
     return proc.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def rules():
-    return load_rules()
-
-
-@pytest.fixture(scope="module")
-def targets(trees, rules):
-    return {v: load_target(p, rules) for v, p in trees.items()}
 
 
 @pytest.fixture(scope="module")

@@ -24,22 +24,12 @@ from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
 from refactor.port.output import mail_text
-from refactor.port.target import load_target
-from refactor.rules import load_rules
 
 MMU = "arch/x86/kvm/mmu/mmu.c"
 TDP = "arch/x86/kvm/mmu/tdp_mmu.c"
 OLD = ["7.2", "6.1"]
 
 
-@pytest.fixture(scope="module")
-def rules():
-    return load_rules()
-
-
-@pytest.fixture(scope="module")
-def targets(trees, rules):
-    return {v: load_target(p, rules) for v, p in trees.items()}
 
 
 def diff_of(tree: Path, rel: str, old: str, new: str) -> str:

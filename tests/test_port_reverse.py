@@ -9,26 +9,14 @@ the target as it is where the patch meant a change would be a wrong port.
 """
 from __future__ import annotations
 
-import pytest
-
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
-from refactor.port.target import load_target
-from refactor.rules import load_rules
 
 SHA = "1234567890abcdef1234567890abcdef12345678"
 MMU_C = "arch/x86/kvm/mmu/mmu.c"
 
 
-@pytest.fixture(scope="module")
-def rules():
-    return load_rules()
-
-
-@pytest.fixture(scope="module")
-def targets(trees, rules):
-    return {v: load_target(trees[v], rules) for v in ("6.1", "7.2")}
 
 
 def _mail(diff: str) -> str:
