@@ -22,9 +22,10 @@ from refactor.port.headings import function_of
 from refactor.port.hunks import HunkResult, port_hunk
 from refactor.port.initialisers import NOTE, walker_writes_port
 from refactor.port.inverse import dependent_conflicts
-from refactor.port.lexicon import Vocabulary
+from refactor.port.lexicon import Vocabulary, declared_types, translate
+from refactor.port.locals import function_span
 from refactor.port.mail import Mail, read_mails
-from refactor.port.prereq import missing_names, prerequisites, restructured_by
+from refactor.port.prereq import missing_names, prerequisites, restructured_by, restructuring_causes
 from refactor.port.target import Target, load_target
 from refactor.rules import Rules, RulesError, WalkerNames, load_rules
 
@@ -170,8 +171,19 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             restructured += [r for r in h.rules if r in restructure_ids and r not in restructured] \
                 if h.status == "conflict" else []
             func = function_of(original)
+            # Only a restructuring that stops the hunk is its cause: not one the hunk merely
+            # names while unrelated lines differ (those lead the reason already).
+            # The original's changed lines too: a call restated as the old helper
+            # (spte_permission_fault()) is still one the target lacks.
+            changed = named + [t for g, t, _ in original.lines if g != " "]
+            restructured = restructuring_causes(restructured, h.differing, func, changed, target,
+                                                h.target_start is not None, rules) if restructured else []
             where = counterpart_reason(touched(original, func, rules), original, target, rules, src,
                                        fp.path, direction, func) if restructured else None
+            renamed = _unseen_locals(hunk, direction, src, dst, target, fp.path, func) \
+                if h.status == "conflict" and h.target_start is None else None
+            if renamed:
+                h.reason = _with_unseen_locals(h.reason, renamed, func)
             if where:
                 h.reason = f"{h.reason}; {where}" + (f"; the added lines would go {hint}" if hint else "")
             elif restructured:
@@ -199,6 +211,53 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             diffs.append(diff)
     res.diff = "".join(diffs)
     return res
+
+
+def _unseen_locals(hunk, direction: str, src: Vocabulary, dst: Vocabulary, target: Target,
+                   rel: str, func: str | None) -> tuple[dict[str, str], bool] | None:
+    """The hunk's lines that the target's function has once the layout is translated and one
+    of the hunk's locals takes the name of a layout-typed variable of that function (the
+    patch's `w` for the target's `mmu`, declared outside the hunk where the port cannot see
+    its type): ({patch name: target name}, whether that explains every line the target
+    lacks), or None."""
+    defs = sorted(target.definitions(func) if func else [], key=lambda d: d[0] != rel)
+    if not defs:
+        return None
+    tlines = target.lines(defs[0][0])
+    lo, hi = function_span(tlines, defs[0][1] - 1)
+    body = tlines[lo:hi + 1]
+    typed = declared_types(body, dst if direction == "forward" else src)
+    seen = {x.strip() for x in body}
+    bodies = [re.findall(r"\w+|\S", x) for x in body]
+    # A name the target's function uses already is not one it calls otherwise.
+    used = {w for toks in bodies for w in toks}
+    mapping: dict[str, str] = {}
+    unexplained = 0
+    for g, t, _ in hunk.lines:
+        text = translate(t, direction, src, {}, dst.names).text.strip() if g != "+" else ""
+        if not text or text in seen:
+            continue
+        toks = re.findall(r"\w+|\S", text)
+        for cand in bodies:
+            pairs = {(x, y) for x, y in zip(toks, cand) if x != y} if len(cand) == len(toks) else None
+            if pairs and len({x for x, _ in pairs}) == len(pairs) and \
+                    all(y in typed and x not in used and mapping.get(x, y) == y for x, y in pairs):
+                mapping.update(pairs)
+                break
+        else:
+            unexplained += 1
+    return (mapping, not unexplained) if mapping else None
+
+
+def _with_unseen_locals(reason: str, renamed: tuple[dict[str, str], bool], func: str | None) -> str:
+    mapping, every = renamed
+    said = ", ".join(f"the patch's `{a}` is the target's `{b}`" for a, b in mapping.items())
+    why = (f"{said} in {func}() (declared outside the hunk, the port could not see its type "
+           "to translate it): rename it by hand")
+    head = "context differs for non-layout reasons: "
+    if every and reason.startswith(head):
+        return f"context differs only in a local's name: {why}; {reason[len(head):]}"
+    return f"{reason}; {why}"
 
 
 def _into_counterparts(h: HunkResult, hunk, fp, target: Target, rules: Rules,

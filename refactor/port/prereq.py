@@ -121,6 +121,17 @@ _RESTRUCTURED = ("function", "to", "dispatcher", "then_mmu", "walker_first", "me
                  "old", "new", "bitmask", "helper", "hook")
 
 
+def _rule_names(kind: str, r) -> set[str]:
+    """The functions restructure.toml rule `r` (of table `kind`) restructured."""
+    names = set()
+    for key in _RESTRUCTURED + (("from",) if kind == "walker_init" else ()):
+        value = r.params.get(key)
+        values = (list(value) + list(value.values()) if isinstance(value, dict)
+                  else value if isinstance(value, list) else [value])
+        names |= {v for v in values if isinstance(v, str) and re.fullmatch(r"[A-Za-z_]\w*", v)}
+    return names
+
+
 def restructured_by(texts: list[str], rules) -> list[str]:
     """Ids of the restructure.toml rules whose functions the lines name: code the refactor
     restructured, with no line-for-line counterpart in the other layout (the rules the port
@@ -131,13 +142,42 @@ def restructured_by(texts: list[str], rules) -> list[str]:
         # Inverted by the port, or (prerequisite) a check of the tree that restructures nothing.
         if kind in ("attach_walker", "attach_member", "prerequisite"):
             continue
+        out += [r.id for r in entries if _rule_names(kind, r) & words]
+    return out
+
+
+_ABSENT = re.compile(r"^\(not in the (?:patch|target)\)$")
+
+
+def _differing_words(differing: list[tuple[str, str]]) -> set[str]:
+    """Identifiers in which the patch's and the target's lines of each differing pair differ
+    (all of a line that has no counterpart)."""
+    out: set[str] = set()
+    for a, b in differing:
+        wa, wb = ([] if _ABSENT.match(x.strip()) else _IDENT.findall(x) for x in (a, b))
+        out |= set(wa) ^ set(wb)
+    return out
+
+
+def restructuring_causes(ids: list[str], differing: list[tuple[str, str]], function: str | None,
+                         texts: list[str], target: Target, located: bool, rules) -> list[str]:
+    """Of restructure rules `ids` a conflicting hunk touches, those that stop it: the rule
+    that restructured the function the hunk is in; one whose functions are among the
+    identifiers the differing lines differ in, or whose statement is one of those lines;
+    or one whose function the hunk's lines (`texts`) call and the target does not define.
+    A hunk that merely mentions a restructured function the target has too (the same call
+    on both sides, or only in unchanged context) while other lines differ conflicts for
+    those lines, not the restructuring.  A hunk the target holds with no differing lines
+    keeps `ids`."""
+    if located and not differing:
+        return ids
+    stops = _differing_words(differing) | {function}
+    stops |= {w for w in set(_IDENT.findall("\n".join(texts))) - stops if not target.definitions(w)}
+    lines = {x.strip() for pair in differing for x in pair}
+    out = []
+    for kind, entries in rules.restructure.items():
         for r in entries:
-            names = set()
-            for key in _RESTRUCTURED + (("from",) if kind == "walker_init" else ()):
-                value = r.params.get(key)
-                values = (list(value) + list(value.values()) if isinstance(value, dict)
-                          else value if isinstance(value, list) else [value])
-                names |= {v for v in values if isinstance(v, str) and re.fullmatch(r"[A-Za-z_]\w*", v)}
-            if names & words:
+            statement = r.params.get("statement")
+            if r.id in ids and (_rule_names(kind, r) & stops or statement in lines):
                 out.append(r.id)
     return out
