@@ -32,8 +32,8 @@ def repeat_line(tree: Path, rel: str, function: str, line: str) -> str:
             f"Signed-off-by: Jane Dev <jane@example.org>\n---\n{file_diff(rel, text, new)}-- \n2.47.0\n\n")
 
 
-def reason_of(trees, target, rules, function: str, line: str) -> str:
-    mail = read_mails(repeat_line(trees["7.3"], MMU, function, line), "probe.mbox")[0]
+def reason_of(trees, target, rules, function: str, line: str, rel: str = MMU) -> str:
+    mail = read_mails(repeat_line(trees["7.3"], rel, function, line), "probe.mbox")[0]
     res = port_one(mail, target, rules)
     assert [h.status for h in res.hunks] == ["conflict"]
     return res.hunks[0].reason
@@ -92,3 +92,16 @@ def test_a_function_the_refactor_introduced_is_still_blamed_on_it(trees, targets
     assert ("__update_permission_bitmask() was introduced by the refactor "
             "(restructure.toml parameterize-permission-bitmask)") in reason
     assert "in update_permission_bitmask()" in reason
+
+
+def test_walker_fields_written_through_another_object_are_a_layout_difference(trees, targets, rules):
+    # 7.2's nested_svm_init_mmu_context() writes the nested walker's hooks through
+    # vcpu->arch.mmu (guest_mmu there), 7.3 through ngpa_walk (translated: guest_mmu), and
+    # 7.2 sets walk_mmu, which the new layout drops: no line differs for another reason.
+    reason = reason_of(trees, targets["7.2"], rules, "nested_svm_init_mmu_context",
+                       "\tvcpu->arch.ngpa_walk.get_guest_pgd     = nested_svm_get_tdp_cr3;",
+                       rel="arch/x86/kvm/svm/nested.c")
+    assert reason.startswith("context differs in where walker fields are written: the target writes "
+                             "walker fields `get_guest_pgd`, `get_pdptr`, `inject_page_fault` through "
+                             "`vcpu->arch.mmu` where the translated patch has `vcpu->arch.guest_mmu`"), reason
+    assert "non-layout" not in reason and RESTRUCTURED not in reason

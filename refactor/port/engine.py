@@ -22,7 +22,7 @@ from refactor.port.headings import function_of
 from refactor.port.hunks import HunkResult, port_hunk
 from refactor.port.initialisers import NOTE, walker_writes_port
 from refactor.port.inverse import dependent_conflicts
-from refactor.port.lexicon import Vocabulary, declared_types, translate
+from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import function_span
 from refactor.port.mail import Mail, read_mails
 from refactor.port.prereq import missing_names, prerequisites, restructured_by, restructuring_causes
@@ -184,6 +184,8 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
                 if h.status == "conflict" and h.target_start is None else None
             if renamed:
                 h.reason = _with_unseen_locals(h.reason, renamed, func)
+            elif h.status == "conflict" and h.differing and direction == "backport":
+                h.reason = _with_walker_writes(h, src, dst, rules)
             if where:
                 h.reason = f"{h.reason}; {where}" + (f"; the added lines would go {hint}" if hint else "")
             elif restructured:
@@ -258,6 +260,44 @@ def _with_unseen_locals(reason: str, renamed: tuple[dict[str, str], bool], func:
     if every and reason.startswith(head):
         return f"context differs only in a local's name: {why}; {reason[len(head):]}"
     return f"{reason}; {why}"
+
+
+_FIELD_WRITE = re.compile(r"^\s*(.+?)(?:->|\.)(\w+)(\s*=.*)$")
+
+
+def _with_walker_writes(h: HunkResult, src: Vocabulary, dst: Vocabulary, rules: Rules) -> str:
+    """The reason, saying which differing lines write the same walker field (layout.toml
+    [mmu_fields] dest = "walker") with the same value through another object on each side
+    (the translated `vcpu->arch.guest_mmu.get_pdptr = ...` where the target writes
+    `vcpu->arch.mmu->get_pdptr = ...`): a layout difference, not a non-layout one."""
+    walker = {f.name for f in rules.mmu_fields.values() if f.dest == "walker"}
+
+    def writes(line: str, translated: bool) -> tuple[str, str, str] | None:
+        text = translate(line, "backport", src, {}, dst.names).text if translated else line
+        m = _FIELD_WRITE.match(text)
+        return (m.group(2), " ".join(m.group(3).split()), m.group(1).strip()) \
+            if m and m.group(2) in walker else None
+
+    ours = {w[:2]: w[2] for a, _b in h.differing for w in [writes(a, True)] if w}
+    theirs = {w[:2]: w[2] for _a, b in h.differing for w in [writes(b, False)] if w}
+    same = [(k, ours[k], theirs[k]) for k in ours if k in theirs and ours[k] != theirs[k]]
+    if not same:
+        return h.reason
+    bases = sorted({(a, b) for _k, a, b in same})
+    said = (f"the target writes walker field{'s' if len(same) > 1 else ''} "
+            f"{', '.join(f'`{k[0]}`' for k, _a, _b in same)} through "
+            + "; ".join(f"`{b}` where the translated patch has `{a}`" for a, b in bases)
+            + ": the same fields through another object (the layout's, not the change's difference), "
+              "port by hand")
+    head = "context differs for non-layout reasons: "
+    explained = {k for k, _a, _b in same}
+    every = all((not a.strip() or (writes(a, True) or (None,))[:2] in explained or a.strip().startswith("(not"))
+                and (not b.strip() or (writes(b, False) or (None,))[:2] in explained or b.strip().startswith("(not")
+                     or dropped_by(b, rules))    # a line the new layout drops (walk_mmu = ...)
+                for a, b in h.differing)
+    if every and h.reason.startswith(head):
+        return f"context differs in where walker fields are written: {said}; {h.reason[len(head):]}"
+    return f"{h.reason}; {said}"
 
 
 def _into_counterparts(h: HunkResult, hunk, fp, target: Target, rules: Rules,
