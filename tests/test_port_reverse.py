@@ -380,28 +380,34 @@ PAGE_WALK_14 = """static void init_kvm_page_walk(struct kvm_vcpu *vcpu, struct k
 """
 
 
-def test_init_kvm_page_walk_is_what_the_rule_makes_of_the_old_initialisers(trees, targets, rules):
-    """[[walker_init]] `from`/`merge` -> `to`, checked on the hunk: init_kvm_softmmu() (the
-    shadow set-up plus walker callbacks) gone and init_kvm_nested_mmu() become
-    init_kvm_page_walk() with the walker as a parameter, the role picked as the MMU
-    initialisers pick it, is what the rule makes of 7.2's code after step 13 (the hunk's
-    pre-image does not pair with 7.2's lines yet: the port still reports it as a conflict).
-    A `to` that picks another walk for PAE is not."""
-    from refactor.port.lexicon import Vocabulary
-    from refactor.port.walker_init_inverse import restated_walker_init
-
-    text = (trees["7.2"] / MMU_C).read_text()
+def _initialisers_after_step13(text: str) -> tuple[int, int, str]:
+    """7.2's init_kvm_softmmu() and init_kvm_nested_mmu() as `series` leaves them after step
+    13: each writes the walker through a `gva_walk` local where 7.2 has its MMU local
+    (`context`, `g_context`), the walk-only MMU's sync_spte gone.  (start, end, text)."""
     a = text.index("static void init_kvm_softmmu(")
     b = text.index("void kvm_init_mmu(struct kvm_vcpu *vcpu)\n{")
-    region = text[a:b]
-    step13 = (region.replace("\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n",
-                             "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
+    step13 = (text[a:b].replace("\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n",
+                                "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
               .replace("\tstruct kvm_mmu *g_context = &vcpu->arch.nested_mmu;\n",
                        "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n")
               .replace("\tg_context->sync_spte         = NULL;\n", "")
               .replace("g_context->", "gva_walk->").replace("context->", "gva_walk->")
               .replace("(vcpu, g_context)", "(vcpu, gva_walk)"))
     assert step13.count("gva_walk->gva_to_gpa") == 4 and "context" not in step13
+    return a, b, step13
+
+
+def test_init_kvm_page_walk_is_what_the_rule_makes_of_the_old_initialisers(trees, targets, rules):
+    """[[walker_init]] `from`/`merge` -> `to`, checked on the hunk: init_kvm_softmmu() (the
+    shadow set-up plus walker callbacks) gone and init_kvm_nested_mmu() become
+    init_kvm_page_walk() with the walker as a parameter, the role picked as the MMU
+    initialisers pick it, is what the rule makes of 7.2's code after step 13.  A `to` that
+    picks another walk for PAE is not."""
+    from refactor.port.lexicon import Vocabulary
+    from refactor.port.walker_init_inverse import restated_walker_init
+
+    text = (trees["7.2"] / MMU_C).read_text()
+    a, b, step13 = _initialisers_after_step13(text)
     vocab = Vocabulary(rules, rules.presets["upstream"])
     for post, want in ((PAGE_WALK_14, True), (PAGE_WALK_14.replace("paging64_gva_to_gpa", "paging32_gva_to_gpa"),
                                               False)):
@@ -411,3 +417,65 @@ def test_init_kvm_page_walk_is_what_the_rule_makes_of_the_old_initialisers(trees
         got = restated_walker_init(hunks[0].lines, hunks[0].section, vocab, targets["7.2"])
         changed = [i for i, (g, _t, _n) in enumerate(hunks[0].lines) if g != " "]
         assert (sorted(got) == changed and set(got.values()) == {"init-kvm-page-walk"}) if want else got == {}, got
+
+
+def test_walker_locals_of_the_old_initialisers_are_their_mmu_locals(trees, targets, rules):
+    """Series step 14 ported back onto 7.2: the hunk's pre-image declares a `gva_walk` walker
+    local in each of init_kvm_softmmu() and init_kvm_nested_mmu(), where 7.2 has one MMU local
+    each (root_mmu, nested_mmu: the MMUs whose walker is {gva} on the old layout): they pair,
+    and the hunk, which only makes init_kvm_page_walk() of them, comes out as nothing.  The
+    same hunk with a `to` that walks PAE with paging32 (a real change) is a conflict."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    a, b, step13 = _initialisers_after_step13(text)
+    before = text[:a] + step13 + text[b:]
+    res = _port(targets["7.2"], MMU_C, before, text[:a] + PAGE_WALK_14 + "\n" + text[b:], rules)
+    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "" and {"init-kvm-page-walk", "port-local-names"} <= set(res.hunks[0].rules), res.diff
+    wrong = PAGE_WALK_14.replace("paging64_gva_to_gpa", "paging32_gva_to_gpa")
+    res = _port(targets["7.2"], MMU_C, before, text[:a] + wrong + "\n" + text[b:], rules)
+    assert res.result == "conflict" and res.diff == "", res.diff
+    # A fix in init_kvm_nested_mmu() written on its walker local is the old MMU local's fix.
+    fix = _only(step13, "\tgva_walk->cpu_role.as_u64   = new_mode.as_u64;\n",
+                "\tgva_walk->cpu_role.as_u64   = new_mode.as_u64;\n\tgva_walk->pdptrs[0]         = 0;\n")
+    res = _port(targets["7.2"], MMU_C, before, text[:a] + fix + text[b:], rules)
+    assert res.result == "ported" and _added(res.diff) == ["\tg_context->pdptrs[0]         = 0;"], res.diff
+
+
+# ---- [[parameterize]]: a function's change split over several hunks ----
+
+def _permission_bitmask(text: str) -> tuple[str, str]:
+    """7.2's update_permission_bitmask() as `series` leaves it before its step 15 (on the
+    walker, its bitmap in the walker's format), and as step 15 makes it: __update_permission_
+    bitmask() on the format with the role bits as parameters, the walker's function the call
+    of it.  Three hunks: header and role locals, the bitmap's size, its write and the wrapper."""
+    a, b = _function(text, "static void update_permission_bitmask(struct kvm_mmu *mmu, bool tdp, bool ept)\n")
+    old = (text[a:b].replace("(struct kvm_mmu *mmu,", "(struct kvm_pagewalk *mmu,")
+           .replace("mmu->permissions", "mmu->fmt.permissions"))
+    locals_ = ("\tbool cr4_smep = is_cr4_smep(mmu);\n\tbool cr4_smap = is_cr4_smap(mmu);\n"
+               "\tbool cr0_wp = is_cr0_wp(mmu);\n\tbool efer_nx = is_efer_nx(mmu);\n\n")
+    new = (_only(old, locals_, "")
+           .replace("static void update_permission_bitmask(struct kvm_pagewalk *mmu, bool tdp, bool ept)\n",
+                    "static void __update_permission_bitmask(struct kvm_page_format *fmt, bool tdp,\n"
+                    "\t\t\t\t\tbool ept, bool cr4_smep, bool cr4_smap,\n\t\t\t\t\tbool cr0_wp, bool efer_nx)\n")
+           .replace("mmu->fmt.permissions", "fmt->permissions")
+           + "\nstatic void update_permission_bitmask(struct kvm_pagewalk *w, bool tdp, bool ept)\n{\n"
+           "\t__update_permission_bitmask(&w->fmt, tdp, ept,\n\t\t\t\t    is_cr4_smep(w), is_cr4_smap(w),\n"
+           "\t\t\t\t    is_cr0_wp(w), is_efer_nx(w));\n}\n")
+    assert old.count("mmu->fmt.permissions") == 2
+    return text[:a] + old + text[b:], text[:a] + new + text[b:]
+
+
+def test_a_parameterized_function_over_several_hunks_ports_back_as_nothing(trees, targets, rules):
+    """[[parameterize]] inverted over the file patch: update_permission_bitmask() made
+    __update_permission_bitmask() on the page format (header and role locals in one hunk, the
+    bitmap's size in another, its write and the walker's wrapper in a third) is 7.2's
+    function.  The same with the wrapper passing two role bits the other way round (a real
+    change) is not nothing."""
+    text = (trees["7.2"] / MMU_C).read_text()
+    before, after = _permission_bitmask(text)
+    res = _port(targets["7.2"], MMU_C, before, after, rules)
+    assert len(res.hunks) == 3 and res.result == "ported", [h.reason for h in res.hunks]
+    assert res.diff == "" and all("parameterize-permission-bitmask" in h.rules for h in res.hunks), res.diff
+    wrong = _only(after, "is_cr0_wp(w), is_efer_nx(w));", "is_efer_nx(w), is_cr0_wp(w));")
+    res = _port(targets["7.2"], MMU_C, before, wrong, rules)
+    assert res.result == "conflict" or res.diff != "", [h.reason for h in res.hunks]

@@ -24,16 +24,14 @@ from refactor.port.context import FileContext
 from refactor.port.headings import function_of, heading
 from refactor.port.hooks import fit_hook_calls
 from refactor.port.inverse import (introduced, kept_removals, restated_constant_params, restated_format_params,
-                                   restated_restructurings,
-                                   restated_guards, signature_change)
+                                   restated_guards, restated_restructurings, signature_change)
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
-from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals,
+from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals, inits_around,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
 from refactor.port.locate import locate
-from refactor.port.old_walkers import own_walker
-from refactor.port.prereq import (format_members, missing_names, prerequisites,
-                                  redeclared)
+from refactor.port.old_walkers import own_mmu_hunk, own_walker
+from refactor.port.prereq import format_members, missing_names, prerequisites, redeclared
 from refactor.port.structs import moved_declarations, struct_lines
 from refactor.port.target import Target
 from refactor.rules import cite
@@ -194,6 +192,11 @@ def _port_fitted(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src:
         res.rules.append(INLINE_LOCAL)
     if res.status != "conflict" or direction != "backport":
         return res
+    own = own_mmu_hunk(original, target, src)     # walker locals that are the target's MMU locals
+    retry = _port_hunk(own, fp, target, direction, src, dst, ctx) if own is not None else None
+    if retry is not None and retry.status != "conflict":
+        retry.rules.append(LOCAL_NAMES)
+        return retry
     # Locals that exist only to name a walker or a page format (upstream's style) have
     # no counterpart in an old tree: inline them and try again.
     gone = [hoisted(a, src) for a, b in res.differing if b == "(not in the target)"]
@@ -333,7 +336,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         # (a forward port onto upstream's style); any other is a difference.
         allowed = [j for j in extra if direction == "forward" and hoisted(tlines[j], dst)
                    or direction == "backport" and (j in moved_here or dropped_by(
-                       through_locals(tlines[j], inits), src.rules))]
+                       through_locals(tlines[j], inits if lo <= j <= hi else inits_around(tlines, j)), src.rules))]
         differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]
         # A pair of unlike lines says less than a line missing on one side: weigh it more.
         cost = sum(1 if a.startswith("(not in") or b.startswith("(not in") or
@@ -375,7 +378,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         formats, format_rule = restated_format_params(hunk.lines, ctx.format_params, src.rules, src.walker_member)
         kept.update({i: format_rule for i in formats if hunk.lines[i][0] == "-"})
         guards |= formats
-        more = restated_restructurings(hunk, src, target)
+        more = restated_restructurings(hunk, src, target, ctx.parameterized)
         kept.update({i: r for i, r in more.items() if hunk.lines[i][0] == "-"})
         guards |= set(more)
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})
@@ -470,7 +473,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
                                                   if j not in replaced], tuple(src.rules.types.values()))
     changed = signature_change(out, added_at, target, frel, (first, ti), src.rules) \
         if direction == "backport" and not missing_pre else None
-    new_function = introduced(hunk.lines, target, src.rules) if direction == "backport" else None
+    new_function = introduced([x for i, x in enumerate(hunk.lines) if i not in restated],  # (not written)
+                              target, src.rules) if direction == "backport" else None
     if new_function and not missing_pre:
         changed = (new_function, [])
     if changed:

@@ -459,11 +459,18 @@ def restated_format_params(lines: list[tuple[str, str, int]], params: dict[str, 
     return out, entry.id if out else None
 
 
-def restated_restructurings(hunk, vocab, target: Target) -> dict[int, str]:
+def restated_restructurings(hunk, vocab, target: Target, parameterized: dict | None = None) -> dict[int, str]:
     """Changed lines (index into hunk.lines) of a hunk that only makes one of restructure.toml's
     restructurings whose old counterpart is the target's own code, with the rule: the hunk's
     removed lines stay and its added ones are not written.  [[walker_param]] in the
     function's definition (walker_param_inverse), [[walker_init]] in the MMU initialisers
-    and their callers (walker_init_inverse).  `vocab`: the patch's."""
-    return (restated_walker_param(hunk.lines, vocab.rules, vocab.names)
-            or restated_walker_init(hunk.lines, hunk.section, vocab, target))
+    and their callers (walker_init_inverse), [[parameterize]] (`parameterized`: the file
+    patch's hunks that parameterize_inverse found).  `vocab`: the patch's."""
+    whole = (parameterized or {}).get(hunk.old_start)
+    if whole and whole[0] == hunk.lines:
+        return dict(whole[1])
+    # A hunk whose walker locals were renamed for pairing (old_walkers.own_mmu_hunk) is
+    # replayed as the patch wrote it: the indices are the same.
+    lines = getattr(hunk, "as_written", None) or hunk.lines
+    return (restated_walker_param(lines, vocab.rules, vocab.names)
+            or restated_walker_init(lines, hunk.section, vocab, target))

@@ -123,6 +123,12 @@ def pointer_inits(lines: list[str]) -> dict[str, str]:
             if not re.search(rf"(?<![\w>.&*]){re.escape(v)}\s*=[^=]", text)}
 
 
+def inits_around(tlines: list[str], j: int) -> dict[str, str]:
+    """pointer_inits() of the function around line `j` (of a hunk that spans two)."""
+    lo, hi = function_span(tlines, j)
+    return pointer_inits(tlines[lo:hi + 1])
+
+
 def through_locals(line: str, inits: dict[str, str]) -> str:
     """`line` with pointer locals declared with their value written as that value
     (`g_context->sync_spte` is `vcpu->arch.nested_mmu.sync_spte` after

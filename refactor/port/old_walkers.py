@@ -8,8 +8,11 @@ beside an MMU (`gva_walk` beside init_kvm_tdp_mmu()'s `context`) is that MMU the
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 
-from refactor.port.lexicon import Vocabulary
+from refactor.frontend.patch import Hunk
+from refactor.port.headings import function_of
+from refactor.port.lexicon import Vocabulary, declared_types
 
 HOISTED = re.compile(r"^\s*struct\s+(\w+)\s*\*\s*(\w+)\s*=\s*(.+?);\s*$")
 _HEADER_PARAM = re.compile(r"\bstruct\s+\w+\s*\*\s*(\w+)\s*[,)]")
@@ -94,3 +97,78 @@ def inline_removed_locals(lines: list[tuple[str, str, int]], vocab: Vocabulary) 
             if g != "+" and k not in drop:
                 out[k] = (g, inline(t, var, init), n)
     return [x for k, x in enumerate(out) if k not in drop]
+
+
+@dataclass
+class OwnMmuHunk(Hunk):
+    """A hunk whose walker locals are written as the target function's own MMU local, for
+    pairing; `as_written`: its lines as the patch has them (same indices), for the inverses
+    that replay the refactor's change on the patch's own text."""
+    as_written: list = field(default_factory=list)
+
+
+_DEFINES = re.compile(r"^(?!(?:if|for|while|switch|return|else)\b)[A-Za-z_][\w\s\*]*?\b(\w+)\s*\(")
+
+
+def own_mmu_hunk(hunk: Hunk, target, vocab: Vocabulary) -> OwnMmuHunk | None:
+    """The hunk with, in each function it spans, a walker local it declares for the {gva}
+    walker (`struct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;`) written as the one
+    layout-typed local the target's function has, where that local is an MMU whose walker the
+    old layout makes {gva} (layout.toml: root_mmu, nested_mmu, walk_mmu: init_kvm_softmmu()'s
+    `context`, init_kvm_nested_mmu()'s `g_context`): on the old layout that MMU is the walker
+    the function initialises.  Only in the initialisers restructure.toml [[walker_init]]
+    names (`from`, `merge`, `then_mmu`): the dispatcher calls them only where their MMU is
+    the one walked (elsewhere root_mmu is not the {gva} walker under nesting).  None where
+    no function of the hunk is so."""
+    rules = vocab.rules
+    initialisers = {n for step in rules.restructure.get("walker_init", [])
+                    for n in [step.params.get("from"), *step.params.get("merge", {}), *step.params.get("then_mmu", [])]}
+    gva_members = {n for n, m in rules.vcpu_old.items() if m.walker == "gva"}
+    walker_init = re.compile(rf"^&\w+->arch\.{re.escape(vocab.names.gva)}$")
+    segments: list[tuple[str | None, list[int]]] = [(function_of(hunk), [])]
+    for i, (tag, text, _n) in enumerate(hunk.lines):
+        m = _DEFINES.match(text) if tag != "+" else None
+        if m and not text.rstrip().endswith(";"):
+            segments.append((m.group(1), []))
+        segments[-1][1].append(i)
+    lines = list(hunk.lines)
+    for name, idx in segments:
+        decl = [(i, h[0]) for i in idx for h in [hoisted(lines[i][1], vocab)]
+                if lines[i][0] != "+" and h and walker_init.match(h[1])]
+        mine = declared_types([lines[i][1] for i in idx if lines[i][0] != "+"], vocab)
+        if len(decl) != 1 or name not in initialisers or len(mine) != 1:
+            continue        # beside another layout-typed local: own_walker's case, not this one
+        at, var = decl[0]
+        local = _own_mmu_local(target, name, vocab, gva_members)
+        if local is None or any(re.search(rf"(?<![\w>.]){local[0]}(?!\w)", lines[i][1]) for i in idx):
+            continue
+        word = re.compile(rf"(?<![\w>.]){re.escape(var)}(?!\w)")
+        keeps = lines[at][0] == " "     # a walker the post-image still declares: its uses follow
+        for i in idx:
+            tag, text, n = lines[i]
+            if i == at:
+                lines[i] = (tag, local[1], n)
+            elif tag != "+" or keeps:
+                lines[i] = (tag, word.sub(local[0], text), n)
+    if lines == hunk.lines:
+        return None
+    return OwnMmuHunk(hunk.old_start, hunk.old_len, hunk.new_start, hunk.new_len, hunk.section, lines,
+                      as_written=list(hunk.lines))
+
+
+def _own_mmu_local(target, name: str, vocab: Vocabulary, members: set[str]) -> tuple[str, str] | None:
+    """(name, declaration line) of the one layout-typed variable of the target's `name`, an MMU
+    local set to a member in `members`."""
+    spans = [(rel, span) for rel in dict.fromkeys(d[0] for d in target.definitions(name) if d[0].endswith(".c"))
+             for span in target.territories(rel, name)]
+    if len(spans) != 1:
+        return None
+    rel, (lo, hi) = spans[0]
+    body = target.lines(rel)[lo:hi + 1]
+    types = declared_types(body, vocab)
+    if len(types) != 1 or next(iter(types.values())) != "mmu":
+        return None
+    var = next(iter(types))
+    line = next((t for t in body if (m := HOISTED.match(t)) and m.group(2) == var), None)
+    m = re.match(r"^&?\w+->arch\.(\w+)$", HOISTED.match(line).group(3).strip()) if line else None
+    return (var, line) if m and m.group(1) in members else None
