@@ -104,3 +104,16 @@ def targets(trees, rules):
     from refactor.port.target import load_target
 
     return {v: load_target(p, rules) for v, p in trees.items()}
+
+
+FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.10-full"
+
+
+@pytest.fixture(scope="module")
+def t510(rules):
+    """The full 5.10 tree as a `port` target; the tests that need it skip without it."""
+    from refactor.port.target import load_target
+
+    if not (FULL_510 / "arch/x86/kvm/x86.c").is_file():
+        pytest.skip("no full 5.10 tree: `kvm-refactor fetch-tree 5.10 --full` adds it")
+    return load_target(FULL_510, rules)

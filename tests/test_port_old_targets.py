@@ -19,7 +19,7 @@ from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
 from refactor.port.target import load_target
 
-FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.10-full"
+from conftest import FULL_510
 X86 = "arch/x86/kvm/x86.c"
 
 
@@ -49,14 +49,6 @@ def applies(tree: Path, diff: str) -> bool:
                           capture_output=True)
     return proc.returncode == 0
 
-
-
-
-@pytest.fixture(scope="module")
-def t510(rules):
-    if not (FULL_510 / X86).is_file():
-        pytest.skip("no full 5.10 tree: `kvm-refactor fetch-tree 5.10 --full` adds it")
-    return load_target(FULL_510, rules)
 
 
 # The top of kvm_write_guest_virt_helper(): on 6.1 and 7.2 the same lines, translated, stand

@@ -12,9 +12,7 @@ import pytest
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
-from refactor.port.target import load_target
 
-FULL_510 = Path.home() / ".cache" / "kvm-refactor" / "trees" / "linux-source-5.10-full"
 MMU = "arch/x86/kvm/mmu/mmu.c"
 RESTRUCTURED = "the refactor restructured this code"
 
@@ -37,13 +35,6 @@ def reason_of(trees, target, rules, function: str, line: str, rel: str = MMU) ->
     res = port_one(mail, target, rules)
     assert [h.status for h in res.hunks] == ["conflict"]
     return res.hunks[0].reason
-
-
-@pytest.fixture(scope="module")
-def t510(rules):
-    if not (FULL_510 / MMU).is_file():
-        pytest.skip("no full 5.10 tree: `kvm-refactor fetch-tree 5.10 --full` adds it")
-    return load_target(FULL_510, rules)
 
 
 GUEST_MMU_CREATE = "\tret = __kvm_mmu_create(vcpu, &vcpu->arch.guest_mmu, &vcpu->arch.ngpa_walk);"
