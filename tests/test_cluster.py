@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - the test extras install it
 from refactor.cli import main
 from refactor.execute import Unit, run_units
 from refactor.execute.fuzz_campaign import factories, plan, run_fuzz
-from refactor.execute.localcluster import LocalCluster
+from refactor.execute.localcluster import LocalCluster, scheduler_address
 from test_execute import MUTANT, comparable, port_mails, _verify_dict  # noqa: F401 (fixture)
 from test_verify import fake_engine, series_repo  # noqa: F401 (series_repo: a fixture)
 
@@ -144,3 +144,24 @@ def test_native_engines_travel_to_the_workers(cluster, tmp_path):
         a, b = local[0][k], remote[0][k]
         assert (a.events, a.divergences, a.bugs) == (b.events, b.divergences, b.bugs)
     assert local[2]["0"] > 1000 and local[0]["0"].divergences == 0
+
+
+def test_the_scheduler_file_is_read_once_it_is_whole(tmp_path):
+    # The scheduler creates its file before writing it: a read in between saw it empty and
+    # the cluster failed to start with a JSON error (seen once in a full test run).
+    sched = tmp_path / "scheduler.json"
+    checks = []
+
+    def scheduler():
+        sched.write_text("")
+        threading.Event().wait(0.3)
+        sched.write_text(json.dumps({"address": "tcp://127.0.0.1:8786"}))
+
+    t = threading.Thread(target=scheduler)
+    t.start()
+    try:
+        assert scheduler_address(sched, lambda: (checks.append(1), threading.Event().wait(0.05))) \
+            == "tcp://127.0.0.1:8786"
+    finally:
+        t.join()
+    assert len(checks) > 1       # it did wait for the write

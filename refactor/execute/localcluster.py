@@ -32,6 +32,17 @@ def _dask() -> list[str]:
     return [found]
 
 
+def scheduler_address(sched: Path, check) -> str:
+    """The address in the scheduler's file.  The scheduler creates the file before it writes
+    it: a read in between sees it empty, so wait (calling `check`) for a whole document."""
+    while True:
+        check()
+        try:
+            return json.loads(sched.read_text())["address"]
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+
+
 class LocalCluster:
     """`with LocalCluster(2) as c: ... c.address ... c.kill_worker(0)`."""
 
@@ -49,9 +60,7 @@ class LocalCluster:
                                                    "--dashboard-address", "127.0.0.1:0",
                                                    "--scheduler-file", str(sched)])
         deadline = time.monotonic() + start_timeout
-        while not sched.exists():
-            self._check(deadline)
-        self.address = json.loads(sched.read_text())["address"]
+        self.address = scheduler_address(sched, lambda: self._check(deadline))
         for k in range(workers):
             self.workers.append(self._spawn(f"worker{k}", [
                 "worker", self.address, "--nthreads", str(threads), "--no-nanny",
