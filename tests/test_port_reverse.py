@@ -9,6 +9,8 @@ the target as it is where the patch meant a change would be a wrong port.
 """
 from __future__ import annotations
 
+import re
+
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
@@ -176,50 +178,6 @@ def test_a_walker_test_that_changes_which_mmu_is_synced_is_not_inverted(trees, t
 
 # ---- [[walker_init]]: the MMU initialisers after init_kvm_page_walk() ----
 
-TDP_72 = """	if (cpu_role.as_u64 == context->cpu_role.as_u64 &&
-	    root_role.word == context->root_role.word)
-		return;
-
-	context->cpu_role.as_u64 = cpu_role.as_u64;
-	context->root_role.word = root_role.word;
-	context->page_fault = kvm_tdp_page_fault;
-	context->sync_spte = NULL;
-	context->get_guest_pgd = get_guest_cr3;
-	context->get_pdptr = kvm_pdptr_read;
-	context->inject_page_fault = kvm_inject_page_fault;
-
-	if (!is_cr0_pg(context))
-		context->gva_to_gpa = nonpaging_gva_to_gpa;
-	else if (is_cr4_pae(context))
-		context->gva_to_gpa = paging64_gva_to_gpa;
-	else
-		context->gva_to_gpa = paging32_gva_to_gpa;
-
-	reset_guest_paging_metadata(vcpu, context);
-	reset_tdp_shadow_zero_bits_mask(context);
-"""
-SHADOW_72 = """static void shadow_mmu_init_context(struct kvm_vcpu *vcpu, struct kvm_mmu *context,
-				    union kvm_cpu_role cpu_role,
-				    union kvm_mmu_page_role root_role)
-{
-	if (cpu_role.as_u64 == context->cpu_role.as_u64 &&
-	    root_role.word == context->root_role.word)
-		return;
-
-	context->cpu_role.as_u64 = cpu_role.as_u64;
-	context->root_role.word = root_role.word;
-
-	if (!is_cr0_pg(context))
-		nonpaging_init_context(context);
-	else if (is_cr4_pae(context))
-		paging64_init_context(context);
-	else
-		paging32_init_context(context);
-
-	reset_guest_paging_metadata(vcpu, context);
-	reset_shadow_zero_bits_mask(vcpu, context);
-}
-"""
 TDP_DECL = "\tstruct kvm_mmu *context = &vcpu->arch.root_mmu;\n"
 SHADOW_CALL = "\tshadow_mmu_init_context(vcpu, context, cpu_role, root_role);\n"
 GMET = "\tcpu_role.base.cr4_smep = (misc_ctl & SVM_MISC_ENABLE_GMET) != 0;\n"
@@ -228,20 +186,30 @@ PROTO = ("static void init_kvm_page_walk(struct kvm_vcpu *vcpu, struct kvm_pagew
          "\t\t\t       union kvm_cpu_role cpu_role);\n\n")
 
 
+def _definition(text: str, name: str) -> str:
+    """Static function `name` of the tree's text (read there, not copied into the tests)."""
+    m = re.search(rf"^static void {re.escape(name)}\(.*?^\}}\n", text, re.M | re.S)
+    assert m, name
+    return m.group(0)
+
+
 def _step13(text: str) -> str:
     """7.2's MMU initialisers as `series` leaves them before step 14: the walker reached
     through `gva_walk` (init_kvm_tdp_mmu()) and `w = context->w` (shadow_mmu_init_context())."""
-    tdp = TDP_72.replace("context->cpu_role", "gva_walk->cpu_role").replace("(context))", "(gva_walk))")
+    body = _definition(text, "init_kvm_tdp_mmu")
+    tdp_old = body[body.index("\tif (cpu_role.as_u64 =="):body.rindex("}\n")]
+    tdp = tdp_old.replace("context->cpu_role", "gva_walk->cpu_role").replace("(context))", "(gva_walk))")
     for f in ("get_guest_pgd", "get_pdptr", "inject_page_fault", "gva_to_gpa"):
         tdp = tdp.replace(f"context->{f} ", f"gva_walk->{f} ")
     tdp = tdp.replace("reset_guest_paging_metadata(vcpu, context)", "reset_guest_paging_metadata(vcpu, gva_walk)")
     new = _only(text, TDP_DECL + "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n"
-                + TDP_72, TDP_DECL + "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n"
+                + tdp_old, TDP_DECL + "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n"
                 "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n" + tdp)
-    shadow = SHADOW_72.replace("{\n", "{\n\tstruct kvm_pagewalk *w = context->w;\n\n").replace(
+    shadow_old = _definition(text, "shadow_mmu_init_context")
+    shadow = shadow_old.replace("{\n", "{\n\tstruct kvm_pagewalk *w = context->w;\n\n").replace(
         "context->cpu_role", "w->cpu_role").replace("(context))", "(w))").replace("metadata(vcpu, context)",
                                                                                  "metadata(vcpu, w)")
-    return _only(new, SHADOW_72, shadow)
+    return _only(new, shadow_old, shadow)
 
 
 def _step14(step13: str) -> str:
