@@ -60,6 +60,12 @@ def _tdp_walker_local(text: str) -> str:
     return text[:a] + body + text[b:]
 
 
+def _ported_as_nothing(res) -> None:
+    """A backport that ports and leaves the target as it is."""
+    assert res.direction == "backport" and res.result == "ported", [(h.old_start, h.reason) for h in res.hunks]
+    assert res.diff == "", res.diff
+
+
 def test_a_walker_local_declared_above_the_hunk_is_the_old_mmu(trees, targets, rules):
     """Step 6 (CPU-role accessors take the walker) on init_kvm_tdp_mmu(): `is_cr0_pg(context)`
     becomes `is_cr0_pg(gva_walk)`, a local the hunk does not declare.  On 7.2 the function's
@@ -70,8 +76,7 @@ def test_a_walker_local_declared_above_the_hunk_is_the_old_mmu(trees, targets, r
     after = _only(after, "\telse if (is_cr4_pae(context))\n\t\tgva_walk->",
                   "\telse if (is_cr4_pae(gva_walk))\n\t\tgva_walk->")
     res = _port(targets["7.2"], MMU_C, before, after, rules)
-    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
-    assert res.diff == "", res.diff
+    _ported_as_nothing(res)
     assert "port-local-names" in res.hunks[0].rules
 
     # A fix there (another walk for PAE guests) is ported as that change, on the MMU.
@@ -105,8 +110,7 @@ def test_a_removed_walker_local_that_became_the_parameter_ports_back_as_nothing(
     after = _only(before, "\t\t\t\t\t\t  struct kvm_mmu *mmu)\n{\n\tstruct kvm_pagewalk *w = mmu->w;\n\n",
                   "\t\t\t\t\t\t  struct kvm_pagewalk *w)\n{\n")
     res = _port(targets["7.2"], MMU_C, before, after, rules)
-    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
-    assert res.diff == "", res.diff
+    _ported_as_nothing(res)
     assert "port-inline-local" in res.hunks[0].rules
 
     # The same, with a fix in the function: the fix is ported, on the MMU 7.2 passes.
@@ -158,8 +162,7 @@ def test_the_walker_test_of_kvm_mmu_invalidate_addr_ports_back_as_nothing(trees,
     test of the walker and the MMU each branch names are 7.2's MMU parameter and its test."""
     text = (trees["7.2"] / MMU_C).read_text()
     res = _port(targets["7.2"], MMU_C, text, _walker_param(text), rules)
-    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
-    assert res.diff == "", res.diff
+    _ported_as_nothing(res)
     assert "invalidate-addr-takes-walker" in res.hunks[0].rules
 
 
@@ -245,8 +248,7 @@ def test_the_mmu_initialisers_after_init_kvm_page_walk_port_back_as_nothing(tree
     text = (trees["7.2"] / MMU_C).read_text()
     before = _step13(text)
     res = _port(targets["7.2"], MMU_C, before, _step14(before), rules)
-    assert res.direction == "backport" and res.result == "ported", [(h.old_start, h.reason) for h in res.hunks]
-    assert res.diff == "", res.diff
+    _ported_as_nothing(res)
     assert all("init-kvm-page-walk" in h.rules for h in res.hunks), [h.rules for h in res.hunks]
 
 
@@ -290,8 +292,7 @@ def test_a_local_only_a_restated_call_used_ports_back_as_nothing(trees, targets,
     decl = _only(text, SP_DECL, SP_DECL.replace("{\n", "{\n\tstruct kvm_mmu *mmu = vcpu->arch.mmu;\n"))
     after = _only(decl, ALLOWED, "\t    (fault->prefetch || !spte_permission_fault(mmu, iter->old_spte, fault)) &&\n")
     res = _port(targets["7.2"], TDP_MMU_C, text, after, rules)
-    assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
-    assert res.diff == "", res.diff
+    _ported_as_nothing(res)
     assert all("spte-permission-fault" in h.rules for h in res.hunks), [h.rules for h in res.hunks]
 
     fix = _only(decl, ALLOWED, ALLOWED.replace("iter->old_spte)) &&", "iter->old_spte)) &&\n"

@@ -29,7 +29,7 @@ from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, transl
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals, inits_around,
                                   learn_replaced_locals, match_unseen_locals, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
-from refactor.port.locate import locate
+from refactor.port.locate import locate, named_function
 from refactor.port.old_walkers import own_mmu_hunk, own_walker
 from refactor.port.prereq import format_members, missing_names, prerequisites, redeclared
 from refactor.port.structs import moved_declarations, struct_lines
@@ -78,9 +78,8 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
     func = function_of(hunk)
     rel = fp.old_path or fp.path
     if func == "FNAME":     # paging_tmpl.h's FNAME(name)(...): the name inside is the function
-        inner = next((m.group(1) for t in [hunk.section] + [x for _g, x, _ in hunk.lines]
-                      for m in [re.search(r"^\S.*\bFNAME\((\w+)\)\s*\(", t)] if m), None)
-        func = f"FNAME({inner})" if inner else None
+        func = named_function(hunk, func)
+        inner = func[len("FNAME("):-1] if func else None
         text = target.text(rel) or ""
         m = re.search(rf"^\S.*\bFNAME\({inner}\)\s*\(", text, re.M) if inner else None
         defs = [(rel, text.count("\n", 0, m.start()) + 1, None)] if m else []
