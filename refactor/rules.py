@@ -76,6 +76,9 @@ class Rules:
     stage: "Stage | None" = None  # None: the whole refactor is in force
     # mappings.toml entries read by one engine only: id -> (the engines that read it, why).
     consumers: dict[str, tuple[frozenset, str]] = field(default_factory=dict)
+    # restructure.toml [port_roles]: table -> {"introduces": {key: {key: phrase}},
+    # "changes": [key], "callers": {key: phrase}} (refactor/port/counterparts.py)
+    port_roles: dict[str, dict] = field(default_factory=dict)
 
     def read_only_by(self, engine: str) -> dict[str, str]:
         """{id: why} of the mapping entries only `engine` (one of CONSUMERS) reads."""
@@ -278,6 +281,7 @@ def load_rules(directory: str | Path | None = None) -> Rules:
         rules.raw["restructure"] = raw_restructure
         rules.restructure = {kind: [_restructure_rule(kind, entry) for entry in entries]
                              for kind, entries in raw_restructure.items() if isinstance(entries, list)}
+        rules.port_roles = _port_roles(raw_restructure.get("port_roles", {}), rules.restructure)
     rules.registry, rules.families = build_registry(rules, mappings)
     for p in presets.values():
         rules.check_names(p)
@@ -318,6 +322,28 @@ def _call_rule(raw: dict) -> CallRule:
     where = f"mappings.toml [[calls]] {raw.get('id', '?')}"
     return CallRule(id=_need(raw, "id", where), function=_need(raw, "function", where),
                     arg=raw.get("arg", 0), new=_need(raw, "new", where), why=raw.get("why", ""))
+
+
+def _port_roles(raw: dict, tables: dict[str, list[RestructureRule]]) -> dict[str, dict]:
+    """restructure.toml [port_roles], checked: every table and key it names must exist, so a
+    renamed key cannot silently drop a function from the port's view of the refactor."""
+    out: dict[str, dict] = {}
+    for table, spec in raw.items():
+        where = f"restructure.toml [port_roles.{table}]"
+        if table not in tables or not isinstance(spec, dict):
+            raise RulesError(f"{where}: no [[{table}]] table to describe")
+        keys = {k for r in tables[table] for k in r.params} | {"rename"}
+        introduces = spec.get("introduces", {})
+        changes = spec.get("changes", [])
+        callers = spec.get("callers", {})
+        named = set(introduces) | set(changes) | set(callers) | \
+            {k for v in introduces.values() if isinstance(v, dict) for k in v}
+        bad = sorted(named - keys)
+        if bad or not all(isinstance(v, dict) for v in introduces.values()):
+            raise RulesError(f"{where}: names keys [[{table}]] entries lack: {', '.join(bad) or '?'}")
+        out[table] = {"introduces": {k: dict(v) for k, v in introduces.items()},
+                      "changes": tuple(changes), "callers": dict(callers)}
+    return out
 
 
 def _restructure_rule(kind: str, raw: dict) -> RestructureRule:

@@ -105,3 +105,33 @@ def test_every_step_of_the_series_cites_registered_ids(mini_index):
         seen |= {r for e in plan.edits + plan.post_edits for r in e.rules}
     assert {"attach-walker", "narrow-param", "field-cpu_role"} <= seen
     assert sorted(i for i in seen if i not in rules.registry) == []
+
+
+def test_port_roles_must_name_keys_the_tables_have(tmp_path):
+    """restructure.toml [port_roles] says which keys name functions only the new layout has;
+    a key the table's entries lack (a rename of the key left behind) is refused, naming
+    where, rather than silently leaving a function out of the port's view."""
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules_dir)
+    restructure = rules_dir / "restructure.toml"
+    text = restructure.read_text()
+    assert 'introduces.inner = { function =' in text
+    restructure.write_text(text.replace('introduces.inner = { function =', 'introduces.inner = { fnction ='))
+    with pytest.raises(RulesError, match=r"port_roles\.parameterize.*fnction"):
+        load_rules(rules_dir)
+
+
+def test_the_port_reads_which_functions_are_new_from_port_roles(tmp_path):
+    from refactor.port.counterparts import new_layout_functions
+
+    new = new_layout_functions(load_rules())
+    assert {"init_kvm_page_walk", "__update_permission_bitmask", "spte_permission_fault",
+            "update_spte_permission_bitmask"} <= set(new)
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules_dir)
+    restructure = rules_dir / "restructure.toml"
+    text = restructure.read_text()
+    start = text.index("[port_roles.spte_permissions]")
+    restructure.write_text(text[:start])
+    fewer = new_layout_functions(load_rules(rules_dir))
+    assert "spte_permission_fault" not in fewer and "init_kvm_page_walk" in fewer

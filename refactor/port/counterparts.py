@@ -19,25 +19,12 @@ from refactor.port.calls import arguments
 from refactor.port.lexicon import Vocabulary, declared_types, to_old
 from refactor.port.target import Target
 
-# restructure.toml keys, per table, naming a function only the new layout has: for each,
-# the keys of the same entry naming what does its work on the old layout, with what each
-# of them is there (the comments of restructure.toml).  `rename` maps old -> new names.
-# [[hook_helper]]/[[nested_guard]] `helper`s are not here: 6.x trees define them too.
-_INTRODUCED = {
-    "walker_init": {"to": (("from", "the walk-only MMU's initialiser"),
-                           ("merge", "the shadow MMU's set-up plus walker callbacks"),
-                           ("then_mmu", "an MMU initialiser that writes its walker's fields"))},
-    "parameterize": {"inner": (("function", "holds the body, reading the role bits itself"),)},
-    "spte_permissions": {"new": (("old", "says whether the access is allowed: the negation"),),
-                         "bitmask": (("old", "reads the SPTE's bits itself: there is no bitmap"),)},
-}
-# Keys naming functions both layouts have whose walker parameter the refactor changed.
-_CHANGED = {"walker_param": ("function",), "parameterize": ("function",)}
-# Keys naming who calls the counterparts (listed after them).
-_CALLERS = {"walker_init": (("dispatcher", "dispatches them"),
-                            ("walker_first", "initialises another MMU's walker first"))}
-
 _IDENT = re.compile(r"[A-Za-z_]\w*")
+
+
+def _roles(rules, r: "Restructured") -> dict:
+    """restructure.toml [port_roles] of the rule's table: what each of its keys names."""
+    return rules.port_roles.get(r.kind, {})
 
 
 def rule_names(value) -> list[str]:
@@ -62,9 +49,9 @@ def new_layout_functions(rules) -> dict[str, Restructured]:
     """Functions only the new layout has (restructure.toml), by name: a patch that defines,
     sits in or calls one is written on the new layout."""
     out: dict[str, Restructured] = {}
-    for kind, keys in _INTRODUCED.items():
+    for kind, roles in rules.port_roles.items():
         for r in rules.restructure.get(kind, []):
-            for key in keys:
+            for key in roles["introduces"]:
                 for name in rule_names(r.params.get(key)):
                     out.setdefault(name, Restructured(name, kind, key, r.id, dict(r.params)))
             for _old, new in (r.params.get("rename") or {}).items():
@@ -75,9 +62,9 @@ def new_layout_functions(rules) -> dict[str, Restructured]:
 def changed_functions(rules) -> dict[str, Restructured]:
     """Functions both layouts have whose walker parameter the refactor changed."""
     out: dict[str, Restructured] = {}
-    for kind, keys in _CHANGED.items():
+    for kind, roles in rules.port_roles.items():
         for r in rules.restructure.get(kind, []):
-            for key in keys:
+            for key in roles["changes"]:
                 names = rule_names(r.params.get(key))
                 if names:      # the first is the new layout's name, the others older ones
                     out.setdefault(names[0], Restructured(names[0], kind, key, r.id, dict(r.params)))
@@ -141,19 +128,21 @@ def place(target: Target, name: str, role: str, rules, prefer: str | None = None
 def counterparts(r: Restructured, target: Target, rules, prefer: str | None = None) -> list[Place]:
     """The target's functions that do what `r.function` does on the new layout."""
     out: list[Place] = []
+    roles_of = _roles(rules, r)
+    changes = roles_of.get("changes", ())
     if r.key == "rename":
         old = next(o for o, n in r.params["rename"].items() if n == r.function)
         roles = [(old, "the same function under its old name")]
-    elif r.key in _CHANGED.get(r.kind, ()):
+    elif r.key in changes:
         roles = [(n, "the same function, taking the MMU") for n in rule_names(r.params.get(r.key))]
     else:
-        roles = [(n, f"`{key}`: {what}") for key, what in _INTRODUCED[r.kind][r.key]
+        roles = [(n, f"`{key}`: {what}") for key, what in roles_of["introduces"][r.key].items()
                  for n in rule_names(r.params.get(key))]
     for name, role in roles:
         p = place(target, name, role, rules, prefer)
         if p and p.function not in {q.function for q in out}:
             out.append(p)
-        if p and r.key in _CHANGED.get(r.kind, ()):
+        if p and r.key in changes:
             break             # the first name the target defines is its version of the function
     return out
 
@@ -162,7 +151,7 @@ def callers(r: Restructured, target: Target, rules, prefer: str | None = None) -
     if r.key != "to":
         return []
     out = []
-    for key, what in _CALLERS.get(r.kind, ()):
+    for key, what in _roles(rules, r).get("callers", {}).items():
         for n in rule_names(r.params.get(key)):
             p = place(target, n, f"`{key}`: {what}", rules, prefer)
             if p:
@@ -320,7 +309,7 @@ def reason(rs: list[Restructured], hunk, target: Target, rules, vocab: Vocabular
             parts.append(f"{r.function}() (restructure.toml {r.rule_id}) has no counterpart the "
                          "target defines")
             continue
-        what = ("takes a walker since the refactor" if r.key in _CHANGED.get(r.kind, ())
+        what = ("takes a walker since the refactor" if r.key in _roles(rules, r).get("changes", ())
                 else "is a name the refactor gave" if r.key == "rename" else "was introduced by the refactor")
         listed = "; ".join(f"{p.where} {p.function}() [{p.role}]" for p in places)
         text = f"{r.function}() {what} (restructure.toml {r.rule_id}); on the old layout: {listed}"
