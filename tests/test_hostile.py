@@ -194,6 +194,14 @@ CASES = [
      r"/dev/zero: not a regular file"),
     ("lint-binary", lambda t, m: ["lint", str(write(t, "bin.patch", b"\0\1\2"))], 2, r"binary file, not a patch"),
     ("lint-missing", lambda t, m: ["lint", str(t / "none.patch")], 2, r"no such file"),
+    # ---- port: a corrupt diff is bad input, never a patch that "ports" with nothing in it
+    ("port-malformed-hunk-header", lambda t, m: ["port", str(write(t, "m.patch", patch_text(
+        "arch/x86/kvm/x86.c", "arch/x86/kvm/x86.c", hunk="@@ -zz +1 @@\n a\n"))), "--onto", str(MINI)], 2,
+     r"m\.patch:3: malformed hunk header '@@ -zz \+1 @@'"),
+    ("port-header-without-hunk", lambda t, m: ["port", str(write(t, "h.patch", "--- a/arch/x86/kvm/x86.c\n"
+                                                                 "+++ b/arch/x86/kvm/x86.c\n")),
+                                               "--onto", str(MINI)], 2,
+     r"h\.patch:1: arch/x86/kvm/x86\.c: a file header with no hunk"),
     # ---- emulate run
     ("emulate-not-utf8", lambda t, m: ["emulate", "run", str(write(t, "t.jsonl", b'{"ev":"reset"}\n\xff\xfe\n'))],
      2, r"t\.jsonl:2: not UTF-8"),

@@ -193,6 +193,7 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
     fp: FilePatch | None = None
     i, n = 0, len(lines)
     pending_git: tuple[str | None, str | None] | None = None
+    headed: dict[int, int] = {}   # id of a FilePatch that has --- / +++ lines -> their line
 
     def patch_here(at: int) -> Patch:
         nonlocal current
@@ -254,6 +255,7 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
                 patch_here(i).files.append(fp)
             else:
                 fp.old_path, fp.new_path = old, new
+            headed[id(fp)] = i + 1
             pending_git = None
             i += 2
             continue
@@ -263,8 +265,18 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
             continue
         if line.startswith("@@ ") and fp is None:
             raise PatchError(f"{name}:{i + 1}: hunk without a file header (--- / +++ lines)")
+        if line.startswith("@@ "):
+            # Inside a file's diff an @@ line is a hunk: one that does not parse is a corrupt
+            # patch (git apply refuses it too), not prose to skip.
+            raise PatchError(f"{name}:{i + 1}: malformed hunk header {line[:60]!r} "
+                             "(expected '@@ -START[,COUNT] +START[,COUNT] @@')")
         i += 1
 
+    for p in patches:
+        for f in p.files:
+            if not f.hunks and id(f) in headed:
+                # git writes --- / +++ only above hunks: without one the diff was cut short.
+                raise PatchError(f"{name}:{headed[id(f)]}: {f.path}: a file header with no hunk")
     patches = [p for p in patches if p.files]
     _check_nesting(patches, name)
     if not patches:
