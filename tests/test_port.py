@@ -148,6 +148,24 @@ def test_git_am_applies_the_ported_mail(trees, rules, tmp_path):
     assert log.startswith("Jane Dev <jane@example.org>") and f"commit {SHA} upstream." in log
 
 
+def test_git_am_applies_the_port_of_a_plain_diff(trees, rules, tmp_path):
+    """A plain `git diff` has no author and no subject: the mail names the porter as author and
+    says the subject is to be written, so that git am takes it (it stopped on an empty From
+    before, and took the sign-off as the title)."""
+    repo = tmp_path / "r"
+    subprocess.run(["cp", "-r", str(trees["7.2"]), str(repo)], check=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@e"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-f", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "base"], check=True)
+    mail = make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW)
+    diff = mail[mail.index("diff --git"):]
+    report = port_patches(read_mails(diff, "fix.diff"), [repo], rules=rules, porter=("T", "t@e"))
+    out = report.targets[0].patches[0].output
+    subprocess.run(git + ["am", "-q"], input=out.encode(), check=True)
+    log = subprocess.run(git + ["log", "-1", "--format=%an <%ae>%n%s"], capture_output=True, text=True).stdout
+    assert log.split("\n")[:2] == ["T <t@e>", "(no subject: a plain diff, fix.diff)"], log
+
 def _rewrite_pairs(plan):
     """(file, old line index, new line index, old, new) of lines the rewrite changed 1:1."""
     for rel, new in sorted(plan.results.items()):

@@ -12,3 +12,11 @@ class UserError(click.ClickException):
 
     def show(self, file=None) -> None:
         click.echo(f"kvm-refactor: error: {self.format_message()}", err=True)
+
+
+def single_line(_ctx, param, value: str | None) -> str | None:
+    """Option callback: a value that goes into a mail header (a subject prefix) must be one line
+    of printable text, or it would start new headers or a body of its own."""
+    if value is not None and (not value.isprintable() or not value.strip()):
+        raise click.BadParameter(f"{value!r}: must be one line of printable text", param=param)
+    return value

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from refactor.cli.errors import single_line
 from refactor.cli.rules_option import rules_option
 
 
@@ -54,7 +55,7 @@ def _refuse_dirty(trees: list[str]) -> None:
 @click.option("--outdir", default=None, help="write <version>/NNNN-subject.patch per target")
 @click.option("--format", "fmt", type=click.Choice(["mbox", "text", "json"]), default="mbox",
               show_default=True, help="mbox: the ported mails; text: the analysis; json: everything")
-@click.option("--subject-prefix", default=None, help='e.g. "PATCH 6.12.y"')
+@click.option("--subject-prefix", default=None, callback=single_line, help='e.g. "PATCH 6.12.y"')
 @click.option("--build", is_flag=True,
               help="build KVM of each target with the ported patches applied (in a symlink farm)")
 @click.option("--verify", "verify", is_flag=True,

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from refactor.cli.errors import single_line
 from refactor.cli.rules_option import rules_option
 
 
@@ -21,7 +22,8 @@ from refactor.cli.rules_option import rules_option
 @click.option("--previous", default=None,
               help="branch of the previous version, for the changelog and range-diff (default: the branch "
                    "this tool recorded as version N-1)")
-@click.option("--subject-prefix", default=None, help="format-patch subject prefix (default PATCH)")
+@click.option("--subject-prefix", default=None, callback=single_line,
+              help="format-patch subject prefix (default PATCH)")
 @click.option("--to", "to", multiple=True, help="recipient (default: maintainers from scripts/get_maintainer.pl)")
 @click.option("--cc", "cc", multiple=True, help="copy (default: lists and reviewers from scripts/get_maintainer.pl)")
 @click.option("--config", "config", type=click.Choice(["builtin", "modules"]), default="builtin",

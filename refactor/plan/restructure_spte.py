@@ -126,6 +126,17 @@ def plan_spte_permissions(plan, files, rules: Rules, apply) -> None:
             plan.results[rel] = apply(texts[rel], edits)
 
 
+def helper_and_caller_edits(rule, texts: dict[str, bytes], rules: Rules) -> dict[str, list[Edit]]:
+    """The rule's edits but the bitmap's filler: the helper replaced (and what only it used)
+    and its callers, on `texts`; {} where the rule gives up.  A backport's inverse
+    (refactor/port/spte_inverse.py) compares hunks with them on an old tree, which has no
+    parameterized function for the filler."""
+    work = _Plan(rule, texts)
+    _replace_helper(work, rules)
+    _callers(work)
+    return {} if work.problems else work.edits
+
+
 def _replace_helper(work: _Plan, rules: Rules) -> None:
     p = work.rule.params
     defs = work.definitions(p["old"])

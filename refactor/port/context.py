@@ -12,6 +12,7 @@ from refactor.port.inverse import constant_params, format_params
 from refactor.port.lexicon import Vocabulary, declared_types
 from refactor.port.locals import added_walker_locals
 from refactor.port.parameterize_inverse import parameterized_hunks
+from refactor.port.spte_inverse import spte_hunks
 from refactor.port.target import Target
 
 
@@ -30,6 +31,8 @@ class FileContext:
     format_params: dict = field(default_factory=dict)
     # Hunks that only make [[parameterize]]'s change (parameterize_inverse.parameterized_hunks).
     parameterized: dict = field(default_factory=dict)
+    # Hunks that only make [[spte_permissions]]'s change (spte_inverse.spte_hunks).
+    spte: dict = field(default_factory=dict)
 
 
 def walker_uses(lines: list[str], rules) -> set[str]:
@@ -81,4 +84,5 @@ def file_context(fp: FilePatch, src: Vocabulary, dst: Vocabulary, target: Target
             walker_locals.setdefault(heading(h), []).extend(found)
     return FileContext(patch_types=types, words=words, defined_by_patch=defined, walker_locals=walker_locals,
                        constant_params=constant_params(fp, src.rules), format_params=format_params(fp, src.rules),
-                       parameterized=parameterized_hunks(fp, src.rules) if target.layout == "old" else {})
+                       parameterized=parameterized_hunks(fp, src.rules) if target.layout == "old" else {},
+                       spte=spte_hunks(fp, src.rules, target) if target.layout == "old" else {})

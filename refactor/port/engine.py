@@ -26,6 +26,7 @@ from refactor.port.lexicon import Vocabulary
 from refactor.port.mail import Mail, read_mails
 from refactor.port.prereq import missing_names, prerequisites, restructured_by, restructuring_causes
 from refactor.port.reasons import unseen_locals, with_unseen_locals, with_walker_writes
+from refactor.port.spte_inverse import calls_of_unported, nothing_to_port
 from refactor.port.target import Target, load_target
 from refactor.rules import Rules, RulesError, WalkerNames, load_rules
 
@@ -151,6 +152,8 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             original = hunk
             hunk, restated = _restate_calls(hunk, rules) if direction == "backport" else (hunk, None)
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
+            if direction == "backport":
+                nothing_to_port(h, hunk, ctx.spte, target, fp.old_path or fp.path)
             if restated and h.status != "conflict":
                 h.rules.append(restated)
                 h.status = "translated" if h.status == "clean" else h.status
@@ -195,6 +198,7 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             res.hunks.append(h)
             pairs.append((h, hunk, fp.path))
     if direction == "backport":
+        calls_of_unported(pairs, target, rules)
         dependent_conflicts(pairs, target)
     for h in res.hunks:
         if h.status != "conflict":

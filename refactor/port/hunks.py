@@ -377,7 +377,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
         formats, format_rule = restated_format_params(hunk.lines, ctx.format_params, src.rules, src.walker_member)
         kept.update({i: format_rule for i in formats if hunk.lines[i][0] == "-"})
         guards |= formats
-        more = restated_restructurings(hunk, src, target, ctx.parameterized)
+        more = restated_restructurings(hunk, src, target, {**ctx.parameterized, **ctx.spte})
         kept.update({i: r for i, r in more.items() if hunk.lines[i][0] == "-"})
         guards |= set(more)
         stays.update({k: kept[i] for k, i in enumerate(pre_at) if i in kept})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 from refactor import __version__
 from refactor.rules import Rules
@@ -75,11 +76,16 @@ def mail_text(pr, target, porter: tuple[str, str] | None, subject_prefix: str | 
     m = pr.mail
     prefix = subject_prefix or "PATCH"
     lines = ["From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001"]
-    if m.author:
-        lines.append(f"From: {m.author}")
+    # A plain diff has no author or subject; git am needs both (without a Subject it takes
+    # the first body line as the title, without From it stops): the porter is the author and
+    # the subject says it is to be written, naming the input.
+    author = m.author or (f"{porter[0]} <{porter[1]}>" if porter else None)
+    if author:
+        lines.append(f"From: {author}")
     if m.date:
         lines.append(f"Date: {m.date}")
-    lines += [f"Subject: [{prefix}] {m.subject}", ""]
+    subject = m.subject or f"(no subject: a plain diff, {Path(m.source).name})"
+    lines += [f"Subject: [{prefix}] {subject}", ""]
     if m.upstream:
         lines += [f"commit {m.upstream} upstream.", ""]
     body = m.body.rstrip("\n")
