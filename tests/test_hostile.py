@@ -198,6 +198,11 @@ CASES = [
     ("port-malformed-hunk-header", lambda t, m: ["port", str(write(t, "m.patch", patch_text(
         "arch/x86/kvm/x86.c", "arch/x86/kvm/x86.c", hunk="@@ -zz +1 @@\n a\n"))), "--onto", str(MINI)], 2,
      r"m\.patch:3: malformed hunk header '@@ -zz \+1 @@'"),
+    ("port-device", lambda t, m: ["port", "/dev/zero", "--onto", str(MINI)], 2,
+     r"/dev/zero: not a regular file or a pipe"),
+    ("port-directory", lambda t, m: ["port", str(t), "--onto", str(MINI)], 2, r"a directory, not a patch"),
+    ("port-binary", lambda t, m: ["port", str(write(t, "bin.patch", b"\0\1\2")), "--onto", str(MINI)], 2,
+     r"binary file, not a patch"),
     ("port-header-without-hunk", lambda t, m: ["port", str(write(t, "h.patch", "--- a/arch/x86/kvm/x86.c\n"
                                                                  "+++ b/arch/x86/kvm/x86.c\n")),
                                                "--onto", str(MINI)], 2,
@@ -333,3 +338,21 @@ def test_baseline_records_tool_and_version(tmp_path):
     doc = json.loads(base.read_text())
     assert doc["tool"] == "kvm-refactor lint" and doc["tool_version"] == __version__
     assert CliRunner().invoke(main, ["lint", "--baseline", str(base), str(MINI)]).exit_code == 0
+
+
+
+def test_port_reads_a_patch_from_a_pipe(tmp_path):
+    """`kvm-refactor port <(git format-patch --stdout -1) --onto TREE`: the patch arrives on a
+    FIFO, which is not a regular file; it was refused as 'no such patch file'."""
+    import threading
+
+    from refactor.port.engine import read_inputs
+
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    text = patch_text("arch/x86/kvm/x86.c", "arch/x86/kvm/x86.c")
+    writer = threading.Thread(target=lambda: fifo.write_text(text))
+    writer.start()
+    mails = read_inputs([str(fifo)])
+    writer.join()
+    assert [f.path for f in mails[0].patch.files] == ["arch/x86/kvm/x86.c"]

@@ -248,7 +248,7 @@ def test_cli_exit_codes_and_json(trees, tmp_path):
     runner.invoke(main, ["port", str(patch), "--onto", str(trees["7.2"]), "--outdir", str(out)])
     assert [p.name for p in out.glob("*/*.patch")] == ["0001-KVM-x86-mmu-Fix-the-walk.patch"]
     bad = runner.invoke(main, ["port", str(tmp_path / "nope.patch"), "--onto", str(trees["7.2"])])
-    assert bad.exit_code == 2 and "no such patch file" in bad.output
+    assert bad.exit_code == 2 and "nope.patch: no such file or directory" in bad.output
     (tmp_path / "text").write_text("hello\n")
     bad = runner.invoke(main, ["port", str(tmp_path / "text"), "--onto", str(trees["7.2"])])
     assert bad.exit_code == 2 and "not a patch" in bad.output

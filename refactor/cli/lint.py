@@ -17,6 +17,7 @@ import click
 from refactor.cli.rules_option import rules_option
 
 BASELINE_VERSION = 1
+MAX_BASELINE_BYTES = 32 * 1024 * 1024
 
 
 def _user_error(message: str):
@@ -25,35 +26,14 @@ def _user_error(message: str):
     return UserError(message)
 
 
-# A whole series of the refactor is ~100 KB; parsing costs ~0.3 s per MB (bench/hostile_bench.py).
-MAX_PATCH_BYTES = 32 * 1024 * 1024
-
-
 def _read_patch(path: str) -> tuple[str, str]:
-    name = "<stdin>" if path == "-" else path
+    from refactor.frontend.patch import read_patch_file
+    from refactor.errors import PatchError
+
     try:
-        fh = sys.stdin.buffer if path == "-" else open(path, "rb")
-    except FileNotFoundError:
-        raise _user_error(f"{path}: no such file or directory") from None
-    except OSError as exc:
-        raise _user_error(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        # A pipe (stdin, `<(git diff)`) is fine; a device such as /dev/zero would never end.
-        # (stdin is taken as it is: it may have no file descriptor, e.g. under click's test runner.)
-        mode = os.fstat(fh.fileno()).st_mode if path != "-" else None
-        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            raise _user_error(f"{name}: not a regular file or a pipe")
-        data = fh.read(MAX_PATCH_BYTES + 1)
-    except OSError as exc:
-        raise _user_error(f"{name}: cannot read: {exc.strerror}") from None
-    finally:
-        if path != "-":
-            fh.close()
-    if len(data) > MAX_PATCH_BYTES:
-        raise _user_error(f"{name}: larger than the {MAX_PATCH_BYTES // (1024 * 1024)} MiB limit for a patch")
-    if b"\0" in data[:8192]:
-        raise _user_error(f"{name}: binary file, not a patch")
-    return data.decode("utf-8", "replace"), name
+        return read_patch_file(path, sys.stdin.buffer.read() if path == "-" else None)
+    except PatchError as exc:
+        raise _user_error(str(exc)) from None
 
 
 BASELINE_TOOL = "kvm-refactor lint"
@@ -66,9 +46,9 @@ def _load_baseline(path: str) -> Counter:
         with open(path, "rb") as fh:
             if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 raise _user_error(f"{path}: not a regular file")
-            raw = fh.read(MAX_PATCH_BYTES + 1)
-        if len(raw) > MAX_PATCH_BYTES:
-            raise _user_error(f"{path}: larger than the {MAX_PATCH_BYTES // (1024 * 1024)} MiB limit for a baseline")
+            raw = fh.read(MAX_BASELINE_BYTES + 1)
+        if len(raw) > MAX_BASELINE_BYTES:
+            raise _user_error(f"{path}: larger than the {MAX_BASELINE_BYTES // (1024 * 1024)} MiB limit for a baseline")
         data = json.loads(raw.decode("utf-8"))
         tool, version, tool_version = data.get("tool"), data.get("version"), data.get("tool_version")
         entries = data["findings"]

@@ -100,9 +100,9 @@ def port_cmd(patches: tuple[str, ...], targets: tuple[str, ...], names: str | No
                         "it needs --verify")
     if build or verify:
         _refuse_dirty([*targets, *([source] if source else [])])
-    stdin_text = sys.stdin.read() if "-" in patches else None
+    stdin = sys.stdin.buffer.read() if "-" in patches else None
     try:
-        mails = read_inputs(list(patches), stdin_text)
+        mails = read_inputs(list(patches), stdin)
         with bar(len(targets), "port", unit="target") as step:
             report = run_port(mails, list(targets), names_spec=names, target_names=target_names,
                               porter=_porter(), subject_prefix=subject_prefix, jobs=jobs,

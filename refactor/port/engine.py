@@ -263,23 +263,13 @@ def _restate_calls(hunk, rules):
     return (dataclasses.replace(hunk, lines=lines), used) if used else (hunk, None)
 
 
-def read_inputs(paths: list[str], stdin_text: str | None = None) -> list[Mail]:
-    from refactor.frontend.patch import PatchError
+def read_inputs(paths: list[str], stdin: bytes | None = None) -> list[Mail]:
+    """The mails of every patch file (or of `stdin` for "-").  Raises PatchError."""
+    from refactor.frontend.patch import read_patch_file
 
     mails: list[Mail] = []
     for p in paths:
-        if p == "-":
-            text, name = stdin_text or "", "<stdin>"
-        else:
-            path = Path(p)
-            if not path.is_file():
-                raise PatchError(f"{p}: no such patch file")
-            try:
-                text = path.read_bytes().decode("utf-8", "replace")
-            except OSError as exc:
-                raise PatchError(f"{p}: cannot read: {exc.strerror}") from None
-            name = p
-        mails += read_mails(text, name)
+        mails += read_mails(*read_patch_file(p, stdin))
     return mails
 
 
