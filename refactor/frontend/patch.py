@@ -187,6 +187,20 @@ def _strip_prefix(path: str) -> str | None:
     return path
 
 
+def _header_paths(old_field: str, new_field: str) -> tuple[str | None, str | None]:
+    """The paths of a `--- OLD` / `+++ NEW` pair.  git's one-letter prefixes go as in
+    _strip_prefix(); other tools' top directories go the way `patch -p1` drops them when the
+    two sides name different ones (quilt's `linux.orig/` and `linux/`, `diff -ru a.orig b`).
+    Equal first components are a diff without prefixes (`git diff --no-prefix`): kept."""
+    old, new = _strip_prefix(old_field), _strip_prefix(new_field)
+    raw = [f.split("\t")[0].rstrip() if not f.startswith('"') else None for f in (old_field, new_field)]
+    if old is not None and new is not None and old == raw[0] and new == raw[1]:
+        a, b = old.split("/", 1), new.split("/", 1)
+        if len(a) == 2 and len(b) == 2 and a[0] != b[0] and a[1] and b[1]:
+            return a[1], b[1]
+    return old, new
+
+
 def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
     """Every patch in `text` (one diff, or an mbox of several). Raises PatchError."""
     lines = text.replace("\r\n", "\n").split("\n")
@@ -249,7 +263,7 @@ def parse_patches(text: str, name: str = "<patch>") -> list[Patch]:
                 fp.binary = True
         if line.startswith("--- ") and i + 1 < n and lines[i + 1].startswith("+++ "):
             try:
-                old, new = _strip_prefix(line[4:]), _strip_prefix(lines[i + 1][4:])
+                old, new = _header_paths(line[4:], lines[i + 1][4:])
             except PatchError as exc:
                 raise PatchError(f"{name}:{i + 1}: {exc}") from None
             if fp is None or fp.hunks or pending_git is None:
