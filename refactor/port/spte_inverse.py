@@ -37,17 +37,25 @@ _HEADER = re.compile(r"^(?!(?:if|for|while|switch|return|else)\b)[A-Za-z_][\w\s\
 
 # The forward edits of the helper and its callers on a target, and the byte offset of each
 # of its lines, per file: computed once per target object (a series patches a copy).
-_CACHE: list[tuple[Target, str, dict, dict]] = []
+_CACHE: list[tuple[Target, str, tuple[dict, dict] | None]] = []
 
 
-def _forward_on_target(rule, target: Target, rules) -> tuple[dict, dict]:
-    for t, rid, edits, starts in _CACHE:
+def _forward_on_target(rule, target: Target, rules) -> tuple[dict, dict] | None:
+    """(edits, line offsets) per file; None where the forward rule would not run on the target."""
+    for t, rid, got in _CACHE:
         if t is target and rid == rule.id:
-            return edits, starts
-    edits = helper_and_caller_edits(rule, dict(target.files), rules)
-    starts = {rel: [0] + [m.end() for m in re.finditer(rb"\n", target.files[rel])] for rel in edits}
-    _CACHE[:] = _CACHE[-3:] + [(target, rule.id, edits, starts)]
-    return edits, starts
+            return got
+    p, texts = rule.params, target.files
+    # Where the forward rule runs at all (plan_spte_permissions): the old helper, not the new
+    # one yet, and what the new one's definition needs (`requires`: 6.1 keeps its own check).
+    runs = any(p["old"].encode() in t for t in texts.values()) \
+        and not any(re.search(rb"\b%s\s*\(" % p["new"].encode(), t) for t in texts.values()) \
+        and all(any(re.search(rb"\b%s\b" % w.encode(), t) for t in texts.values()) for w in p.get("requires", ()))
+    edits = helper_and_caller_edits(rule, dict(texts), rules) if runs else None
+    got = (edits, {rel: [0] + [m.end() for m in re.finditer(rb"\n", texts[rel])] for rel in edits}) \
+        if edits else None
+    _CACHE[:] = _CACHE[-3:] + [(target, rule.id, got)]
+    return got
 
 
 def _on_target(pre: list[str], rel: str, target: Target, edits: list, starts: list[int]) -> list[str] | None:
@@ -190,7 +198,10 @@ def spte_hunks(fp, rules, target: Target) -> dict[int, tuple[list, dict[int, str
         if not any(re.search(rf"\b(?:{'|'.join(map(re.escape, names))})\b", t)
                    for h in fp.hunks for g, t, _ in h.lines if g == "+"):
             continue
-        edits, starts = _forward_on_target(rule, target, rules)
+        got = _forward_on_target(rule, target, rules)
+        if got is None:
+            continue    # the old tree the rule does not apply to keeps its check: no inverse
+        edits, starts = got
         forward = (edits.get(rel, []), starts.get(rel, []))
         facts = _bitmask_facts(rule, rules, target, fp) if p.get("bitmask") else None
         # The filler's calls are the rule's only beside the rule's filler: its definition too.
