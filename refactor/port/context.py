@@ -10,6 +10,7 @@ from refactor.frontend.patch import FilePatch
 from refactor.port.headings import heading
 from refactor.port.inverse import constant_params, format_params
 from refactor.port.lexicon import Vocabulary, declared_types
+from refactor.port.locate import Offsets
 from refactor.port.locals import added_walker_locals
 from refactor.port.parameterize_inverse import parameterized_hunks
 from refactor.port.spte_inverse import spte_hunks
@@ -33,6 +34,8 @@ class FileContext:
     parameterized: dict = field(default_factory=dict)
     # Hunks that only make [[spte_permissions]]'s change (spte_inverse.spte_hunks).
     spte: dict = field(default_factory=dict)
+    # Where the file's hunks already ported stand in the target (the offset patch(1) learns).
+    offsets: Offsets = field(default_factory=Offsets)
 
 
 def walker_uses(lines: list[str], rules) -> set[str]:

@@ -154,6 +154,7 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
             if direction == "backport":
                 nothing_to_port(h, hunk, ctx.spte, target, fp.old_path or fp.path)
+            ctx.offsets.settle(hunk, h, fp.path, target)    # its offset guides the later hunks
             if restated and h.status != "conflict":
                 h.rules.append(restated)
                 h.status = "translated" if h.status == "clean" else h.status

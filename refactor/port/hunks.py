@@ -258,7 +258,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
     types = dict(ctx.patch_types)
     pre_t = pre_image(types)
     kept_idx = [i for i, p in enumerate(pre_t) if not p.dropped]
-    located = locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx])
+    located = locate(hunk, rel, func, target, pre_raw, [pre_t[i].text for i in kept_idx], ctx.offsets)
     if located is None:
         res.status, res.target_file = "conflict", None if target.text(rel) is None else rel
         where = f"{rel} does not exist" if target.text(rel) is None else f"no place in {rel} matches"
