@@ -81,6 +81,42 @@ def _headers(lines: list[str]) -> tuple[dict[str, str], int]:
     return headers, len(lines)
 
 
+def _decoded(chunk: str) -> str:
+    """The mail as git am reads it: a quoted-printable or base64 body (mail clients, raw
+    messages saved from an archive) decoded, and the first text part of a multipart mail.
+    Mails without a transfer encoding are returned as they are, so that line numbers in
+    messages stay the input's."""
+    headers, _at = _headers(chunk.split("\n"))
+    encoding = headers.get("content-transfer-encoding", "").strip().lower()
+    if encoding not in ("quoted-printable", "base64") and \
+            not headers.get("content-type", "").strip().lower().startswith("multipart/"):
+        return chunk
+    import email
+    import email.policy
+
+    msg = email.message_from_string(chunk, policy=email.policy.default)
+    part = msg.get_body(preferencelist=("plain",)) if msg.is_multipart() else msg
+    try:
+        body = part.get_content() if part is not None else ""
+    except (LookupError, ValueError):
+        return chunk               # an encoding Python cannot decode: read the text as given
+    kept = [f"{k}: {v}" for k, v in headers.items()
+            if k not in ("content-transfer-encoding", "content-type", "mime-version")]
+    return "\n".join(kept) + "\n\n" + body
+
+
+def _header_text(value: str | None) -> str | None:
+    """An RFC 2047 encoded header (`=?UTF-8?q?J=C3=B6rg?=`) as text."""
+    if not value or "=?" not in value:
+        return value
+    from email.header import decode_header, make_header
+
+    try:
+        return str(make_header(decode_header(value)))
+    except (LookupError, ValueError, UnicodeDecodeError):
+        return value
+
+
 def read_mails(text: str, source: str = "<patch>") -> list[Mail]:
     """Every patch of `text`: a format-patch mail, an mbox of several, or a plain diff.
 
@@ -89,7 +125,7 @@ def read_mails(text: str, source: str = "<patch>") -> list[Mail]:
     text = text.replace("\r\n", "\n")
     mails: list[Mail] = []
     for raw in _split(text):
-        chunk = "\n".join(raw.lines)
+        chunk = _decoded("\n".join(raw.lines))
         m = _DIFF_START.search(chunk)
         if not m:
             continue
@@ -107,7 +143,7 @@ def read_mails(text: str, source: str = "<patch>") -> list[Mail]:
             patches = parse_patches(diff, source)
         except PatchError as exc:
             raise PatchError(f"{exc} (in the mail at {source}:{raw.line})") from None
-        subject = re.sub(r"^\[[^\]]*\]\s*", "", headers.get("subject", "")).strip()
+        subject = re.sub(r"^\[[^\]]*\]\s*", "", _header_text(headers.get("subject")) or "").strip()
         up = _UPSTREAM.search(body)
         upstream = raw.sha
         if up:
@@ -115,7 +151,7 @@ def read_mails(text: str, source: str = "<patch>") -> list[Mail]:
             body = _UPSTREAM.sub("", body, count=1).strip("\n")
         for patch in patches:
             mails.append(Mail(source=source, line=raw.line + patch.start_line - 1,
-                              author=headers.get("from"), date=headers.get("date"),
+                              author=_header_text(headers.get("from")), date=headers.get("date"),
                               subject=subject or (patch.subject or ""), body=body, upstream=upstream,
                               patch=patch, diff=diff))
     if not mails:
