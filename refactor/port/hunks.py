@@ -27,7 +27,7 @@ from refactor.port.inverse import (introduced, kept_removals, restated_constant_
                                    restated_guards, restated_restructurings, signature_change)
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import (function_span, hoisted, inline, inline_added_locals, inits_around,
-                                  learn_replaced_locals, match_unseen_locals, pointer_inits,
+                                  learn_replaced_locals, match_unseen_locals, outside_renames, pointer_inits,
                                   same_object_pairs, target_types, through_locals)
 from refactor.port.locate import locate, named_function
 from refactor.port.old_walkers import own_mmu_hunk, own_walker
@@ -115,6 +115,7 @@ def _retry_with_local_names(hunk: Hunk, fp: FilePatch, target: Target, direction
             renames[mine[0]] = theirs[0]
         elif kind == "pointer" and direction == "backport" and (own := own_walker(mine, ptypes, ttypes, hunk_lines)):
             renames[mine[0]] = own
+    renames, ctx = outside_renames(renames, hunk, fp, body, direction, src, dst, ctx)   # declared above the hunk
     if renames:
         pat = re.compile(r"(?<![\w>.])(" + "|".join(map(re.escape, renames)) + r")(?!\w)")
         lines = [(tag, pat.sub(lambda m: renames[m.group(1)], t), n) for tag, t, n in hunk.lines]

@@ -15,6 +15,7 @@ from refactor.frontend.patch import Hunk
 from refactor.port.align import Learner
 from refactor.port.lexicon import Vocabulary, declared_types
 from refactor.port.old_walkers import HOISTED, hoisted, inline, inline_removed_locals  # noqa: F401 (re-exported)
+from refactor.port.outside_locals import outside_renames  # noqa: F401 (re-exported)
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 

@@ -8,17 +8,19 @@ import re
 from refactor.port.hunks import HunkResult
 from refactor.port.lexicon import Vocabulary, declared_types, dropped_by, translate
 from refactor.port.locals import function_span
+from refactor.port.outside_locals import evidence_for
 from refactor.port.target import Target
 from refactor.rules import Rules
 
 
 def unseen_locals(hunk, direction: str, src: Vocabulary, dst: Vocabulary, target: Target,
-                   rel: str, func: str | None) -> tuple[dict[str, str], bool] | None:
+                   rel: str, func: str | None) -> tuple[dict[str, str], bool, str] | None:
     """The hunk's lines that the target's function has once the layout is translated and one
     of the hunk's locals takes the name of a layout-typed variable of that function (the
     patch's `w` for the target's `mmu`, declared outside the hunk where the port cannot see
     its type): ({patch name: target name}, whether that explains every line the target
-    lacks), or None."""
+    lacks, what the patch's lines say of those locals where that did not decide them), or
+    None."""
     defs = sorted(target.definitions(func) if func else [], key=lambda d: d[0] != rel)
     if not defs:
         return None
@@ -32,6 +34,12 @@ def unseen_locals(hunk, direction: str, src: Vocabulary, dst: Vocabulary, target
     used = {w for toks in bodies for w in toks}
     mapping: dict[str, str] = {}
     unexplained = 0
+    group = {"walker": "pointer", "mmu": "pointer", "format": "format", None: None}
+
+    def fits(x: str, y: str) -> bool:
+        # Not a page format for what the patch says is a walker (or the other way round).
+        kind = evidence_for(x, hunk, src).kind
+        return kind is None or group[kind] == group[typed[y]]
     for g, t, _ in hunk.lines:
         text = translate(t, direction, src, {}, dst.names).text.strip() if g != "+" else ""
         if not text or text in seen:
@@ -40,19 +48,23 @@ def unseen_locals(hunk, direction: str, src: Vocabulary, dst: Vocabulary, target
         for cand in bodies:
             pairs = {(x, y) for x, y in zip(toks, cand) if x != y} if len(cand) == len(toks) else None
             if pairs and len({x for x, _ in pairs}) == len(pairs) and \
-                    all(y in typed and x not in used and mapping.get(x, y) == y for x, y in pairs):
+                    all(y in typed and x not in used and mapping.get(x, y) == y and fits(x, y) for x, y in pairs):
                 mapping.update(pairs)
                 break
         else:
             unexplained += 1
-    return (mapping, not unexplained) if mapping else None
+    # Why the port did not take it for that variable itself (refactor.port.outside_locals):
+    # what the patch's lines say the local is, when that is nothing or contradicts itself.
+    said = [ev.said() for a in mapping for ev in [evidence_for(a, hunk, src)] if ev.kind is None]
+    return (mapping, not unexplained, "; ".join(said)) if mapping else None
 
 
-def with_unseen_locals(reason: str, renamed: tuple[dict[str, str], bool], func: str | None) -> str:
-    mapping, every = renamed
+def with_unseen_locals(reason: str, renamed: tuple, func: str | None) -> str:
+    mapping, every = renamed[:2]
+    evidence = renamed[2] if len(renamed) > 2 else ""
     said = ", ".join(f"the patch's `{a}` is the target's `{b}`" for a, b in mapping.items())
-    why = (f"{said} in {func}() (declared outside the hunk, the port could not see its type "
-           "to translate it): rename it by hand")
+    why = (f"{said} in {func}() (declared outside the hunk, the port could not tell its type "
+           f"to translate it{': ' + evidence if evidence else ''}): rename it by hand")
     head = "context differs for non-layout reasons: "
     if every and reason.startswith(head):
         return f"context differs only in a local's name: {why}; {reason[len(head):]}"
