@@ -271,9 +271,10 @@ def calls_of_unported(pairs: list, target: Target, rules) -> None:
         if h.status == "conflict" or h.target_start is None:
             continue
         before = target.lines(h.target_file)[h.target_start:h.target_start + h.target_len]
-        m = next((m for x in h.new_lines if x not in before for m in [call.search(x)] if m), None)
+        m = next((m for x in h.new_lines if x not in before and not x.lstrip().startswith(("*", "/*", "//"))
+                  for m in [call.search(x)] if m), None)
         if m:
             h.status = "conflict"
             h.reason = (f"missing prerequisite: {m.group(1)}() is not defined in the target: the refactor "
-                        "introduced it, and the patch's definition of it is the refactor's own change, "
-                        "which the old layout does not have")
+                        "introduced it (restructure.toml [[spte_permissions]]), and the patch's definition "
+                        "of it does not port onto the old layout")
