@@ -16,6 +16,7 @@ import pytest
 
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
+from refactor.port.locate import Offsets
 from refactor.port.mail import read_mails
 
 from conftest import FULL_510
@@ -100,24 +101,26 @@ def test_the_5_10_tree_places_it_by_the_same_rule(trees, t510, rules):
     assert "by the offset of the file's earlier hunks" in res.hunks[1].reason
 
 
-def test_a_prediction_that_meets_no_copy_stays_a_conflict(trees, targets, rules):
-    # The first hunk at KVM_SET_IDENTITY_MAP_ADDR: on 7.2 the lines between it and the IRQCHIP
-    # cases are 7.3's, on 6.1 ten lines fewer (6.1's KVM_CREATE_IRQCHIP case is shorter), so the
-    # prediction falls between the two copies, near neither: a conflict listing both.
-    first = ("case KVM_SET_IDENTITY_MAP_ADDR", "\t\tu64 ident_addr;\n",
-             "\t\tu64 ident_addr;\n\t\tint unused = 0;\n")
-    mail = read_mails(two_hunks(trees["7.3"], *first)[0])[0]
-    res = port_one(mail, targets["6.1"], rules)
-    second = res.hunks[1]
-    assert res.hunks[0].status == "clean", res.hunks[0].reason
+IDENTITY = ("case KVM_SET_IDENTITY_MAP_ADDR", "\t\tu64 ident_addr;\n", "\t\tu64 ident_addr;\n\t\tint unused = 0;\n")
+
+
+@pytest.mark.parametrize("version", ["6.1", "7.2"])
+def test_a_prediction_from_too_far_stays_a_conflict(trees, targets, rules, version):
+    # The first hunk at KVM_SET_IDENTITY_MAP_ADDR, ~110 lines above the SET case.  On 6.1 the
+    # lines between are ten fewer than 7.3's (its KVM_CREATE_IRQCHIP case is shorter): the
+    # prediction falls between the two copies, near neither.  On 7.2 nothing moved in between
+    # and the prediction is exact, but 110 lines can gain or lose the 24 that separate the
+    # copies as easily: the GET copy could be the place too.  Both stay conflicts.
+    mail = read_mails(two_hunks(trees["7.3"], *IDENTITY)[0])[0]
+    target = targets[version]
+    res = port_one(mail, target, rules)
+    first, second = res.hunks
+    assert first.status == "clean", first.reason
     assert second.status == "conflict" and "the hunk's lines stand 2 times in" in second.reason, second.reason
     starts = [int(n) for n in re.findall(rf"{X86}:(\d+)", second.reason)]
-    memdup = set_case_line(targets["6.1"], targets["6.1"].text(X86))
-    assert memdup - 1 in starts and len(starts) == 2
-    # The same patch on 7.2, where nothing moved in between, is placed.
-    res = port_one(mail, targets["7.2"], rules)
-    assert res.result == "ported" and res.hunks[1].target_start == set_case_line(
-        targets["7.2"], targets["7.2"].text(X86)) - 2
+    memdup = set_case_line(target, target.text(X86))
+    assert starts == [memdup - 1 - 24, memdup - 1]
+    assert second.target_start == memdup - 2 - 24     # (the first place listed)
 
 
 def test_a_first_hunk_that_stands_twice_teaches_nothing(trees, targets, rules):
@@ -135,24 +138,29 @@ def test_a_definition_line_the_patch_shows_is_a_mark_too(trees, targets, rules):
     # The first hunk, at the top of kvm_arch_vm_ioctl(), is made on a tree whose `r` starts as
     # -EINVAL (in its context): a conflict on 7.2, so it places nothing.  Its context still
     # shows the function's definition line, which 7.2 has word for word, once: where the
-    # function starts in both says where the SET case is.  6.1 spells the definition otherwise
-    # (`long ...`): no mark, a conflict.
+    # function starts in both predicts the SET case exactly.  6.1 spells the definition
+    # otherwise (`long ...`): no mark.
     text = (trees["7.3"] / X86).read_text()
     ours = edited(text, [("int kvm_arch_vm_ioctl(", "\tint r = -ENOTTY;\n", "\tint r = -EINVAL;\n")])
     kvm = "\tstruct kvm *kvm = filp->private_data;\n"
     new = edited(ours, [("int kvm_arch_vm_ioctl(", kvm, kvm + "\tbool done = false;\n"),
                         ("case KVM_SET_IRQCHIP", MEMDUP, MEMDUP + "\t\tr = 0;\n")])
     mail = read_mails(mail_of(ours, new))[0]
-    res = port_one(mail, targets["7.2"], rules)
-    first, second = res.hunks
-    assert first.status == "conflict" and "context differs" in first.reason, first.reason
+    first_hunk, second_hunk = mail.patch.files[0].hunks
     t72 = targets["7.2"].text(X86)
     memdup = set_case_line(targets["7.2"], t72)
     defined = t72.count("\n", 0, t72.index("int kvm_arch_vm_ioctl("))
-    off = defined - text.count("\n", 0, text.index("int kvm_arch_vm_ioctl("))
-    assert second.status == "clean" and second.target_start == memdup - 2, second.reason
-    assert second.reason == (f"placed at {X86}:{memdup - 1} by the definition of kvm_arch_vm_ioctl() "
-                             f"in both ({off:+d})")
-    res = port_one(mail, targets["6.1"], rules)
-    assert [h.status for h in res.hunks] == ["conflict", "conflict"]
-    assert "the hunk's lines stand 2 times in" in res.hunks[1].reason
+    patch_def = text.count("\n", 0, text.index("int kvm_arch_vm_ioctl("))
+    res = port_one(mail, targets["7.2"], rules)
+    first, second = res.hunks
+    assert first.status == "conflict" and "context differs" in first.reason, first.reason
+    offsets = Offsets()
+    offsets.settle(first_hunk, first, X86, targets["7.2"])
+    assert offsets.predict(second_hunk) == (
+        memdup - 2, second_hunk.old_start - 1 - patch_def,
+        f"the definition of kvm_arch_vm_ioctl() in both ({defined - patch_def:+d})")
+    # Exact, but from 136 lines above copies 24 lines apart: not enough to choose.
+    assert second.status == "conflict" and "the hunk's lines stand 2 times in" in second.reason, second.reason
+    empty = Offsets()
+    empty.settle(first_hunk, port_one(mail, targets["6.1"], rules).hunks[0], X86, targets["6.1"])
+    assert empty.predict(second_hunk) is None

@@ -10,9 +10,11 @@ write twin) are never the hunk's place, however near or similar.
 Lines that stand more than once there are told apart only by where the
 hunk is expected: at its own line number on the tree it was made on, or, as
 patch(1) learns it, at its line number moved by the offset the file patch's
-earlier hunks were found at (`Offsets`).  Only a single candidate at that
-line, or alone within `WINDOW` lines of it, is taken; otherwise the places
-are listed as a conflict.
+earlier hunks were found at (`Offsets`).  A candidate is taken only alone
+within `WINDOW` lines of that line, below the hunks already placed, and with
+every other copy farther from it than the mark is from the hunk (lines the
+target added or removed in between could make any nearer copy the place);
+otherwise the places are listed as a conflict.
 """
 from __future__ import annotations
 
@@ -36,13 +38,13 @@ class Offsets:
     marks (line in the patch's numbering, line in the target, what says so), 0-based."""
 
     marks: list[tuple[int, int, str]] = field(default_factory=list)
-    last_placed: int | None = None          # target start of the last hunk placed in the file
+    placed_end: int = 0             # target line after the last hunk placed in the file
     # old_start of a hunk placed by a predicted line -> (target file, start, note for its reason)
     chosen: dict[int, tuple[str, int, str]] = field(default_factory=dict)
 
-    def predict(self, hunk: Hunk) -> tuple[int, str] | None:
-        """The hunk's expected 0-based start in the target, and what said so: the mark nearest
-        above it in the patch's numbering."""
+    def predict(self, hunk: Hunk) -> tuple[int, int, str] | None:
+        """The hunk's expected 0-based start in the target, the distance from the mark that says
+        so (in the patch's numbering), and what the mark is: the one nearest above the hunk."""
         # Two kinds of mark: an earlier hunk of the file placed in the target (patch(1)'s
         # offset: its last hunk's), and a function's definition line shown by a hunk, which
         # the target defines once in the file (the heading's function start in the target vs
@@ -56,7 +58,7 @@ class Offsets:
             return None
         p, t, why = max(above, key=lambda m: (m[0], m[2].startswith("the offset")))
         off = t - p
-        return at + off, f"{why} ({off:+d})"
+        return at + off, at - p, f"{why} ({off:+d})"
 
     def settle(self, hunk: Hunk, res, rel: str, target: Target) -> None:
         """Learn from a hunk just ported (a HunkResult `res`) in file `rel`, and say in its
@@ -76,20 +78,26 @@ class Offsets:
         chosen = self.chosen.get(hunk.old_start)
         if placed and chosen and chosen[0] == rel and abs(res.target_start - chosen[1]) <= WINDOW:
             res.reason = f"placed at {rel}:{res.target_start + 1} by {chosen[2]}"
-        if placed:
-            self.marks.append((hunk.old_start - 1, res.target_start, "the offset of the file's earlier hunks"))
-            self.last_placed = res.target_start
+        if placed:      # its last line is the mark: the lines it spans are the same on both sides
+            self.marks.append((hunk.old_start - 1 + hunk.old_len, res.target_start + res.target_len,
+                               "the offset of the file's earlier hunks"))
+            self.placed_end = res.target_start + res.target_len
 
     def pick(self, found: list[int], hunk: Hunk, frel: str) -> int | None:
         """The one start of `found` the learned offset points at, or None."""
         guess = self.predict(hunk)
         if guess is None:
             return None
-        line, why = guess
+        line, gap, why = guess
+        # Hunks follow each other in the file and never overlap: a place above the end of the
+        # last one placed is none for a later hunk.
+        found = [f for f in found if f >= self.placed_end]
         alone = [f for f in found if abs(f - line) <= WINDOW]
-        # Hunks follow each other in the file: a place above the last one placed is no
-        # candidate for a later hunk, however near the prediction.
-        if len(alone) != 1 or (self.last_placed is not None and alone[0] <= self.last_placed):
+        # The offset is only as good as the lines between the mark and the hunk: the target may
+        # add or remove some (6.1 has 10 fewer than 7.3 between KVM_SET_IDENTITY_MAP_ADDR and
+        # KVM_GET_IRQCHIP, whose copies stand 24 apart).  Another copy is ruled out only where its being the
+        # place would take more lines removed, or added, than the patch's tree has between them.
+        if len(alone) != 1 or any(abs(f - line) <= max(gap, WINDOW) for f in found if f != alone[0]):
             return None
         self.chosen[hunk.old_start] = (frel, alone[0], why)
         return alone[0]
