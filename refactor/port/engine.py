@@ -18,6 +18,7 @@ from refactor.port.context import file_context
 from refactor.port.counterparts import counterpart_hunk, new_layout_functions, old_calls, touched
 from refactor.port.counterparts import reason as counterpart_reason
 from refactor.port.diff import region_diff
+from refactor.port.forward_image import port_on_image
 from refactor.port.headings import function_of
 from refactor.port.hunks import HunkResult, port_hunk
 from refactor.port.initialisers import NOTE, walker_writes_port
@@ -154,6 +155,7 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
             if direction == "backport":
                 nothing_to_port(h, hunk, ctx.spte, target, fp.old_path or fp.path)
+                port_on_image(h, hunk, target, src, dst, ctx)   # the rules' image of the target
             ctx.offsets.settle(hunk, h, fp.path, target)    # its offset guides the later hunks
             if restated and h.status != "conflict":
                 h.rules.append(restated)
