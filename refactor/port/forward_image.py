@@ -37,17 +37,23 @@ class ImageLine:
     rules: list[str] = field(default_factory=list)
 
 
-def forward_image(tlines: list[str], lo: int, hi: int, vocab: Vocabulary) -> tuple[list[ImageLine], dict]:
-    """The image of target lines lo..hi (a function) and {hidden target line: rule id} for the
-    lines with no image of their own (dropped, or merged into a later write)."""
+def forward_image(tlines: list[str], lo: int, hi: int, vocab: Vocabulary,
+                  first: int | None = None) -> tuple[list[ImageLine], dict]:
+    """The image of target lines lo..hi (of a function that starts at `first`, lo by default)
+    and {hidden target line: rule id} for the lines with no image of their own (dropped, or
+    merged into a later write)."""
     rules = vocab.rules
     types = target_types(tlines, lo, vocab)
     known = _known_guest_mmu(vocab)
     out: list[ImageLine] = []
     hidden: dict[int, str] = {}
     guest_now = False
-    for j in range(lo, hi + 1):
+    for j in range(lo if first is None else first, hi + 1):
         line = tlines[j]
+        if j < lo:      # only whether the fault MMU was set to guest_mmu above the lines
+            if known and re.match(rf"\s*{re.escape(known[0])}\s*=", line):
+                guest_now = bool(re.match(rf"\s*{re.escape(known[0])}\s*=\s*&\s*{re.escape(known[2])}\s*;", line))
+            continue
         t = translate(line, "forward", vocab, types, other=vocab.names)
         if t.dropped:
             hidden[j] = t.rules[0] if t.rules else "?"
@@ -117,10 +123,11 @@ class ImagePort:
 
 
 def port_onto_image(hunk, tlines: list[str], span: tuple[int, int], src: Vocabulary,
-                    dst: Vocabulary, types: dict[str, str]) -> ImagePort:
-    """The hunk ported through the forward image of the target function at `span`."""
+                    dst: Vocabulary, types: dict[str, str], first: int | None = None) -> ImagePort:
+    """The hunk ported through the forward image of target lines `span` (of the function
+    that starts at `first`)."""
     lo, hi = span
-    image, hidden = forward_image(tlines, lo, hi, src)
+    image, hidden = forward_image(tlines, lo, hi, src, first)
     pre = [(i, t) for i, (g, t, _) in enumerate(hunk.lines) if g != "+"]
     keys = [norm(il.text) for il in image]
     want = [norm(t) for _i, t in pre]
@@ -263,7 +270,11 @@ def port_on_image(h, hunk, target, src: Vocabulary, dst: Vocabulary, ctx) -> Non
     if got is None:
         return
     tlines = target.lines(rel)
-    ip = port_onto_image(hunk, tlines, got[1], src, dst, dict(ctx.patch_types))
+    # Only the lines around where the hunk was placed: translating a whole long function
+    # (FNAME(walk_addr_generic)) line by line costs more than the rest of the port.
+    reach = 2 * len(hunk.lines) + 10
+    window = (max(got[1][0], h.target_start - reach), min(got[1][1], h.target_start + reach))
+    ip = port_onto_image(hunk, tlines, window, src, dst, dict(ctx.patch_types), got[1][0])
     rules = src.rules
     changed = [t for g, t, _ in hunk.lines if g != " "]
     if ip.problem is None and not any(_DEFINES.match(t) for t in changed):
