@@ -15,11 +15,15 @@ as on the new one: the helper, its callers and what only it used are the same co
 bitmap's filler, which the old tree cannot be given (it has no `inner`), by replaying the
 rule's text on the hunk, its facts read from the rule, the target (`after`'s parameters,
 the role bits `inner` takes, in the order of [[parameterize]]'s locals) and the whole file
-patch (which must define `bitmask`: the rule's three pieces go together).  A hunk whose
-pre-image, so rewritten, is its post-image (calls of `new` read as the old helper on both
-sides, as the port restates them) is the old code; any other hunk (a fix to `new`'s body, a
-call of `bitmask` with other arguments) is no such hunk and is ported, or conflicts, as
-before.
+patch (which must define `bitmask` as the rule does: the rule's pieces go together).  A
+hunk whose pre-image, so rewritten, is its post-image (calls of `new` read as the old helper
+on both sides, as the port restates them) is the old code, also where its context is
+another restructuring's (nothing_to_port); any other hunk (a fix to `new`'s body, a call of
+`bitmask` with other arguments, a caller's local set otherwise by another hunk of the
+function) is no such hunk and is ported, or conflicts, as before, and a hunk that still
+calls what the rule introduced beside a definition that ported as nothing conflicts
+(calls_of_unported).  Only on a tree the forward rule runs on (the old helper there, the
+new one not yet, `requires` met).
 """
 from __future__ import annotations
 
