@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 
+from refactor.port.held import declares_held, local_inits, other_than_local, through_local
 from refactor.port.target import Target
 
 _IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -114,6 +115,16 @@ def base_pair(a: str, b: str) -> tuple[str, str] | None:
     return (ka, kb) if ka != kb and ka and kb else None
 
 
+def _through_member(bp: tuple[str, str], words: set[str]) -> bool:
+    """Whether the target's base is the patch's with one layout member more (`vcpu->arch.mmu->`
+    -> `vcpu->arch.mmu->w->`): the walker reached through the object, not another name for it."""
+    a, b = bp
+    if not b.startswith(a) or not a.endswith(("->", ".")):
+        return False
+    m = re.fullmatch(r"([A-Za-z_]\w*)(?:->|\.)", b[len(a):])
+    return bool(m) and m.group(1) in words
+
+
 def skip(text: str, n: int) -> str:
     """`text` after its first `n` non-blank characters (keeps the rest's own spacing)."""
     seen = 0
@@ -169,8 +180,15 @@ class Learner:
     """
 
     def __init__(self, layout_words: set[str], target_vars: set[str] = frozenset(),
-                 target_idents: set[str] = frozenset()):
+                 target_idents: set[str] = frozenset(), target_lines: list[str] = (),
+                 many_to_one: bool = False):
         self.words = layout_words
+        # Pointer locals of the target function declared with their value, never assigned again.
+        self.inits = local_inits(target_lines)
+        # A backport writes one walker as several old objects (`&vcpu->arch.gva_walk` is
+        # `vcpu->arch.walk_mmu` or `&vcpu->arch.root_mmu`): another object than a local's
+        # value may still be the same one there.
+        self.many_to_one = many_to_one
         self.target_vars = target_vars      # layout-typed variables of the target function
         self.target_idents = target_idents  # every identifier of the target function
         self.subs: dict[str, str] = {}
@@ -186,6 +204,12 @@ class Learner:
         ia, ib = set(_IDENT.findall(a)), set(_IDENT.findall(b))
         if not (ia or ib):
             return False
+        if self.through_local(a, b):
+            return True
+        if self.other_than_local(a, b):
+            return False
+        if a != b and _IDENT.fullmatch(a) and _IDENT.fullmatch(b) and a in self.inits:
+            return False    # the target declares its own `a` (`mmu` beside `w = mmu->w`): not renamed
         odd = (ia ^ ib) - self.words
         if not odd:
             return True
@@ -196,6 +220,18 @@ class Learner:
         mine, theirs = ia - ib, ib - ia
         return (len(mine) == 1 and len(theirs) == 1 and theirs <= self.target_vars
                 and not mine & self.target_idents and not mine & self.words)
+
+    def through_local(self, a: str, b: str) -> bool:
+        return through_local(self.inits, a, b)
+
+    def other_than_local(self, a: str, b: str) -> bool:
+        return not self.many_to_one and other_than_local(self.inits, a, b)
+
+    def declares(self, tlines: list[str], j: int) -> bool:
+        """Whether target line `j` declares a local that the learnt names go through, or is the
+        blank line that sets such a declaration off (refactor/port/held.py)."""
+        used = {v for k, v in self.subs.items() if k not in self.bad and through_local(self.inits, k, v)}
+        return declares_held(tlines, j, self.inits, used)
 
     def add(self, a: str, b: str) -> None:
         if a in self.subs and self.subs[a] != b:
@@ -220,6 +256,11 @@ class Learner:
             for x, y in zip(xs, ys):
                 self.add(x, y)
                 bp = base_pair(x, y)
+                if bp and _through_member(bp, self.words):
+                    # `X->cpu_role` is the target's `X->w->cpu_role`: only the fields that moved
+                    # to the walker go through it (`X->root.hpa` stays), so the chain is learnt,
+                    # never its base.
+                    continue
                 if bp:
                     self.add(bp[0], bp[1])
                     # A renamed local: the bare name follows too (`w` for `context`).

@@ -20,6 +20,7 @@ from refactor.port.counterparts import reason as counterpart_reason
 from refactor.port.diff import region_diff
 from refactor.port.forward_image import port_on_image
 from refactor.port.headings import function_of
+from refactor.port.collapsed import collapsed_tests
 from refactor.port.hunks import HunkResult, port_hunk
 from refactor.port.initialisers import NOTE, walker_writes_port
 from refactor.port.inverse import dependent_conflicts
@@ -105,6 +106,10 @@ def patch_layout(mail: Mail, rules: Rules, spec: str | None) -> tuple[str, Walke
         names = best if counts[best] else rules.presets.get("upstream") or next(iter(rules.presets.values()))
     vocab = Vocabulary(rules, names)
     old = bool(words & vocab.old_markers())
+    # A field that moved to the walker, read through a vcpu MMU member (`vcpu->arch.mmu->cpu_role`).
+    moved = [re.escape(f.name) for f in rules.mmu_fields.values() if f.moves_to_walker]
+    bases = "|".join(re.escape(b.old) for b in vocab.member_bases())
+    old = old or bool(moved and re.search(rf"(?:{bases})(?:->|\.)(?:{'|'.join(moved)})(?!\w)", text))
     # Paths that only the new layout has (w->fmt.permissions, mmu->w->cpu_role).
     paths = [re.escape(f.path) for f in rules.mmu_fields.values() if f.moves_to_walker and "." in f.path]
     # A hunk that defines, sits in or calls a function only the new layout has
@@ -154,6 +159,7 @@ def port_one(mail: Mail, target: Target, rules: Rules, names_spec: str | None = 
             original = hunk
             hunk, restated = _restate_calls(hunk, rules) if direction == "backport" else (hunk, None)
             h = port_hunk(hunk, fp, target, direction, src, dst, ctx)
+            collapsed_tests(h, hunk, target)        # a test the translation made constant
             if direction == "backport":
                 nothing_to_port(h, hunk, ctx.spte, target, fp.old_path or fp.path)
                 port_on_image(h, hunk, target, src, dst, ctx)   # the rules' image of the target

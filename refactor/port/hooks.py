@@ -34,6 +34,26 @@ class HookCalls:
     rules: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # calls the patch adds that do not fit
     notes: list[str] = field(default_factory=list)      # what fitting changed in the added lines
+    original: Hunk | None = None                        # the hunk before fitting
+
+    def unfit(self, res):
+        """A conflict found on the fitted hunk (a HunkResult), its patch lines shown as the patch
+        writes them: the maintainer looks for those, not for the argument list fitting made."""
+        if res.status != "conflict" or self.original is None or self.original is self.hunk:
+            return res
+        back, k = {}, 0
+        for g, t, n in self.original.lines:      # the fitted lines are the original's, some dropped
+            if k < len(self.hunk.lines) and self.hunk.lines[k][0] == g and self.hunk.lines[k][2] == n:
+                if self.hunk.lines[k][1] != t:
+                    back[self.hunk.lines[k][1]] = t
+                k += 1
+        if not back:
+            return res
+        res.differing = [(back.get(a, a), b) for a, b in res.differing]
+        for fitted, text in back.items():
+            if fitted.strip():
+                res.reason = (res.reason or "").replace(f"`{fitted.strip()}`", f"`{text.strip()}`")
+        return res
 
 
 def _target_hooks(target: Target, rules: Rules) -> dict[str, tuple[str, int, list[str], str]]:
@@ -163,7 +183,7 @@ def _edits(hunk: Hunk, tags: tuple[str, ...], hooks: dict, rules: Rules, problem
 def fit_hook_calls(hunk: Hunk, target: Target, rules: Rules) -> HookCalls:
     """The hunk with its calls through MMU hooks fitted to the target's declarations."""
     hooks = _target_hooks(target, rules)
-    res = HookCalls(hunk)
+    res = HookCalls(hunk, original=hunk)
     if not hooks:
         return res
     problems: list[str] = []

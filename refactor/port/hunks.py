@@ -152,7 +152,7 @@ def port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: Vo
               dst: Vocabulary, ctx: FileContext) -> HunkResult:
     # Calls through MMU hooks first take the argument list the target declares.
     fitted = fit_hook_calls(hunk, target, src.rules)
-    res = _port_fitted(fitted.hunk, fp, target, direction, src, dst, ctx)
+    res = fitted.unfit(_port_fitted(fitted.hunk, fp, target, direction, src, dst, ctx))
     if fitted.problems:
         why = "missing prerequisite: " + "; ".join(fitted.problems)
         if res.status != "conflict":
@@ -277,8 +277,8 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
 
     ttypes = target_types(tlines, at, dst if direction == "forward" else src)
     lo, hi = function_span(tlines, at)
-    learner = Learner(ctx.words | set(ttypes), set(ttypes),
-                       set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))))
+    learner = Learner(ctx.words | set(ttypes), set(ttypes), set(_IDENT.findall("\n".join(tlines[lo:hi + 1]))),
+                      tlines[lo:hi + 1], direction == "backport")
     t = src.rules.types
     learner.type_kinds = {t["mmu"]: "pointer", t["walker"]: "pointer", t["format"]: "format",
                           t["old_format"]: "format"}
@@ -334,7 +334,7 @@ def _port_hunk(hunk: Hunk, fp: FilePatch, target: Target, direction: str, src: V
                                                            for x in (kept_idx[k] - 1, kept_idx[k] + 1)))]
         # A target line the patch lacks is fine when it only names a walker or a format
         # (a forward port onto upstream's style); any other is a difference.
-        allowed = [j for j in extra if direction == "forward" and hoisted(tlines[j], dst)
+        allowed = [j for j in extra if learner.declares(tlines, j) or direction != "backport" and hoisted(tlines[j], dst)
                    or direction == "backport" and (j in moved_here or dropped_by(
                        through_locals(tlines[j], inits if lo <= j <= hi else inits_around(tlines, j)), src.rules))]
         differing += [("(not in the patch)", tlines[j]) for j in extra if j not in allowed]

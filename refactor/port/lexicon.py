@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.port.calls import argument_spans, call_of
+from refactor.port.collapsed import restated_tests
 from refactor.rules import Rules, WalkerNames, cite
 
 NARROW = cite("narrow-local")          # struct kvm_pagewalk * <-> struct kvm_mmu *
@@ -297,6 +298,8 @@ def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:
         t.dropped, t.rules = True, [gone]
         return t
 
+    for pattern, repl, rule in restated_tests(rules, names):    # 0. the nested tests, restated
+        sub(pattern, repl.replace("\\", r"\\"), rule)
     # 1. Fields reached through a kvm_vcpu_arch member, and the removed members themselves.
     for base in vocab.member_bases():
         member = base.old.rsplit(".", 1)[-1].rsplit(">", 1)[-1]
