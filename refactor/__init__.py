@@ -7,7 +7,8 @@
     plan = refactor.plan_rewrite("linux", "upstream", rules)             # Plan: edits, sites for humans
     print(plan.diff()); refactor.write_plan(plan)       # the diff, or the tree rewritten in place
     findings = refactor.lint_tree("linux")              # list[Finding]
-    findings = refactor.lint_patches(patch_text, "x.patch")
+    text, name = refactor.read_patch_file("x.patch")   # a patch file or pipe, checked
+    findings = refactor.lint_patches(text, name)
     report = refactor.port_patches(refactor.read_mails(mbox_text), ["linux-6.1"])   # PortReport
 
 Everything else (refactor.plan.translate, refactor.index.program...) is the
@@ -50,6 +51,7 @@ _EXPORTS = {
     # lint
     "lint_tree": "refactor.lint.engine",
     "lint_patches": "refactor.lint.engine",
+    "read_patch_file": "refactor.frontend.patch",
     "Finding": "refactor.lint.engine",
     # series of commits
     "generate_series": "refactor.series.generate",

@@ -27,7 +27,7 @@ def _user_error(message: str):
 
 
 def _read_patch(path: str) -> tuple[str, str]:
-    from refactor.frontend.patch import read_patch_file
+    from refactor import read_patch_file
     from refactor.errors import PatchError
 
     try:
