@@ -61,7 +61,12 @@ def test_on_6_1_the_renamed_hunk_meets_the_shorter_argument_list(trees, targets,
     h = res.hunks[0]
     assert h.status == "conflict" and h.target_start is not None
     assert h.reason.startswith("context differs for non-layout reasons")
-    assert "vs target `update_permission_bitmask(mmu, false);`" in h.reason
+    # The patch's line as the patch writes it, and the rename said.
+    assert h.reason.startswith("context differs for non-layout reasons: patch "
+                               "`update_permission_bitmask(w, w == &vcpu->arch.ngpa_walk, false);` vs target "
+                               "`update_permission_bitmask(mmu, false);`"), h.reason
+    assert h.reason.endswith("; the patch's `w`, declared outside the hunk, is the target's `mmu` there: "
+                             "`w == &vcpu->arch.ngpa_walk` (a walker)")
     assert "rename it by hand" not in h.reason
 
 

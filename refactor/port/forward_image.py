@@ -25,6 +25,7 @@ from refactor.port.align import norm
 from refactor.port.headings import function_of
 from refactor.port.lexicon import Vocabulary, translate
 from refactor.port.locals import target_types
+from refactor.port.outside_locals import restore_names
 from refactor.port.prereq import prerequisites
 
 _CONST_WRITE = re.compile(r"^\s*[\w>.\-\[\]]+\s*=\s*(?:-?\d+|true|false|NULL)\s*;\s*$")
@@ -265,6 +266,7 @@ def port_on_image(h, hunk, target, src: Vocabulary, dst: Vocabulary, ctx) -> Non
     which rule), and which lines still differ."""
     if h.status != "conflict" or h.target_start is None or not h.differing:
         return
+    restore_names(h, hunk, src)     # a local renamed to the target's name: the patch's again
     rel = h.target_file
     got = span_of(hunk, target, rel, h.target_start)
     if got is None:

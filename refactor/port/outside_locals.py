@@ -227,3 +227,37 @@ def counterpart(var: str, kind: str, hunk, body: list[str], ttypes: dict[str, st
 def evidence_for(var: str, hunk, vocab: Vocabulary) -> Evidence:
     """The patch's evidence for `var` in this hunk alone (for a conflict's reason)."""
     return patch_evidence(var, [t for _g, t, _ in hunk.lines] + [hunk.section], vocab)
+
+
+def restore_names(h, hunk, vocab: Vocabulary) -> None:
+    """A conflict found after a local was renamed to the target's name (outside_renames): the
+    differing lines as the patch writes them, and the rename said, so that the reason quotes
+    the patch (`update_permission_bitmask(w, ...)`, not a mix of both trees)."""
+    mine = {t.strip() for _g, t, _ in hunk.lines}
+    renames: dict[str, str] = {}
+    fixed = []
+    for a, b in h.differing:
+        back = a
+        if a.strip() not in mine and not a.startswith("(not in"):
+            toks = re.findall(r"\w+|\S", a)
+            for t in mine:
+                other = re.findall(r"\w+|\S", t)
+                pairs = {(x, y) for x, y in zip(toks, other) if x != y} if len(other) == len(toks) else set()
+                if len(pairs) == 1 and all(_IDENT.fullmatch(x) and _IDENT.fullmatch(y)
+                                           and renames.get(y, x) == x for x, y in pairs):
+                    (x, y), = pairs
+                    renames[y] = x
+                    back = t
+                    break
+        fixed.append((back, b))
+    if not renames or h.reason is None:
+        return
+    for (a, _b), (t, _b2) in zip(h.differing, fixed):
+        h.reason = h.reason.replace(f"patch `{a.strip()}`", f"patch `{t.strip()}`")
+    h.differing = fixed
+    said = []
+    for v, n in renames.items():
+        ev = evidence_for(v, hunk, vocab)
+        said.append(f"the patch's `{v}`, declared outside the hunk, is the target's `{n}` there"
+                    + (f": {ev.said()}" if ev.kind else ""))
+    h.reason = f"{h.reason}; {'; '.join(said)}"
