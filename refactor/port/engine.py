@@ -110,11 +110,16 @@ def patch_layout(mail: Mail, rules: Rules, spec: str | None) -> tuple[str, Walke
     moved = [re.escape(f.name) for f in rules.mmu_fields.values() if f.moves_to_walker]
     bases = "|".join(re.escape(b.old) for b in vocab.member_bases())
     old = old or bool(moved and re.search(rf"(?:{bases})(?:->|\.)(?:{'|'.join(moved)})(?!\w)", text))
+    # A member only the new layout's struct kvm_mmu has, read through a vcpu MMU
+    # (`vcpu->arch.mmu->fmt`: layout.toml new_fields; the old layout has no such name).
+    only_new = [re.escape(n) for n, f in rules.new_fields.items()
+                if rules.types["mmu"] in f.struct.split() and n not in rules.mmu_fields]
+    mmu_only_new = bool(only_new and re.search(rf"(?:{bases})(?:->|\.)(?:{'|'.join(only_new)})(?!\w)", text))
     # Paths that only the new layout has (w->fmt.permissions, mmu->w->cpu_role).
     paths = [re.escape(f.path) for f in rules.mmu_fields.values() if f.moves_to_walker and "." in f.path]
     # A hunk that defines, sits in or calls a function only the new layout has
     # (restructure.toml: init_kvm_page_walk(), spte_permission_fault()...).
-    new = (bool(words & vocab.new_markers()) or bool(words & set(new_layout_functions(rules)))
+    new = (mmu_only_new or bool(words & vocab.new_markers()) or bool(words & set(new_layout_functions(rules)))
            or bool(re.search(rf"(?:->|\.){re.escape(vocab.walker_member)}->", text))
            or bool(paths and re.search(rf"->(?:{'|'.join(paths)})(?!\w)", text)))
     if old and not new:
