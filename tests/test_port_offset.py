@@ -121,6 +121,12 @@ def test_a_prediction_from_too_far_stays_a_conflict(trees, targets, rules, versi
     memdup = set_case_line(target, target.text(X86))
     assert starts == [memdup - 1 - 24, memdup - 1]
     assert second.target_start == memdup - 2 - 24     # (the first place listed)
+    # The reason says what the offset predicted and why that did not decide.
+    h1, h2 = mail.patch.files[0].hunks
+    end = h1.old_start - 1 + h1.old_len
+    off = first.target_start + first.target_len - end
+    assert (f"the offset of the file's earlier hunks ({off:+d}) puts it at line {h2.old_start + off}, "
+            f"{h2.old_start - 1 - end} lines below that mark, which does not single out one of them") in second.reason
 
 
 def test_a_first_hunk_that_stands_twice_teaches_nothing(trees, targets, rules):

@@ -62,7 +62,13 @@ class Offsets:
 
     def settle(self, hunk: Hunk, res, rel: str, target: Target) -> None:
         """Learn from a hunk just ported (a HunkResult `res`) in file `rel`, and say in its
-        reason when a predicted line chose its place among copies of its lines."""
+        reason when a predicted line chose its place among copies of its lines, or where it
+        pointed when it could not choose."""
+        guess = self.predict(hunk) if res.status == "conflict" and res.target_file == rel and (
+            res.reason or "").startswith("the hunk's lines stand") else None
+        if guess:       # what the offset says, and why it did not choose
+            res.reason += (f"; {guess[2]} puts it at line {guess[0] + 1}, {guess[1]} lines below that mark, "
+                           "which does not single out one of them")
         lines = target.lines(rel) if target.text(rel) is not None else []
         n = hunk.old_start - 1
         for tag, text, _ in hunk.lines:
