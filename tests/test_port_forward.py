@@ -170,3 +170,33 @@ def test_a_local_the_target_renamed_still_follows(trees, targets, rules):
                    targets["7.3"], rules)
     assert res.result == "ported", [h.reason for h in res.hunks]
     assert added(res) == ["\twalker->level = w->cpu_role.base.level;"]
+
+
+# ---- the function a hunk is in, when the next definition's line follows the change ---------------
+
+def test_a_hunk_is_in_the_function_above_the_next_definitions_line(trees, targets, rules):
+    """A line repeated at the end of 6.1's kvm_mmu_gva_to_gpa_read() has
+    `EXPORT_SYMBOL_GPL(kvm_mmu_gva_to_gpa_read);` in its context after the change; the conflict
+    (6.1's `static_call(kvm_x86_get_cpl)` is `kvm_x86_call(get_cpl)` on 7.3) was reported as
+    "EXPORT_SYMBOL_GPL() is at arch/x86/kvm/mmu/page_track.c:264": it names the function the
+    change is in, and the lines that really differ."""
+    line = "\treturn mmu->gva_to_gpa(vcpu, mmu, gva, access, exception);"
+    res = port_one(probe(trees["6.1"], X86, "kvm_mmu_gva_to_gpa_read", line), targets["7.3"], rules)
+    reason = res.hunks[0].reason
+    assert res.result == "conflict" and "EXPORT_SYMBOL_GPL() is at" not in reason, reason
+    assert "kvm_mmu_gva_to_gpa_read() is at arch/x86/kvm/x86.c:" in reason
+    assert "patch `u64 access = (static_call(kvm_x86_get_cpl)(vcpu) == 3)" in reason
+
+
+def test_a_hunk_that_changes_a_definitions_line_is_in_that_function(trees, targets, rules):
+    """The near miss: a removed line is the change's own, even at the top level (a function's
+    own first line changed): the hunk is in that function, as before."""
+    from refactor.port.headings import function_of
+
+    regs = "arch/x86/kvm/regs.c"
+    text = (trees["7.2"] / regs).read_text()
+    old = "int load_pdptrs(struct kvm_vcpu *vcpu, unsigned long cr3)\n"
+    assert text.count(old) == 1
+    diff = file_diff(regs, text, text.replace(old, "int load_pdptrs(struct kvm_vcpu *vcpu, u64 cr3)\n"))
+    hunk = read_mails("From: A <a@e>\nSubject: [PATCH] p\n\nx\n---\n" + diff)[0].patch.files[0].hunks[0]
+    assert function_of(hunk) == "load_pdptrs"

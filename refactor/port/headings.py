@@ -22,7 +22,17 @@ def heading(hunk: Hunk) -> str:
 
 
 def function_of(hunk: Hunk) -> str | None:
-    for text in [t for tag, t, _ in hunk.lines if tag != "+"] + [hunk.section]:
+    # Lines after the first change may head the next definition (`EXPORT_SYMBOL_GPL(f);` after
+    # a function's `}`): the change's own function is above it, or the `@@` heading names it.
+    pre: list[str] = []
+    k = None
+    for tag, t, _ in hunk.lines:
+        if tag != " " and k is None:
+            k = len(pre) + (tag == "-")      # a removed line is the change's own
+        if tag != "+":
+            pre.append(t)
+    k = len(pre) if k is None else k
+    for text in pre[:k] + [hunk.section] + pre[k:]:
         if text and not text[0].isspace() and not text.startswith(("#", "/", "*", "}")):
             m = _FUNC_HEAD.search(text)
             if m and m.group(1) not in _C_WORDS:
