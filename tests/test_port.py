@@ -132,13 +132,19 @@ def test_stable_conventions_in_the_mail(trees, rules):
     assert lines[note - 1] == "Signed-off-by: Jane Dev <jane@example.org>"
 
 
-def test_git_am_applies_the_ported_mail(trees, rules, tmp_path):
+def _repo(tree: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A git repository holding `tree` at one commit, and the git command line to use on it."""
     repo = tmp_path / "r"
-    subprocess.run(["cp", "-r", str(trees["7.2"]), str(repo)], check=True)
+    subprocess.run(["cp", "-r", str(tree), str(repo)], check=True)
     git = ["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@e"]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(git + ["add", "-f", "."], check=True)
     subprocess.run(git + ["commit", "-qm", "base"], check=True)
+    return repo, git
+
+
+def test_git_am_applies_the_ported_mail(trees, rules, tmp_path):
+    repo, git = _repo(trees["7.2"], tmp_path)
     mails = read_mails(make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW))
     report = port_patches(mails, [repo], rules=rules, porter=("T", "t@e"))
     assert report.targets[0].target.layout == "old"
@@ -152,12 +158,7 @@ def test_git_am_applies_the_port_of_a_plain_diff(trees, rules, tmp_path):
     """A plain `git diff` has no author and no subject: the mail names the porter as author and
     says the subject is to be written, so that git am takes it (it stopped on an empty From
     before, and took the sign-off as the title)."""
-    repo = tmp_path / "r"
-    subprocess.run(["cp", "-r", str(trees["7.2"]), str(repo)], check=True)
-    git = ["git", "-C", str(repo), "-c", "user.name=T", "-c", "user.email=t@e"]
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    subprocess.run(git + ["add", "-f", "."], check=True)
-    subprocess.run(git + ["commit", "-qm", "base"], check=True)
+    repo, git = _repo(trees["7.2"], tmp_path)
     mail = make_mail(trees["7.3"], "arch/x86/kvm/mmu.h", PKRU_OLD, PKRU_NEW)
     diff = mail[mail.index("diff --git"):]
     report = port_patches(read_mails(diff, "fix.diff"), [repo], rules=rules, porter=("T", "t@e"))

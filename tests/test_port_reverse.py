@@ -21,20 +21,21 @@ MMU_C = "arch/x86/kvm/mmu/mmu.c"
 
 
 
-def _mail(diff: str) -> str:
+def mail_of(diff: str) -> str:
+    """The diff as a format-patch mail with an upstream sha (tests/test_port_reverse_spte.py too)."""
     return (f"From {SHA} Mon Sep 17 00:00:00 2001\nFrom: Jane Dev <jane@example.org>\n"
             "Date: Tue, 3 Nov 2026 10:00:00 +0100\nSubject: [PATCH] KVM: x86/mmu: Restate the walk\n\n"
             "Explain.\n\nSigned-off-by: Jane Dev <jane@example.org>\n---\n"
             f"{diff}-- \n2.47.0\n\n")
 
 
-def _only(text: str, old: str, new: str) -> str:
+def only_once(text: str, old: str, new: str) -> str:
     assert text.count(old) == 1, old
     return text.replace(old, new)
 
 
 def _port(target, rel: str, before: str, after: str, rules):
-    return port_one(read_mails(_mail(file_diff(rel, before, after)))[0], target, rules)
+    return port_one(read_mails(mail_of(file_diff(rel, before, after)))[0], target, rules)
 
 
 def _added(diff: str) -> list[str]:
@@ -72,15 +73,15 @@ def test_a_walker_local_declared_above_the_hunk_is_the_old_mmu(trees, targets, r
     one MMU, root_mmu, is its own walker: the hunk is nothing there."""
     text = (trees["7.2"] / MMU_C).read_text()
     before = _tdp_walker_local(text)
-    after = _only(before, "\tif (!is_cr0_pg(context))\n\t\tgva_walk->", "\tif (!is_cr0_pg(gva_walk))\n\t\tgva_walk->")
-    after = _only(after, "\telse if (is_cr4_pae(context))\n\t\tgva_walk->",
+    after = only_once(before, "\tif (!is_cr0_pg(context))\n\t\tgva_walk->", "\tif (!is_cr0_pg(gva_walk))\n\t\tgva_walk->")
+    after = only_once(after, "\telse if (is_cr4_pae(context))\n\t\tgva_walk->",
                   "\telse if (is_cr4_pae(gva_walk))\n\t\tgva_walk->")
     res = _port(targets["7.2"], MMU_C, before, after, rules)
     _ported_as_nothing(res)
     assert "port-local-names" in res.hunks[0].rules
 
     # A fix there (another walk for PAE guests) is ported as that change, on the MMU.
-    fix = _only(before, "\t\tgva_walk->gva_to_gpa = paging64_gva_to_gpa;\n\telse\n",
+    fix = only_once(before, "\t\tgva_walk->gva_to_gpa = paging64_gva_to_gpa;\n\telse\n",
                 "\t\tgva_walk->gva_to_gpa = paging32_gva_to_gpa;\n\telse\n")
     res = _port(targets["7.2"], MMU_C, before, fix, rules)
     assert res.result == "ported", [h.reason for h in res.hunks]
@@ -107,14 +108,14 @@ def test_a_removed_walker_local_that_became_the_parameter_ports_back_as_nothing(
     nothing to port."""
     text = (trees["7.2"] / MMU_C).read_text()
     before = _get_pgd_walker_local(text)
-    after = _only(before, "\t\t\t\t\t\t  struct kvm_mmu *mmu)\n{\n\tstruct kvm_pagewalk *w = mmu->w;\n\n",
+    after = only_once(before, "\t\t\t\t\t\t  struct kvm_mmu *mmu)\n{\n\tstruct kvm_pagewalk *w = mmu->w;\n\n",
                   "\t\t\t\t\t\t  struct kvm_pagewalk *w)\n{\n")
     res = _port(targets["7.2"], MMU_C, before, after, rules)
     _ported_as_nothing(res)
     assert "port-inline-local" in res.hunks[0].rules
 
     # The same, with a fix in the function: the fix is ported, on the MMU 7.2 passes.
-    fix = _only(after, "\treturn w->get_guest_pgd(vcpu);", "\treturn w->get_guest_pgd(vcpu) & PAGE_MASK;")
+    fix = only_once(after, "\treturn w->get_guest_pgd(vcpu);", "\treturn w->get_guest_pgd(vcpu) & PAGE_MASK;")
     res = _port(targets["7.2"], MMU_C, before, fix, rules)
     assert res.result == "ported", [h.reason for h in res.hunks]
     assert _added(res.diff) == ["\treturn mmu->get_guest_pgd(vcpu) & PAGE_MASK;"], res.diff
@@ -151,9 +152,9 @@ FLUSH = "\t\tkvm_x86_call(flush_tlb_gva)(vcpu, addr, NULL);\n\t}\n"
 
 def _walker_param(text: str, then_mmu: str = "root_mmu", else_mmu: str = "guest_mmu") -> str:
     """What `series` step 10 makes of 7.2's kvm_mmu_invalidate_addr()."""
-    new = _only(text, INVALIDATE_OLD, INVALIDATE_NEW)
-    new = _only(new, "\tif (mmu != &vcpu->arch.guest_mmu) {\n", "\tif (w == &vcpu->arch.gva_walk) {\n")
-    return _only(new, FLUSH, FLUSH[:-3] + f"\n\t\tmmu = &vcpu->arch.{then_mmu};\n\t}} else {{\n"
+    new = only_once(text, INVALIDATE_OLD, INVALIDATE_NEW)
+    new = only_once(new, "\tif (mmu != &vcpu->arch.guest_mmu) {\n", "\tif (w == &vcpu->arch.gva_walk) {\n")
+    return only_once(new, FLUSH, FLUSH[:-3] + f"\n\t\tmmu = &vcpu->arch.{then_mmu};\n\t}} else {{\n"
                  f"\t\tmmu = &vcpu->arch.{else_mmu};\n\t}}\n")
 
 
@@ -172,7 +173,7 @@ def test_a_walker_test_that_changes_which_mmu_is_synced_is_not_inverted(trees, t
     a walker test alone, without the MMU each branch names."""
     text = (trees["7.2"] / MMU_C).read_text()
     for after in (_walker_param(text, "guest_mmu", "root_mmu"),
-                  _only(_only(text, INVALIDATE_OLD, INVALIDATE_NEW), "\tif (mmu != &vcpu->arch.guest_mmu) {\n",
+                  only_once(only_once(text, INVALIDATE_OLD, INVALIDATE_NEW), "\tif (mmu != &vcpu->arch.guest_mmu) {\n",
                         "\tif (w == &vcpu->arch.gva_walk) {\n")):
         res = _port(targets["7.2"], MMU_C, text, after, rules)
         assert res.result == "conflict" and res.diff == "", (res.result, res.diff)
@@ -205,14 +206,14 @@ def _step13(text: str) -> str:
     for f in ("get_guest_pgd", "get_pdptr", "inject_page_fault", "gva_to_gpa"):
         tdp = tdp.replace(f"context->{f} ", f"gva_walk->{f} ")
     tdp = tdp.replace("reset_guest_paging_metadata(vcpu, context)", "reset_guest_paging_metadata(vcpu, gva_walk)")
-    new = _only(text, TDP_DECL + "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n"
+    new = only_once(text, TDP_DECL + "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n"
                 + tdp_old, TDP_DECL + "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n"
                 "\tunion kvm_mmu_page_role root_role = kvm_calc_tdp_mmu_root_page_role(vcpu, cpu_role);\n\n" + tdp)
     shadow_old = _definition(text, "shadow_mmu_init_context")
     shadow = shadow_old.replace("{\n", "{\n\tstruct kvm_pagewalk *w = context->w;\n\n").replace(
         "context->cpu_role", "w->cpu_role").replace("(context))", "(w))").replace("metadata(vcpu, context)",
                                                                                  "metadata(vcpu, w)")
-    return _only(new, shadow_old, shadow)
+    return only_once(new, shadow_old, shadow)
 
 
 def _step14(step13: str) -> str:
@@ -220,10 +221,10 @@ def _step14(step13: str) -> str:
     where nothing else used it, and init_kvm_page_walk() first for the nested NPT MMU."""
     a, b = _function(step13, "static void init_kvm_tdp_mmu(")
     tdp = step13[a:b]
-    tdp = _only(tdp, "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n", "")
-    tdp = _only(tdp, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
+    tdp = only_once(tdp, "\tstruct kvm_pagewalk *gva_walk = &vcpu->arch.gva_walk;\n", "")
+    tdp = only_once(tdp, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
                 "\tif (root_role.word")
-    tdp = _only(tdp, "\tgva_walk->cpu_role.as_u64 = cpu_role.as_u64;\n", "")
+    tdp = only_once(tdp, "\tgva_walk->cpu_role.as_u64 = cpu_role.as_u64;\n", "")
     start, end = tdp.index("\tgva_walk->get_guest_pgd"), tdp.index("\treset_tdp_shadow_zero_bits_mask")
     tdp = tdp[:start] + "\n" + tdp[end:]
     new = step13[:a] + tdp + step13[b:]
@@ -235,8 +236,8 @@ def _step14(step13: str) -> str:
         "\treset_guest_paging_metadata(vcpu, w);\n", "")
     new = new[:a] + shadow + new[b:]
     new = new.replace(SHADOW_CALL, "\tshadow_mmu_init_context(vcpu, context, root_role);\n")
-    new = _only(new, NPT, PROTO + NPT)
-    return _only(new, GMET, GMET + "\n\tinit_kvm_page_walk(vcpu, &vcpu->arch.ngpa_walk, cpu_role);\n")
+    new = only_once(new, NPT, PROTO + NPT)
+    return only_once(new, GMET, GMET + "\n\tinit_kvm_page_walk(vcpu, &vcpu->arch.ngpa_walk, cpu_role);\n")
 
 
 def test_the_mmu_initialisers_after_init_kvm_page_walk_port_back_as_nothing(trees, targets, rules):
@@ -259,9 +260,9 @@ def test_a_fix_beside_the_walker_init_restructuring_is_not_dropped(trees, target
     the role: each is a change or a conflict, never nothing."""
     text = (trees["7.2"] / MMU_C).read_text()
     before = _step13(text)
-    only_test = _only(before, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
+    only_test = only_once(before, "\tif (cpu_role.as_u64 == gva_walk->cpu_role.as_u64 &&\n\t    root_role.word",
                       "\tif (root_role.word")
-    more = _only(_step14(before), "\tcontext->page_fault = kvm_tdp_page_fault;\n\tcontext->sync_spte = NULL;\n",
+    more = only_once(_step14(before), "\tcontext->page_fault = kvm_tdp_page_fault;\n\tcontext->sync_spte = NULL;\n",
                  "\tcontext->page_fault = kvm_tdp_page_fault;\n")
     other_arg = before.replace(SHADOW_CALL, "\tshadow_mmu_init_context(vcpu, context, cpu_role);\n")
     res = _port(targets["7.2"], MMU_C, before, only_test, rules)
@@ -289,13 +290,13 @@ def test_a_local_only_a_restated_call_used_ports_back_as_nothing(trees, targets,
     the local would be unused on 7.2: it is nothing too (the port used to add it alone).  A
     fix that uses the local in what it changes keeps it."""
     text = (trees["7.2"] / TDP_MMU_C).read_text()
-    decl = _only(text, SP_DECL, SP_DECL.replace("{\n", "{\n\tstruct kvm_mmu *mmu = vcpu->arch.mmu;\n"))
-    after = _only(decl, ALLOWED, "\t    (fault->prefetch || !spte_permission_fault(mmu, iter->old_spte, fault)) &&\n")
+    decl = only_once(text, SP_DECL, SP_DECL.replace("{\n", "{\n\tstruct kvm_mmu *mmu = vcpu->arch.mmu;\n"))
+    after = only_once(decl, ALLOWED, "\t    (fault->prefetch || !spte_permission_fault(mmu, iter->old_spte, fault)) &&\n")
     res = _port(targets["7.2"], TDP_MMU_C, text, after, rules)
     _ported_as_nothing(res)
     assert all("spte-permission-fault" in h.rules for h in res.hunks), [h.rules for h in res.hunks]
 
-    fix = _only(decl, ALLOWED, ALLOWED.replace("iter->old_spte)) &&", "iter->old_spte)) &&\n"
+    fix = only_once(decl, ALLOWED, ALLOWED.replace("iter->old_spte)) &&", "iter->old_spte)) &&\n"
                                                "\t    !mmu->root_role.invalid &&"))
     res = _port(targets["7.2"], TDP_MMU_C, text, fix, rules)
     assert res.result == "ported", [h.reason for h in res.hunks]
@@ -318,11 +319,11 @@ def test_the_dispatcher_that_initialises_the_walker_first_ports_back_as_nothing(
     shadow set-up) only outside nesting is 7.2's dispatch.  The same with the test or the
     initialisers the other way round is a conflict."""
     text = (trees["7.2"] / MMU_C).read_text()
-    res = _port(targets["7.2"], MMU_C, text, _only(text, DISPATCH_72, _dispatch14()), rules)
+    res = _port(targets["7.2"], MMU_C, text, only_once(text, DISPATCH_72, _dispatch14()), rules)
     assert res.direction == "backport" and res.result == "ported", [h.reason for h in res.hunks]
     assert res.diff == "" and "init-kvm-page-walk" in res.hunks[0].rules, res.diff
     for wrong in (_dispatch14(test="mmu_is_nested(vcpu)"), _dispatch14(tdp="init_kvm_shadow_mmu")):
-        res = _port(targets["7.2"], MMU_C, text, _only(text, DISPATCH_72, wrong), rules)
+        res = _port(targets["7.2"], MMU_C, text, only_once(text, DISPATCH_72, wrong), rules)
         assert res.result == "conflict" and res.diff == "", res.diff
 
 
@@ -381,7 +382,7 @@ def test_init_kvm_page_walk_is_what_the_rule_makes_of_the_old_initialisers(trees
     for post, want in ((PAGE_WALK_14, True), (PAGE_WALK_14.replace("paging64_gva_to_gpa", "paging32_gva_to_gpa"),
                                               False)):
         diff = file_diff(MMU_C, text[:a] + step13 + text[b:], text[:a] + post + "\n" + text[b:])
-        hunks = [h for fp in read_mails(_mail(diff))[0].patch.files for h in fp.hunks]
+        hunks = [h for fp in read_mails(mail_of(diff))[0].patch.files for h in fp.hunks]
         assert len(hunks) == 1
         got = restated_walker_init(hunks[0].lines, hunks[0].section, vocab, targets["7.2"])
         changed = [i for i, (g, _t, _n) in enumerate(hunks[0].lines) if g != " "]
@@ -404,7 +405,7 @@ def test_walker_locals_of_the_old_initialisers_are_their_mmu_locals(trees, targe
     res = _port(targets["7.2"], MMU_C, before, text[:a] + wrong + "\n" + text[b:], rules)
     assert res.result == "conflict" and res.diff == "", res.diff
     # A fix in init_kvm_nested_mmu() written on its walker local is the old MMU local's fix.
-    fix = _only(step13, "\tgva_walk->cpu_role.as_u64   = new_mode.as_u64;\n",
+    fix = only_once(step13, "\tgva_walk->cpu_role.as_u64   = new_mode.as_u64;\n",
                 "\tgva_walk->cpu_role.as_u64   = new_mode.as_u64;\n\tgva_walk->pdptrs[0]         = 0;\n")
     res = _port(targets["7.2"], MMU_C, before, text[:a] + fix + text[b:], rules)
     assert res.result == "ported" and _added(res.diff) == ["\tg_context->pdptrs[0]         = 0;"], res.diff
@@ -422,7 +423,7 @@ def _permission_bitmask(text: str) -> tuple[str, str]:
            .replace("mmu->permissions", "mmu->fmt.permissions"))
     locals_ = ("\tbool cr4_smep = is_cr4_smep(mmu);\n\tbool cr4_smap = is_cr4_smap(mmu);\n"
                "\tbool cr0_wp = is_cr0_wp(mmu);\n\tbool efer_nx = is_efer_nx(mmu);\n\n")
-    new = (_only(old, locals_, "")
+    new = (only_once(old, locals_, "")
            .replace("static void update_permission_bitmask(struct kvm_pagewalk *mmu, bool tdp, bool ept)\n",
                     "static void __update_permission_bitmask(struct kvm_page_format *fmt, bool tdp,\n"
                     "\t\t\t\t\tbool ept, bool cr4_smep, bool cr4_smap,\n\t\t\t\t\tbool cr0_wp, bool efer_nx)\n")
@@ -445,6 +446,6 @@ def test_a_parameterized_function_over_several_hunks_ports_back_as_nothing(trees
     res = _port(targets["7.2"], MMU_C, before, after, rules)
     assert len(res.hunks) == 3 and res.result == "ported", [h.reason for h in res.hunks]
     assert res.diff == "" and all("parameterize-permission-bitmask" in h.rules for h in res.hunks), res.diff
-    wrong = _only(after, "is_cr0_wp(w), is_efer_nx(w));", "is_efer_nx(w), is_cr0_wp(w));")
+    wrong = only_once(after, "is_cr0_wp(w), is_efer_nx(w));", "is_efer_nx(w), is_cr0_wp(w));")
     res = _port(targets["7.2"], MMU_C, before, wrong, rules)
     assert res.result == "conflict" or res.diff != "", [h.reason for h in res.hunks]

@@ -15,28 +15,16 @@ from refactor.plan.restructure_spte import helper_and_caller_edits
 from refactor.port.diff import file_diff
 from refactor.port.engine import port_one
 from refactor.port.mail import read_mails
+from test_port_reverse import mail_of, only_once
 
-SHA = "1234567890abcdef1234567890abcdef12345678"
 MMU_C = "arch/x86/kvm/mmu/mmu.c"
 SPTE_H = "arch/x86/kvm/mmu/spte.h"
 TDP_MMU_C = "arch/x86/kvm/mmu/tdp_mmu.c"
 
 
-def _mail(diff: str) -> str:
-    return (f"From {SHA} Mon Sep 17 00:00:00 2001\nFrom: Jane Dev <jane@example.org>\n"
-            "Date: Tue, 3 Nov 2026 10:00:00 +0100\nSubject: [PATCH] KVM: x86/mmu: Test SPTEs\n\n"
-            "Explain.\n\nSigned-off-by: Jane Dev <jane@example.org>\n---\n"
-            f"{diff}-- \n2.47.0\n\n")
-
-
-def _only(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
-
-
 def _port(target, before: dict[str, str], after: dict[str, str], rules):
     diff = "".join(file_diff(rel, before[rel], after[rel]) for rel in sorted(before))
-    return port_one(read_mails(_mail(diff))[0], target, rules)
+    return port_one(read_mails(mail_of(diff))[0], target, rules)
 
 
 def _rule(rules):
@@ -83,7 +71,7 @@ def test_a_fix_to_the_new_helpers_body_is_not_ported_as_nothing(trees, targets, 
     """One bit of spte_permission_fault() changed (user execute read as execute): not the
     rule's definition, so not the old helper: the hunk is a conflict on 7.2."""
     before, after = _helper_and_callers(trees, rules)
-    after[SPTE_H] = _only(after[SPTE_H], "shadow_xu_mask ? ACC_USER_EXEC_MASK : 0;",
+    after[SPTE_H] = only_once(after[SPTE_H], "shadow_xu_mask ? ACC_USER_EXEC_MASK : 0;",
                           "shadow_xu_mask ? ACC_EXEC_MASK : 0;")
     res = _port(targets["7.2"], before, after, rules)
     _not_nothing(res, SPTE_H)
@@ -97,7 +85,7 @@ def test_a_caller_given_another_mmu_is_not_ported_as_nothing(trees, targets, rul
     """fast_page_fault()'s local set to guest_mmu rather than the vCPU's MMU: not the rule's
     change, so its hunk is no restatement of 7.2's code."""
     before, after = _helper_and_callers(trees, rules)
-    after[MMU_C] = _only(after[MMU_C], "\tmmu = vcpu->arch.mmu;\n", "\tmmu = &vcpu->arch.guest_mmu;\n")
+    after[MMU_C] = only_once(after[MMU_C], "\tmmu = vcpu->arch.mmu;\n", "\tmmu = &vcpu->arch.guest_mmu;\n")
     res = _port(targets["7.2"], before, after, rules)
     _not_nothing(res, MMU_C)
     # Its declaration goes with it (never an assignment of a local the port left out); the
@@ -127,13 +115,13 @@ def _filler(trees, tdp_call: str = TDP_CALL, filler: str = FILLER) -> tuple[str,
     metadata reset moved out: context the old tree does not have), and the same with the
     filler defined and called as step 16 writes it."""
     text = (trees["7.2"] / MMU_C).read_text()
-    before = _only(text, METADATA, "\treset_shadow_zero_bits_mask(vcpu, context);\n")
-    after = _only(before, PKU, filler + PKU)
-    after = _only(after, "\treset_tdp_shadow_zero_bits_mask(context);\n",
+    before = only_once(text, METADATA, "\treset_shadow_zero_bits_mask(vcpu, context);\n")
+    after = only_once(before, PKU, filler + PKU)
+    after = only_once(after, "\treset_tdp_shadow_zero_bits_mask(context);\n",
                   tdp_call + "\treset_tdp_shadow_zero_bits_mask(context);\n")
-    after = _only(after, "\treset_shadow_zero_bits_mask(vcpu, context);\n",
+    after = only_once(after, "\treset_shadow_zero_bits_mask(vcpu, context);\n",
                   SHADOW_CALL + "\treset_shadow_zero_bits_mask(vcpu, context);\n")
-    after = _only(after, "\t\treset_ept_shadow_zero_bits_mask(context, execonly);\n",
+    after = only_once(after, "\t\treset_ept_shadow_zero_bits_mask(context, execonly);\n",
                   EPT_CALL + "\t\treset_ept_shadow_zero_bits_mask(context, execonly);\n")
     return before, after
 

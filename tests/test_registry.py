@@ -111,14 +111,21 @@ def test_port_roles_must_name_keys_the_tables_have(tmp_path):
     """restructure.toml [port_roles] says which keys name functions only the new layout has;
     a key the table's entries lack (a rename of the key left behind) is refused, naming
     where, rather than silently leaving a function out of the port's view."""
+    edited = _rules_edited(tmp_path, lambda text: text.replace('introduces.inner = { function =',
+                                                               'introduces.inner = { fnction ='))
+    with pytest.raises(RulesError, match=r"port_roles\.parameterize.*fnction"):
+        load_rules(edited)
+
+
+def _rules_edited(tmp_path, edit):
+    """A copy of rules/ whose restructure.toml is `edit(text)` (which must change it)."""
     rules_dir = tmp_path / "rules"
     shutil.copytree(RULES_DIR, rules_dir)
     restructure = rules_dir / "restructure.toml"
     text = restructure.read_text()
-    assert 'introduces.inner = { function =' in text
-    restructure.write_text(text.replace('introduces.inner = { function =', 'introduces.inner = { fnction ='))
-    with pytest.raises(RulesError, match=r"port_roles\.parameterize.*fnction"):
-        load_rules(rules_dir)
+    restructure.write_text(edit(text))
+    assert restructure.read_text() != text
+    return rules_dir
 
 
 def test_the_port_reads_which_functions_are_new_from_port_roles(tmp_path):
@@ -127,11 +134,6 @@ def test_the_port_reads_which_functions_are_new_from_port_roles(tmp_path):
     new = new_layout_functions(load_rules())
     assert {"init_kvm_page_walk", "__update_permission_bitmask", "spte_permission_fault",
             "update_spte_permission_bitmask"} <= set(new)
-    rules_dir = tmp_path / "rules"
-    shutil.copytree(RULES_DIR, rules_dir)
-    restructure = rules_dir / "restructure.toml"
-    text = restructure.read_text()
-    start = text.index("[port_roles.spte_permissions]")
-    restructure.write_text(text[:start])
-    fewer = new_layout_functions(load_rules(rules_dir))
+    edited = _rules_edited(tmp_path, lambda text: text[:text.index("[port_roles.spte_permissions]")])
+    fewer = new_layout_functions(load_rules(edited))
     assert "spte_permission_fault" not in fewer and "init_kvm_page_walk" in fewer
