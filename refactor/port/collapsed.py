@@ -6,7 +6,8 @@ become `&vcpu->arch.gva_walk` (mappings.toml bases).  A test between two of them
 (`vcpu->arch.walk_mmu == &vcpu->arch.root_mmu`: "L2 does not run with nested
 TDP") translated name by name compares the walker with itself: it would port
 as a constant, silently.  The tests the rules restate (mappings.toml `exprs`,
-`walk-mmu-is-nested`) are restated before this; any other is a conflict.
+`walk-mmu-is-nested`) are restated by the translation (refactor/port/lexicon.py
+to_new()); any other is a conflict.
 """
 from __future__ import annotations
 
@@ -42,22 +43,3 @@ def collapsed_tests(h, hunk, target) -> None:
                 + (f"`{tests[0]}` " if tests else "")
                 + "tests which of two old objects is in use, and both are that one walker on the "
                 "target's layout; restate the test by hand")
-
-
-def restated_tests(rules, names) -> list[tuple[str, str, str]]:
-    """(pattern, replacement, rule id) of the tests mappings.toml `exprs` restates as a whole
-    (`vcpu->arch.walk_mmu == &vcpu->arch.nested_mmu` -> `vcpu->arch.mmu ==
-    &vcpu->arch.guest_mmu`): comparisons of members only, no variable standing for any
-    (templates such as `mmu != vcpu->arch.walk_mmu` are not taken here)."""
-    out = []
-    for e in rules.exprs:
-        if not e.new or not re.search(r"[=!]=", e.old) or re.search(r"\b(?:EXPR|FIELD)\b", e.old):
-            continue
-        free = [m for m in re.finditer(r"(?<![\w>.])([A-Za-z_]\w*)(?!\w)(?!\s*(?:->|\.))", e.old)]
-        if free:
-            continue
-        for op in ("==", "!="):        # the rule's test, and its negation
-            old, new = (x.replace("==", op) if "==" in e.old else x for x in (e.old, names.fill(e.new)))
-            pat = r"\s*".join(re.escape(tok) for tok in re.findall(r"->|[=!]=|\w+|\S", old))
-            out.append((rf"(?<![\w>.]){pat}(?!\w)", new, e.id))
-    return out

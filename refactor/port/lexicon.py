@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass, field
 
 from refactor.port.calls import argument_spans, call_of
-from refactor.port.collapsed import restated_tests
 from refactor.rules import Rules, WalkerNames, cite
 
 NARROW = cite("narrow-local")          # struct kvm_pagewalk * <-> struct kvm_mmu *
@@ -283,6 +282,25 @@ def dropped_by(line: str, rules: Rules) -> str | None:
                 continue
         return expr.id
     return None
+
+
+def restated_tests(rules, names) -> list[tuple[str, str, str]]:
+    """(pattern, replacement, rule id) of the tests mappings.toml `exprs` restates as a whole
+    (`vcpu->arch.walk_mmu == &vcpu->arch.nested_mmu` -> `vcpu->arch.mmu ==
+    &vcpu->arch.guest_mmu`): comparisons of members only, no variable standing for any
+    (templates such as `mmu != vcpu->arch.walk_mmu` are not taken here)."""
+    out = []
+    for e in rules.exprs:
+        if not e.new or not re.search(r"[=!]=", e.old) or re.search(r"\b(?:EXPR|FIELD)\b", e.old):
+            continue
+        free = [m for m in re.finditer(r"(?<![\w>.])([A-Za-z_]\w*)(?!\w)(?!\s*(?:->|\.))", e.old)]
+        if free:
+            continue
+        for op in ("==", "!="):        # the rule's test, and its negation
+            old, new = (x.replace("==", op) if "==" in e.old else x for x in (e.old, names.fill(e.new)))
+            pat = r"\s*".join(re.escape(tok) for tok in re.findall(r"->|[=!]=|\w+|\S", old))
+            out.append((rf"(?<![\w>.]){pat}(?!\w)", new, e.id))
+    return out
 
 
 def to_new(line: str, vocab: Vocabulary, types: dict[str, str]) -> Translation:

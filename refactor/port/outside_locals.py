@@ -23,6 +23,7 @@ import dataclasses
 import re
 
 from refactor.port.align import norm
+from refactor.port.calls import argument_spans
 from refactor.port.headings import function_of
 from refactor.port.lexicon import Vocabulary, declared_types, translate
 
@@ -125,24 +126,10 @@ def patch_evidence(var: str, lines: list[str], vocab: Vocabulary) -> Evidence:
 
 def _params(signature: str) -> list[str]:
     """The parameters of a (maybe cut) signature `name(a, b, c` as written."""
-    m = re.search(r"\((.*)$", signature)
-    if not m:
-        return []
-    depth, cur, out = 0, "", []
-    for c in m.group(1):
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            if depth == 0:
-                break
-            depth -= 1
-        elif c == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-            continue
-        cur += c
-    out.append(cur.strip())
-    return out
+    at = signature.find("(")
+    closed = signature + ")"              # a signature git cut short ends inside the list
+    got = argument_spans(closed, at) if at >= 0 else None
+    return [closed[x:y].strip() for x, y in got[0]] if got else []
 
 
 def _cut_walker_param(section: str, vocab: Vocabulary) -> int | None:

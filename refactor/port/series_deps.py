@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-def _norm(line: str) -> str:
-    return " ".join(line.split())
+from refactor.port.align import norm as _norm
 
 
 def _telling(line: str) -> bool:

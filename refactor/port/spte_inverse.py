@@ -31,6 +31,7 @@ import re
 
 from refactor.plan.parameterize import fill_args
 from refactor.plan.restructure_spte import helper_and_caller_edits
+from refactor.port.align import norm
 from refactor.port.calls import arguments, call_of
 from refactor.port.counterparts import old_calls
 from refactor.port.headings import function_of
@@ -67,11 +68,11 @@ def _on_target(pre: list[str], rel: str, target: Target, edits: list, starts: li
     aside) and holds whole forward edits: the target's lines of that place so edited."""
     if not pre or target.text(rel) is None:
         return None
-    want = [" ".join(x.split()) for x in pre]
-    norm = target.norm_lines(rel)
+    want = [norm(x) for x in pre]
+    normed = target.norm_lines(rel)
     data = target.files[rel]
     for s in target.positions(rel, exact=False).get(want[0], []):
-        if norm[s:s + len(want)] != want or s + len(want) >= len(starts):
+        if normed[s:s + len(want)] != want or s + len(want) >= len(starts):
             continue
         b0, b1 = starts[s], starts[s + len(want)]
         inside = [e for e in edits if b0 <= e.start and e.end <= b1 and not (e.start == e.end == b1)]
